@@ -1,0 +1,409 @@
+//! The executor: runs a plan's actions in graph order with bounded parallelism (global and per
+//! outside system), a timeout per action, and state transitions around each action:
+//! `applying` before it starts, `ready` only after the provider confirmed, `failed` with the
+//! error otherwise. A failed resource blocks its dependents; everything else goes on.
+//! Every run is recorded. Providers reach state only through [`StoreJournal`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use tokio::sync::{Semaphore, watch};
+
+use crate::address::Address;
+use crate::desired::Resolver;
+use crate::engine::blocking;
+use crate::graph::Graph;
+use crate::manifest::ManifestSet;
+use crate::plan::{Action, Plan};
+use crate::provider::{self, Journal, Provider, ProviderError};
+use crate::state::{Record, ResourceResult, Run, StateStore, Status, Trigger};
+use crate::value::Value;
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// How to apply.
+#[derive(Clone)]
+pub struct ApplyOptions {
+    pub parallelism: usize,
+    pub trigger: Trigger,
+    /// Progress lines ("X: Creating...", "X: Creation complete after 1s").
+    pub progress: Arc<dyn Fn(String) + Send + Sync>,
+    /// How often a long action reports that it is still running.
+    pub heartbeat: Duration,
+    pub revision: Option<String>,
+}
+
+/// How one resource ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Unchanged,
+    Failed(String),
+    Blocked(Address),
+}
+
+impl Outcome {
+    fn ok(&self) -> bool {
+        matches!(self, Outcome::Applied | Outcome::Unchanged)
+    }
+}
+
+/// The executor's journal for one resource: persists provider data into its record, flushed,
+/// before the provider goes on.
+struct StoreJournal {
+    store: Arc<dyn StateStore>,
+    record: Mutex<Record>,
+}
+
+impl StoreJournal {
+    fn snapshot(&self) -> Record {
+        self.record.lock().map(|r| r.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+}
+
+#[async_trait]
+impl Journal for StoreJournal {
+    async fn save_private(&self, private: BTreeMap<String, Value>) -> Result<(), ProviderError> {
+        let rec = {
+            let mut r = self.record.lock().map_err(|_| ProviderError::permanent("state journal poisoned"))?;
+            r.private.extend(private);
+            r.updated_at = now_ms();
+            r.clone()
+        };
+        blocking(&self.store, move |s| s.put(&rec))
+            .await
+            .map_err(|e| ProviderError::permanent(format!("cannot persist to state: {e}")))
+    }
+}
+
+struct Shared<'a> {
+    set: &'a ManifestSet,
+    store: Arc<dyn StateStore>,
+    providers: Vec<Arc<dyn Provider>>,
+    records: Mutex<BTreeMap<Address, Record>>,
+    global: Semaphore,
+    per_system: Mutex<HashMap<String, Arc<Semaphore>>>,
+    opts: ApplyOptions,
+    key: Vec<u8>,
+}
+
+/// Apply a plan. Returns the run record (already stored).
+pub async fn apply(
+    set: &ManifestSet,
+    graph: &Graph,
+    plan: &Plan,
+    store: &Arc<dyn StateStore>,
+    providers: &[Arc<dyn Provider>],
+    opts: ApplyOptions,
+) -> anyhow::Result<Run> {
+    let started = now_ms();
+    let records: BTreeMap<Address, Record> = blocking(store, |s| s.list())
+        .await?
+        .into_iter()
+        .map(|r| (r.address.clone(), r))
+        .collect();
+    let shared = Shared {
+        set,
+        store: Arc::clone(store),
+        providers: providers.to_vec(),
+        records: Mutex::new(records.clone()),
+        global: Semaphore::new(opts.parallelism.max(1)),
+        per_system: Mutex::new(HashMap::new()),
+        key: store.digest_key().to_vec(),
+        opts,
+    };
+    let actions: BTreeMap<Address, Action> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::NoOp)
+        .map(|c| (c.address.clone(), c.action))
+        .collect();
+
+    // One completion channel per action; a task waits on the channels of what it must follow.
+    let mut senders = BTreeMap::new();
+    let mut receivers = BTreeMap::new();
+    for a in actions.keys() {
+        let (tx, rx) = watch::channel(None::<Outcome>);
+        senders.insert(a.clone(), tx);
+        receivers.insert(a.clone(), rx);
+    }
+    let mut tasks = Vec::new();
+    for (a, action) in &actions {
+        let waits_for: Vec<Address> = if *action == Action::Delete {
+            // Delete after everything recorded as depending on it is deleted or replaced.
+            records
+                .values()
+                .filter(|r| r.depends_on.contains(a) && actions.contains_key(&r.address))
+                .map(|r| r.address.clone())
+                .collect()
+        } else {
+            let mut ancestors: Vec<Address> = graph.ancestors(a).into_iter().filter(|d| actions.contains_key(d)).collect();
+            ancestors.sort();
+            ancestors
+        };
+        let rxs: Vec<(Address, watch::Receiver<Option<Outcome>>)> = waits_for
+            .into_iter()
+            .filter_map(|d| receivers.get(&d).map(|r| (d, r.clone())))
+            .collect();
+        let tx = senders.remove(a);
+        let shared = &shared;
+        let (a, action) = (a.clone(), *action);
+        tasks.push(async move {
+            let start = Instant::now();
+            let mut blocked = None;
+            for (dep, mut rx) in rxs {
+                let outcome = loop {
+                    if let Some(o) = rx.borrow().clone() {
+                        break o;
+                    }
+                    if rx.changed().await.is_err() {
+                        break Outcome::Failed("internal: dependency task vanished".into());
+                    }
+                };
+                if !outcome.ok() && blocked.is_none() {
+                    blocked = Some(match outcome {
+                        Outcome::Blocked(root) => root,
+                        _ => dep,
+                    });
+                }
+            }
+            let outcome = match blocked {
+                Some(root) => {
+                    (shared.opts.progress)(format!("{a}: Skipped (blocked by {root})"));
+                    Outcome::Blocked(root)
+                }
+                None => run_one(shared, &a, action).await,
+            };
+            if let Some(tx) = tx {
+                let _ = tx.send(Some(outcome.clone()));
+            }
+            (a, action, outcome, start.elapsed())
+        });
+    }
+    let results = futures::future::join_all(tasks).await;
+
+    let mut run = Run {
+        id: format!("{:013}-{:04x}", now_ms(), rand::random::<u16>()),
+        trigger: shared.opts.trigger.clone(),
+        summary: plan.summary().line(),
+        results: Vec::new(),
+        output_tail: Vec::new(),
+        exit_code: 0,
+        started_at: started,
+        ended_at: 0,
+        revision: shared.opts.revision.clone(),
+    };
+    for (a, action, outcome, elapsed) in results {
+        let (result, detail) = match &outcome {
+            Outcome::Applied => ("applied", None),
+            Outcome::Unchanged => ("unchanged", Some("nothing to do once dependencies were known".to_owned())),
+            Outcome::Failed(e) => ("failed", Some(e.clone())),
+            Outcome::Blocked(root) => ("blocked", Some(format!("blocked by {root}"))),
+        };
+        if !outcome.ok() {
+            run.exit_code = 1;
+        }
+        run.results.push(ResourceResult {
+            address: a.to_string(),
+            action: action.verb().to_owned(),
+            outcome: result.to_owned(),
+            detail,
+            elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        });
+    }
+    run.ended_at = now_ms();
+    let stored = run.clone();
+    blocking(store, move |s| {
+        s.put_run(&stored)?;
+        s.write_backup()
+    })
+    .await?;
+    Ok(run)
+}
+
+fn words(action: Action) -> (&'static str, &'static str) {
+    match action {
+        Action::Create => ("Creating...", "Creation complete"),
+        Action::Update => ("Modifying...", "Modifications complete"),
+        Action::Replace => ("Replacing...", "Replacement complete"),
+        Action::Delete => ("Destroying...", "Destruction complete"),
+        Action::NoOp => ("", ""),
+    }
+}
+
+async fn run_one(shared: &Shared<'_>, a: &Address, action: Action) -> Outcome {
+    let Some(p) = provider::for_kind(&shared.providers, a.kind) else {
+        return Outcome::Failed(format!("no provider for {}", a.kind));
+    };
+    let Ok(_global) = shared.global.acquire().await else {
+        return Outcome::Failed("internal: executor closed".into());
+    };
+    let (start_word, done_word) = words(action);
+    let progress = &shared.opts.progress;
+    let started = Instant::now();
+    progress(format!("{a}: {start_word}"));
+
+    let heartbeat = async {
+        let mut tick = tokio::time::interval(shared.opts.heartbeat);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let verb = start_word.trim_end_matches("...").to_lowercase();
+            progress(format!("{a}: Still {verb} [{}s elapsed]", started.elapsed().as_secs()));
+        }
+    };
+    let work = async {
+        let recorded = shared.records.lock().ok().and_then(|r| r.get(a).cloned());
+        match action {
+            Action::Delete => {
+                let Some(rec) = recorded else { return Ok(Outcome::Unchanged) };
+                destroy(shared, p.as_ref(), &rec).await?;
+                let addr = a.clone();
+                blocking(&shared.store, move |s| s.remove(&addr)).await.map_err(|e| e.to_string())?;
+                if let Ok(mut r) = shared.records.lock() {
+                    r.remove(a);
+                }
+                Ok(Outcome::Applied)
+            }
+            Action::Replace => {
+                if let Some(rec) = &recorded {
+                    destroy(shared, p.as_ref(), rec).await?;
+                }
+                converge(shared, p.as_ref(), a, None, true).await
+            }
+            _ => converge(shared, p.as_ref(), a, recorded, action == Action::Create).await,
+        }
+    };
+    let outcome = tokio::select! {
+        r = work => r.unwrap_or_else(Outcome::Failed),
+        () = heartbeat => unreachable_outcome(),
+    };
+    let secs = started.elapsed().as_secs_f64();
+    match &outcome {
+        Outcome::Applied => progress(format!("{a}: {done_word} after {secs:.1}s")),
+        Outcome::Unchanged => progress(format!("{a}: No changes needed after {secs:.1}s")),
+        Outcome::Failed(e) => progress(format!("{a}: Failed after {secs:.1}s: {e}")),
+        Outcome::Blocked(_) => {}
+    }
+    outcome
+}
+
+fn unreachable_outcome() -> Outcome {
+    Outcome::Failed("internal: heartbeat ended".into())
+}
+
+async fn system_permit(shared: &Shared<'_>, key: String, limit: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let sem = shared
+        .per_system
+        .lock()
+        .ok()?
+        .entry(key)
+        .or_insert_with(|| Arc::new(Semaphore::new(limit.max(1))))
+        .clone();
+    sem.acquire_owned().await.ok()
+}
+
+async fn destroy(shared: &Shared<'_>, p: &dyn Provider, rec: &Record) -> Result<(), String> {
+    let timeout = shared
+        .set
+        .get(&rec.address)
+        .map_or(Duration::from_secs(120), crate::desired::timeout_of);
+    let probe = crate::provider::Desired {
+        address: rec.address.clone(),
+        spec: rec.spec.clone(),
+        connection: rec.connection.clone(),
+        timeout,
+        prevent_destroy: rec.prevent_destroy,
+        depends_on: rec.depends_on.clone(),
+    };
+    let (key, limit) = p.concurrency(&probe);
+    let _permit = system_permit(shared, key, limit).await;
+    match tokio::time::timeout(timeout, p.destroy(rec)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.message),
+        Err(_) => Err(format!("timed out after {}", humantime::format_duration(timeout))),
+    }
+}
+
+/// Create or update one resource.
+async fn converge(
+    shared: &Shared<'_>,
+    p: &dyn Provider,
+    a: &Address,
+    recorded: Option<Record>,
+    fresh: bool,
+) -> Result<Outcome, String> {
+    let desired = {
+        let records = shared.records.lock().map_err(|_| "internal: records poisoned".to_owned())?.clone();
+        let outputs = |t: &Address| records.get(t).filter(|r| r.status == Status::Ready).map(|r| r.outputs.clone());
+        let mut resolver = Resolver::new(shared.set);
+        resolver.desired(a, &outputs).ok_or_else(|| format!("{a} has no manifest"))?
+    };
+    if !desired.spec.is_known() || !desired.connection.is_known() {
+        return Err("a value it depends on is still unknown after its dependencies were applied".into());
+    }
+    let hash = desired.spec.digest(&shared.key);
+    let recorded = if fresh { None } else { recorded };
+    let now = now_ms();
+    let mut rec = recorded.clone().unwrap_or_else(|| Record::new(a.clone(), now));
+    if rec.generation == 0 {
+        // Keep what a destroy would need even if this first attempt never finishes.
+        rec.spec = desired.spec.clone();
+        rec.connection = desired.connection.clone();
+        rec.depends_on = desired.depends_on.clone();
+    }
+    rec.status = Status::Applying;
+    rec.updated_at = now;
+    let marked = rec.clone();
+    blocking(&shared.store, move |s| s.put(&marked)).await.map_err(|e| e.to_string())?;
+
+    let journal = StoreJournal {
+        store: Arc::clone(&shared.store),
+        record: Mutex::new(rec),
+    };
+    let (key, limit) = p.concurrency(&desired);
+    let _permit = system_permit(shared, key, limit).await;
+    let result = tokio::time::timeout(desired.timeout, p.apply(&journal, &desired, recorded.as_ref())).await;
+    let mut rec = journal.snapshot();
+    rec.updated_at = now_ms();
+    let outcome = match result {
+        Ok(Ok(applied)) => {
+            rec.spec = desired.spec.clone();
+            rec.connection = desired.connection.clone();
+            rec.spec_hash = hash;
+            rec.outputs = applied.outputs;
+            rec.private.extend(applied.private);
+            rec.status = Status::Ready;
+            rec.last_error = None;
+            rec.prevent_destroy = desired.prevent_destroy;
+            rec.depends_on = desired.depends_on.clone();
+            rec.generation += 1;
+            Ok(Outcome::Applied)
+        }
+        Ok(Err(e)) => {
+            rec.status = Status::Failed;
+            rec.last_error = Some(e.message.clone());
+            Err(e.message)
+        }
+        Err(_) => {
+            let msg = format!("timed out after {}", humantime::format_duration(desired.timeout));
+            rec.status = Status::Failed;
+            rec.last_error = Some(msg.clone());
+            Err(msg)
+        }
+    };
+    let saved = rec.clone();
+    blocking(&shared.store, move |s| s.put(&saved)).await.map_err(|e| e.to_string())?;
+    if let Ok(mut r) = shared.records.lock() {
+        r.insert(a.clone(), rec);
+    }
+    outcome
+}

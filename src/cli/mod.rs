@@ -1,0 +1,476 @@
+//! The command line: `validate`, `plan`, `apply`, `graph`, `state …`, `runs …`. Parses
+//! arguments, drives manifest → graph → plan → apply → state, and maps every outcome to an
+//! exit code in one place (0 success, 1 error, 2 changes present with `--detailed-exitcode`).
+
+pub mod output;
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::address::Address;
+use crate::apply::{ApplyOptions, apply};
+use crate::engine::{PlanOptions, blocking, plan};
+use crate::graph::Graph;
+use crate::manifest::{self, ManifestSet};
+use crate::plan::{Plan, render};
+use crate::provider;
+use crate::state::{SledStore, StateError, StateStore, Status, Trigger};
+use crate::value::Reveal;
+use output::Printer;
+
+#[derive(Parser, Debug)]
+#[command(name = "tend", version, about = "Declarative reconciler: YAML manifests in, converged PostgreSQL out")]
+struct Cli {
+    /// Directory of manifests.
+    #[arg(long, global = true, env = "TEND_MANIFESTS", default_value = "manifests")]
+    manifests: PathBuf,
+    /// State directory (sled store, key file, backups).
+    #[arg(long, global = true, env = "TEND_STATE", default_value = "state")]
+    state: PathBuf,
+    /// Turn colour off (also `NO_COLOR`; off anyway when stdout is not a terminal).
+    #[arg(long, global = true)]
+    no_color: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check every manifest and the dependency graph; touches nothing.
+    Validate,
+    /// Show what apply would do.
+    Plan(PlanArgs),
+    /// Converge: plan (or take a saved plan) and apply it.
+    Apply(ApplyArgs),
+    /// Print the dependency graph.
+    Graph {
+        #[arg(long, value_enum, default_value = "text")]
+        format: GraphFormat,
+    },
+    /// Inspect or edit state.
+    #[command(subcommand)]
+    State(StateCmd),
+    /// Past applies.
+    #[command(subcommand)]
+    Runs(RunsCmd),
+}
+
+#[derive(Args, Debug, Clone)]
+struct PlanFlags {
+    /// Read real systems to find drift (`--refresh=false` to trust state).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    refresh: bool,
+    /// Only these resources and what they depend on (repeatable).
+    #[arg(long = "target", value_name = "ADDR")]
+    targets: Vec<Address>,
+    /// Concurrent actions.
+    #[arg(long, default_value_t = 10)]
+    parallelism: usize,
+}
+
+#[derive(Args, Debug)]
+struct PlanArgs {
+    #[command(flatten)]
+    flags: PlanFlags,
+    /// Machine-readable plan on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Save the plan for `tend apply FILE`.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Exit 0 for no changes, 1 for errors, 2 for changes.
+    #[arg(long)]
+    detailed_exitcode: bool,
+}
+
+#[derive(Args, Debug)]
+struct ApplyArgs {
+    /// A plan saved with `tend plan --out`.
+    planfile: Option<PathBuf>,
+    #[command(flatten)]
+    flags: PlanFlags,
+    /// Apply without asking.
+    #[arg(long)]
+    auto_approve: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum GraphFormat {
+    Text,
+    Dot,
+}
+
+#[derive(Subcommand, Debug)]
+enum StateCmd {
+    /// Every recorded resource with its status.
+    List,
+    /// One record (secrets masked).
+    Show { address: Address },
+    /// Forget a resource without touching the real object.
+    Rm { address: Address },
+    /// The whole state as JSON on stdout.
+    Export {
+        /// Include secrets, encrypted with the state key (importable with the same key file).
+        #[arg(long)]
+        include_secrets: bool,
+    },
+    /// Replace state with an export made with `--include-secrets` (e.g. `backup.json`).
+    Import { file: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+enum RunsCmd {
+    /// Recent runs, newest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// One run with its per-resource results.
+    Show { id: String },
+}
+
+/// A plan saved to a file, with what it was made against.
+#[derive(Serialize, Deserialize)]
+struct PlanFile {
+    format: u32,
+    lineage: String,
+    serial: u64,
+    manifests_digest: String,
+    plan: Plan,
+}
+
+/// Entry point: every outcome becomes an exit code here.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let printer = Printer::new(cli.no_color);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            printer.err(&format!("error: cannot start the runtime: {e}"));
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli, printer)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            printer.err(&format!("error: {e:#}"));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Load manifests and the graph, or print every diagnostic.
+fn load(dir: &Path, printer: &Printer) -> Option<(ManifestSet, Graph)> {
+    let set = match manifest::load(dir) {
+        Ok(set) => set,
+        Err(errors) => {
+            printer.err(&errors.to_string());
+            return None;
+        }
+    };
+    match Graph::build(&set) {
+        Ok(g) => Some((set, g)),
+        Err(diags) => {
+            let e = manifest::LoadErrors(diags);
+            printer.err(&e.to_string());
+            None
+        }
+    }
+}
+
+fn open_store(dir: &Path) -> anyhow::Result<Arc<dyn StateStore>> {
+    match SledStore::open(dir) {
+        Ok(s) => Ok(Arc::new(s)),
+        Err(e @ StateError::Locked(_)) => bail!("{e}"),
+        Err(e) => Err(e).with_context(|| format!("cannot open state in {}", dir.display())),
+    }
+}
+
+async fn run(cli: Cli, printer: Printer) -> anyhow::Result<u8> {
+    let providers = provider::registry();
+    match cli.command {
+        Command::Validate => {
+            let Some((set, _)) = load(&cli.manifests, &printer) else { return Ok(1) };
+            printer.out(&format!(
+                "Success! {} manifests in {} are valid.",
+                set.manifests.len(),
+                cli.manifests.display()
+            ));
+            Ok(0)
+        }
+        Command::Graph { format } => {
+            let Some((_, graph)) = load(&cli.manifests, &printer) else { return Ok(1) };
+            printer.out(&match format {
+                GraphFormat::Text => graph.to_text(),
+                GraphFormat::Dot => graph.to_dot(),
+            });
+            Ok(0)
+        }
+        Command::Plan(args) => {
+            let Some((set, graph)) = load(&cli.manifests, &printer) else { return Ok(1) };
+            let store = open_store(&cli.state)?;
+            let plan = plan(&set, &graph, &store, &providers, &plan_options(&args.flags)).await?;
+            if args.json {
+                printer.out(&serde_json::to_string_pretty(&render::json(&plan))?);
+            } else {
+                printer.out(&render::text(&plan, printer.style));
+            }
+            if let Some(path) = &args.out {
+                let meta = blocking(&store, |s| s.meta()).await?;
+                let file = PlanFile {
+                    format: 1,
+                    lineage: meta.lineage,
+                    serial: meta.serial,
+                    manifests_digest: set.digest.clone(),
+                    plan: plan.clone(),
+                };
+                write_private(path, &serde_json::to_vec_pretty(&file)?)?;
+                if !args.json {
+                    printer.out(&format!("Saved the plan to {}. Apply it with: tend apply {}", path.display(), path.display()));
+                }
+            }
+            Ok(if !plan.errors.is_empty() {
+                1
+            } else if args.detailed_exitcode && plan.has_changes() {
+                2
+            } else {
+                0
+            })
+        }
+        Command::Apply(args) => apply_cmd(&cli.manifests, &cli.state, args, &providers, printer).await,
+        Command::State(cmd) => state_cmd(&cli.state, cmd, printer).await,
+        Command::Runs(cmd) => runs_cmd(&cli.state, cmd, printer).await,
+    }
+}
+
+fn plan_options(f: &PlanFlags) -> PlanOptions {
+    PlanOptions {
+        refresh: f.refresh,
+        targets: f.targets.clone(),
+        parallelism: f.parallelism,
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+async fn apply_cmd(
+    manifests: &Path,
+    state: &Path,
+    args: ApplyArgs,
+    providers: &[Arc<dyn provider::Provider>],
+    printer: Printer,
+) -> anyhow::Result<u8> {
+    let Some((set, graph)) = load(manifests, &printer) else { return Ok(1) };
+    let store = open_store(state)?;
+    let plan = match &args.planfile {
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read plan file {}", path.display()))?;
+            let file: PlanFile = serde_json::from_slice(&bytes).with_context(|| format!("{} is not a tend plan file", path.display()))?;
+            let meta = blocking(&store, |s| s.meta()).await?;
+            if file.lineage != meta.lineage || file.serial != meta.serial {
+                printer.err("error: the saved plan is stale: state changed since it was made (run `tend plan --out` again)");
+                return Ok(1);
+            }
+            if file.manifests_digest != set.digest {
+                printer.err("error: the saved plan is stale: manifests changed since it was made (run `tend plan --out` again)");
+                return Ok(1);
+            }
+            file.plan
+        }
+        None => plan(&set, &graph, &store, providers, &plan_options(&args.flags)).await?,
+    };
+    printer.out(&render::text(&plan, printer.style));
+    if !plan.errors.is_empty() {
+        return Ok(1);
+    }
+    if !plan.has_changes() {
+        return Ok(0);
+    }
+    if args.planfile.is_none() && !args.auto_approve {
+        if !std::io::stdin().is_terminal() {
+            printer.err("error: refusing to apply without confirmation: stdin is not a terminal (use --auto-approve)");
+            return Ok(1);
+        }
+        printer.out("Do you want to perform these actions?\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            printer.out("Apply cancelled.");
+            return Ok(1);
+        }
+    }
+    printer.out("");
+    let progress_printer = printer;
+    let opts = ApplyOptions {
+        parallelism: args.flags.parallelism,
+        trigger: Trigger::Cli,
+        progress: Arc::new(move |line| progress_printer.out(&line)),
+        heartbeat: Duration::from_secs(10),
+        revision: None,
+    };
+    let run = apply(&set, &graph, &plan, &store, providers, opts).await?;
+    let count = |outcome: &str, actions: &[&str]| {
+        run.results
+            .iter()
+            .filter(|r| r.outcome == outcome && actions.contains(&r.action.as_str()))
+            .count()
+    };
+    let added = count("applied", &["create", "replace"]);
+    let changed = count("applied", &["update"]);
+    let destroyed = count("applied", &["delete", "replace"]);
+    if run.exit_code == 0 {
+        printer.out(&printer.style.bold(&format!(
+            "\nApply complete! Resources: {added} added, {changed} changed, {destroyed} destroyed. (run {})",
+            run.id
+        )));
+        Ok(0)
+    } else {
+        let mut s = format!(
+            "\nApply finished with errors. Resources: {added} added, {changed} changed, {destroyed} destroyed. (run {})\n",
+            run.id
+        );
+        for r in run.results.iter().filter(|r| r.outcome == "failed" || r.outcome == "blocked") {
+            s.push_str(&format!(
+                "  {} {}: {}\n",
+                r.outcome,
+                r.address,
+                r.detail.as_deref().unwrap_or("")
+            ));
+        }
+        printer.err(&s);
+        Ok(1)
+    }
+}
+
+async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Result<u8> {
+    let store = open_store(dir)?;
+    match cmd {
+        StateCmd::List => {
+            let records = blocking(&store, |s| s.list()).await?;
+            let mut s = String::new();
+            for r in records {
+                let status = match r.status {
+                    Status::Ready => "ready",
+                    Status::Failed => "failed",
+                    Status::Applying => "applying",
+                };
+                s.push_str(&format!("{:<50} {status:<9} gen {}\n", r.address.to_string(), r.generation));
+            }
+            printer.out(&s);
+        }
+        StateCmd::Show { address } => {
+            let a = address.clone();
+            let Some(r) = blocking(&store, move |s| s.get(&a)).await? else {
+                printer.err(&format!("error: {address} is not in state"));
+                return Ok(1);
+            };
+            let json = |m: &std::collections::BTreeMap<String, crate::value::Value>| -> serde_json::Value {
+                m.iter().map(|(k, v)| (k.clone(), v.to_json(Reveal::No))).collect()
+            };
+            let doc = serde_json::json!({
+                "address": r.address.to_string(),
+                "status": r.status,
+                "last_error": r.last_error,
+                "generation": r.generation,
+                "prevent_destroy": r.prevent_destroy,
+                "depends_on": r.depends_on.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "spec": r.spec.to_json(Reveal::No),
+                "outputs": json(&r.outputs),
+                "created_at": r.created_at,
+                "updated_at": r.updated_at,
+            });
+            printer.out(&serde_json::to_string_pretty(&doc)?);
+        }
+        StateCmd::Rm { address } => {
+            let a = address.clone();
+            let existed = blocking(&store, move |s| {
+                let had = s.get(&a)?.is_some();
+                s.remove(&a)?;
+                s.write_backup()?;
+                Ok(had)
+            })
+            .await?;
+            if !existed {
+                printer.err(&format!("error: {address} is not in state"));
+                return Ok(1);
+            }
+            printer.out(&format!("Removed {address} from state (the real object was not touched)."));
+        }
+        StateCmd::Export { include_secrets } => {
+            let doc = blocking(&store, move |s| s.export(include_secrets)).await?;
+            printer.out(&serde_json::to_string_pretty(&doc)?);
+        }
+        StateCmd::Import { file } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let doc: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", file.display()))?;
+            blocking(&store, move |s| {
+                s.import(&doc)?;
+                s.write_backup()
+            })
+            .await?;
+            printer.out(&format!("Imported state from {}.", file.display()));
+        }
+    }
+    Ok(0)
+}
+
+async fn runs_cmd(dir: &Path, cmd: RunsCmd, printer: Printer) -> anyhow::Result<u8> {
+    let store = open_store(dir)?;
+    match cmd {
+        RunsCmd::List { limit } => {
+            let runs = blocking(&store, move |s| s.runs(limit)).await?;
+            let mut s = String::new();
+            for r in runs {
+                let failed = r.results.iter().filter(|x| x.outcome != "applied" && x.outcome != "unchanged").count();
+                s.push_str(&format!(
+                    "{}  exit {}  {:>5}ms  {} resources, {failed} not applied  {}\n",
+                    r.id,
+                    r.exit_code,
+                    r.ended_at.saturating_sub(r.started_at),
+                    r.results.len(),
+                    r.summary
+                ));
+            }
+            printer.out(&s);
+        }
+        RunsCmd::Show { id } => {
+            let i = id.clone();
+            let Some(run) = blocking(&store, move |s| s.run(&i)).await? else {
+                printer.err(&format!("error: no run {id}"));
+                return Ok(1);
+            };
+            printer.out(&serde_json::to_string_pretty(&run)?);
+        }
+    }
+    Ok(0)
+}

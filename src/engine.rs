@@ -1,0 +1,183 @@
+//! Planning against the real world: resolve each managed resource's desired state in graph
+//! order, observe it through its provider (refresh), and let the pure `plan::decide` say what
+//! to do. Async and I/O-bound (state reads, provider reads); the decisions themselves are pure.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use futures::stream::{self, StreamExt};
+
+use crate::address::Address;
+use crate::desired::Resolver;
+use crate::graph::Graph;
+use crate::manifest::ManifestSet;
+use crate::plan::{self, Action, Observation, Plan, ResourceChange};
+use crate::provider::{self, Desired, Provider};
+use crate::state::{Record, StateError, StateStore};
+use crate::value::Value;
+
+/// How to plan.
+#[derive(Clone, Debug)]
+pub struct PlanOptions {
+    /// Observe real systems (drift). `--refresh=false` trusts state.
+    pub refresh: bool,
+    /// Only these resources (and what they depend on); empty means all.
+    pub targets: Vec<Address>,
+    /// Concurrent provider reads.
+    pub parallelism: usize,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            refresh: true,
+            targets: Vec::new(),
+            parallelism: 10,
+        }
+    }
+}
+
+/// Run a blocking state call off the async runtime.
+pub async fn blocking<T, F>(store: &Arc<dyn StateStore>, f: F) -> Result<T, StateError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn StateStore) -> Result<T, StateError> + Send + 'static,
+{
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| StateError::Sled(format!("state task failed: {e}")))?
+}
+
+/// The set of addresses a targeted run touches: the targets and everything they depend on.
+pub fn targeted(graph: &Graph, targets: &[Address]) -> Option<BTreeSet<Address>> {
+    if targets.is_empty() {
+        return None;
+    }
+    let mut set = BTreeSet::new();
+    for t in targets {
+        set.insert(t.clone());
+        set.extend(graph.ancestors(t));
+    }
+    Some(set)
+}
+
+/// Make a plan.
+pub async fn plan(
+    set: &ManifestSet,
+    graph: &Graph,
+    store: &Arc<dyn StateStore>,
+    providers: &[Arc<dyn Provider>],
+    opts: &PlanOptions,
+) -> anyhow::Result<Plan> {
+    let records: BTreeMap<Address, Record> = blocking(store, |s| s.list())
+        .await?
+        .into_iter()
+        .map(|r| (r.address.clone(), r))
+        .collect();
+    let key = store.digest_key().to_vec();
+    let scope = targeted(graph, &opts.targets);
+    let in_scope = |a: &Address| scope.as_ref().is_none_or(|s| s.contains(a));
+
+    // Levels: a resource's level is one more than its deepest dependency's.
+    let mut level: BTreeMap<&Address, usize> = BTreeMap::new();
+    for a in graph.order() {
+        let l = graph
+            .dependencies(a)
+            .iter()
+            .filter_map(|d| level.get(d).map(|l| l + 1))
+            .max()
+            .unwrap_or(0);
+        level.insert(a, l);
+    }
+    let mut waves: BTreeMap<usize, Vec<Address>> = BTreeMap::new();
+    for m in set.managed() {
+        if in_scope(&m.address) {
+            waves.entry(level[&m.address]).or_default().push(m.address.clone());
+        }
+    }
+
+    let mut resolver = Resolver::new(set);
+    let mut decided: BTreeMap<Address, (ResourceChange, Desired)> = BTreeMap::new();
+    let mut plan = Plan::default();
+    for (_, wave) in waves {
+        let mut items = Vec::new();
+        for a in wave {
+            let outputs = |t: &Address| planned_outputs(t, &decided, &records, providers);
+            let Some(desired) = resolver.desired(&a, &outputs) else { continue };
+            let Some(p) = provider::for_kind(providers, a.kind) else { continue };
+            items.push((desired, p));
+        }
+        let observed: Vec<(Desired, Arc<dyn Provider>, Observation)> = stream::iter(items)
+            .map(|(desired, p)| {
+                let rec = records.get(&desired.address);
+                let refresh = opts.refresh && desired.connection.is_known() && rec.is_some();
+                async move {
+                    let obs = if refresh {
+                        match p.observe(&desired, rec).await {
+                            Ok(Some(o)) => Ok(Observation::Present(o)),
+                            Ok(None) => Ok(Observation::Absent),
+                            Err(e) => Err(e),
+                        }
+                    } else {
+                        Ok(Observation::NotRefreshed)
+                    };
+                    (desired, p, obs)
+                }
+            })
+            .buffer_unordered(opts.parallelism.max(1))
+            .map(|(d, p, obs)| {
+                let obs = obs.unwrap_or_else(|e| {
+                    tracing::warn!(address = %d.address, error = %e, "refresh failed");
+                    Observation::NotRefreshed
+                });
+                (d, p, obs)
+            })
+            .collect()
+            .await;
+        for (desired, p, obs) in observed {
+            if let Observation::NotRefreshed = obs {
+                if opts.refresh && records.contains_key(&desired.address) && desired.connection.is_known() {
+                    plan.warnings.push(format!(
+                        "could not refresh {}: planned from state alone (see the log for the error)",
+                        desired.address
+                    ));
+                }
+            }
+            let hash = desired.spec.digest(&key);
+            let change = plan::decide(p.as_ref(), &desired, &hash, records.get(&desired.address), &obs);
+            if change.action == Action::Replace && desired.prevent_destroy {
+                plan.errors.push(format!(
+                    "{} has lifecycle.prevent_destroy set, but this plan would replace it",
+                    desired.address
+                ));
+            }
+            decided.insert(desired.address.clone(), (change, desired));
+        }
+    }
+    for (a, rec) in &records {
+        if set.get(a).is_none() && in_scope(a) {
+            let (change, error) = plan::decide_orphan(rec);
+            plan.errors.extend(error);
+            plan.changes.push(change);
+        }
+    }
+    plan.changes.extend(decided.into_values().map(|(c, _)| c));
+    plan.changes.sort_by(|a, b| a.address.cmp(&b.address));
+    Ok(plan)
+}
+
+/// Outputs a dependent may rely on during planning: recorded ones when the resource will not
+/// change, what the provider can tell from the spec otherwise.
+fn planned_outputs(
+    a: &Address,
+    decided: &BTreeMap<Address, (ResourceChange, Desired)>,
+    records: &BTreeMap<Address, Record>,
+    providers: &[Arc<dyn Provider>],
+) -> Option<BTreeMap<String, Value>> {
+    let (change, desired) = decided.get(a)?;
+    if change.action == Action::NoOp {
+        return records.get(a).map(|r| r.outputs.clone());
+    }
+    provider::for_kind(providers, a.kind).map(|p| p.known_outputs(desired))
+}

@@ -1,0 +1,237 @@
+//! Credentials: which keys each provider's credential has, which of them are secrets (and so
+//! must come from `fromEnv` / `fromFile`), reading those sources, and picking the credential a
+//! resource uses when it names none. Reads the environment and files; nothing else.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::Credential;
+use super::diag::{Diagnostic, suggest};
+use super::node::{Node, NodeValue, Pos};
+use crate::value::{Sensitive, Value};
+
+/// `(key, is_secret)` for each key a provider's credential may hold.
+pub fn keys(provider: &str) -> &'static [(&'static str, bool)] {
+    match provider {
+        "postgres" => &[
+            ("host", false),
+            ("port", false),
+            ("user", false),
+            ("password", true),
+            ("database", false),
+            ("sslmode", false),
+        ],
+        "nomad" => &[
+            ("address", false),
+            ("token", true),
+            ("region", false),
+            ("namespace", false),
+            ("ca_cert", false),
+            ("client_cert", false),
+            ("client_key", true),
+        ],
+        "digitalocean" => &[("token", true)],
+        "aws" => &[
+            ("access_key_id", false),
+            ("secret_access_key", true),
+            ("session_token", true),
+            ("region", false),
+        ],
+        "gcp" => &[("project", false), ("region", false), ("credentials", true)],
+        "azure" => &[
+            ("tenant_id", false),
+            ("client_id", false),
+            ("subscription_id", false),
+            ("client_secret", true),
+        ],
+        "pulumi" => &[
+            ("passphrase", true),
+            ("backend_url", false),
+            ("access_token", true),
+        ],
+        _ => &[],
+    }
+}
+
+/// Read a credential's `data` from its sources. Errors name the credential, the key and the
+/// variable or file.
+pub fn read_data(
+    name: &str,
+    provider: &str,
+    data: Option<&Node>,
+    root: &Path,
+    file: &Arc<std::path::PathBuf>,
+    diags: &mut Vec<Diagnostic>,
+) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    let Some(data) = data else { return out };
+    let Some(entries) = data.as_map() else {
+        diags.push(Diagnostic::new(file, data.pos, "spec.data must be a mapping"));
+        return out;
+    };
+    let allowed = keys(provider);
+    for (key, node) in entries {
+        let Some(&(_, is_secret)) = allowed.iter().find(|(k, _)| *k == key.name) else {
+            let names = allowed.iter().map(|(k, _)| *k);
+            let help = suggest(&key.name, names.clone())
+                .map(|s| format!("did you mean `{s}`?"))
+                .unwrap_or_else(|| {
+                    format!("a {provider} credential holds: {}", names.collect::<Vec<_>>().join(", "))
+                });
+            diags.push(
+                Diagnostic::new(
+                    file,
+                    key.pos,
+                    format!("unknown key `{}` in {provider} credential `{name}`", key.name),
+                )
+                .with_help(help),
+            );
+            continue;
+        };
+        let ctx = Source {
+            name,
+            key: &key.name,
+            root,
+            file,
+        };
+        match read_source(&ctx, node, is_secret) {
+            Ok(v) => {
+                out.insert(key.name.clone(), v);
+            }
+            Err(d) => diags.push(*d),
+        }
+    }
+    out
+}
+
+struct Source<'a> {
+    name: &'a str,
+    key: &'a str,
+    root: &'a Path,
+    file: &'a Arc<std::path::PathBuf>,
+}
+
+fn read_source(ctx: &Source<'_>, node: &Node, is_secret: bool) -> Result<Value, Box<Diagnostic>> {
+    let err = |pos: Pos, msg: String| Box::new(Diagnostic::new(ctx.file, pos, msg));
+    let (name, key) = (ctx.name, ctx.key);
+    let wrap = |s: String| {
+        if is_secret {
+            Value::Secret(Sensitive::new(s))
+        } else {
+            Value::Str(s)
+        }
+    };
+    if let Some([(k, v)]) = node.as_map() {
+        let Some(arg) = v.as_str() else {
+            return Err(err(v.pos, format!("`{}` takes a string", k.name)));
+        };
+        return match k.name.as_str() {
+            "fromEnv" => match std::env::var(arg) {
+                Ok(s) => Ok(wrap(s)),
+                Err(_) => Err(err(
+                    v.pos,
+                    format!("credential `{name}`: environment variable `{arg}` for `{key}` is not set"),
+                )),
+            },
+            "fromFile" => read_file(ctx, arg, v.pos).map(wrap),
+            other => Err(err(
+                k.pos,
+                format!("credential `{name}`: `{other}` is not a source (use `fromEnv` or `fromFile`)"),
+            )),
+        };
+    }
+    if is_secret {
+        return Err(Box::new(
+            Diagnostic::new(
+                ctx.file,
+                node.pos,
+                format!("credential `{name}`: `{key}` is a secret and cannot be written in plain text"),
+            )
+            .with_help(format!("use `{key}: {{fromEnv: VAR}}` or `{key}: {{fromFile: path}}`")),
+        ));
+    }
+    match &node.value {
+        NodeValue::Str(s) => Ok(Value::Str(s.clone())),
+        NodeValue::Int(i) => Ok(Value::Int(*i)),
+        NodeValue::Bool(b) => Ok(Value::Bool(*b)),
+        _ => Err(err(
+            node.pos,
+            format!("credential `{name}`: `{key}` must be a value, `{{fromEnv: VAR}}` or `{{fromFile: path}}`"),
+        )),
+    }
+}
+
+fn read_file(ctx: &Source<'_>, arg: &str, pos: Pos) -> Result<String, Box<Diagnostic>> {
+    use std::os::unix::fs::PermissionsExt;
+    let (name, key) = (ctx.name, ctx.key);
+    let path = ctx.root.join(arg);
+    let err = |msg: String| Box::new(Diagnostic::new(ctx.file, pos, msg));
+    let meta = std::fs::metadata(&path).map_err(|e| {
+        err(format!(
+            "credential `{name}`: cannot read file `{}` for `{key}`: {e}",
+            path.display()
+        ))
+    })?;
+    let mode = meta.permissions().mode();
+    if mode & 0o004 != 0 {
+        return Err(Box::new(
+            Diagnostic::new(
+                ctx.file,
+                pos,
+                format!(
+                    "credential `{name}`: file `{}` for `{key}` is world-readable (mode {:o})",
+                    path.display(),
+                    mode & 0o777
+                ),
+            )
+            .with_help(format!("chmod o-rwx {}", path.display())),
+        ));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        err(format!(
+            "credential `{name}`: cannot read file `{}` for `{key}`: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// The credential a resource uses: the one it names, else the only one of the provider, else
+/// the one marked `default: true`. `Ok(None)` when the provider has none at all.
+pub fn pick<'a>(
+    credentials: &'a BTreeMap<String, Credential>,
+    provider: &str,
+    named: Option<&str>,
+) -> Result<Option<&'a Credential>, String> {
+    if let Some(n) = named {
+        return match credentials.get(n) {
+            Some(c) if c.provider == provider => Ok(Some(c)),
+            Some(c) => Err(format!(
+                "credential `{n}` is a {} credential, a {provider} credential is needed",
+                c.provider
+            )),
+            None => Err(format!("there is no Credential named `{n}`")),
+        };
+    }
+    let candidates: Vec<&Credential> = credentials
+        .values()
+        .filter(|c| c.provider == provider)
+        .collect();
+    match candidates.as_slice() {
+        [] => Ok(None),
+        [only] => Ok(Some(only)),
+        many => {
+            let defaults: Vec<&&Credential> = many.iter().filter(|c| c.default).collect();
+            match defaults.as_slice() {
+                [d] => Ok(Some(d)),
+                _ => Err(format!(
+                    "{} {provider} credentials and {} of them marked `default: true`: name one with `credential:` (candidates: {})",
+                    many.len(),
+                    if defaults.is_empty() { "none".to_owned() } else { defaults.len().to_string() },
+                    many.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                )),
+            }
+        }
+    }
+}

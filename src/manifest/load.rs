@@ -1,0 +1,556 @@
+//! Reading a manifests directory: walk, read and parse files in parallel, check every document,
+//! then the cross-document rules (duplicates, refs, credentials). Collects every diagnostic.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use super::diag::{Diagnostic, attach_source, suggest};
+use super::node::{Node, NodeValue, Pos, parse_documents};
+use super::refs::RefExpr;
+use super::schema::{self, Checker};
+use super::{Credential, Dep, LoadErrors, Manifest, ManifestSet, credential};
+use crate::address::{Address, Kind, is_dns_label};
+
+/// Whether a path inside the manifests tree is a manifest: `*.yaml` / `*.yml`, not hidden, not
+/// an editor's temp file. Directories starting with `.` (`.git/`) are skipped by the walk.
+pub fn is_manifest_path(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    !name.starts_with('.')
+        && !name.starts_with('#')
+        && (name.ends_with(".yaml") || name.ends_with(".yml"))
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let hidden = entry.file_name().to_str().is_none_or(|n| n.starts_with('.'));
+        let ty = entry.file_type()?;
+        if ty.is_dir() {
+            if !hidden {
+                walk(&path, out)?;
+            }
+        } else if is_manifest_path(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Load every manifest under `root`.
+pub fn load(root: &Path) -> Result<ManifestSet, LoadErrors> {
+    let mut paths = Vec::new();
+    if let Err(e) = walk(root, &mut paths) {
+        return Err(LoadErrors(vec![Diagnostic::new(
+            &Arc::new(root.to_path_buf()),
+            Pos::default(),
+            format!("cannot read manifests directory: {e}"),
+        )]));
+    }
+    paths.sort();
+    let files: Vec<(PathBuf, Result<String, String>)> = paths
+        .par_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(root).unwrap_or(p).to_path_buf();
+            (rel, std::fs::read_to_string(p).map_err(|e| e.to_string()))
+        })
+        .collect();
+    load_files(root, files)
+}
+
+/// Load from already-read files (relative path, contents). The daemon and tests use this.
+pub fn load_files(
+    root: &Path,
+    files: Vec<(PathBuf, Result<String, String>)>,
+) -> Result<ManifestSet, LoadErrors> {
+    let mut digest = Sha256::new();
+    for (path, text) in &files {
+        digest.update(path.to_string_lossy().as_bytes());
+        digest.update([0]);
+        if let Ok(t) = text {
+            digest.update(t.as_bytes());
+        }
+        digest.update([0]);
+    }
+
+    // Parse and check each file on its own, in parallel.
+    let parsed: Vec<(Vec<Manifest>, Vec<Diagnostic>, Vec<CredDoc>)> = files
+        .par_iter()
+        .map(|(path, text)| {
+            let file = Arc::new(path.clone());
+            let mut diags = Vec::new();
+            let (mut manifests, mut creds) = (Vec::new(), Vec::new());
+            match text {
+                Err(e) => diags.push(Diagnostic::new(&file, Pos::default(), format!("cannot read file: {e}"))),
+                Ok(text) => {
+                    match parse_documents(text) {
+                        Ok(docs) => {
+                            for doc in docs {
+                                if let Some((m, c)) = check_document(&file, doc, &mut diags) {
+                                    if let Some(c) = c {
+                                        creds.push(c);
+                                    }
+                                    manifests.push(m);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            let pos = e
+                                .location()
+                                .map(|l| Pos {
+                                    line: u32::try_from(l.line()).unwrap_or(0),
+                                    col: u32::try_from(l.column()).unwrap_or(0),
+                                })
+                                .unwrap_or_default();
+                            let msg = e.without_snippet().to_string();
+                            let msg = msg.lines().next().unwrap_or("invalid YAML").to_owned();
+                            diags.push(Diagnostic::new(&file, pos, format!("invalid YAML: {msg}")));
+                        }
+                    }
+                    attach_source(&mut diags, text);
+                }
+            }
+            (manifests, diags, creds)
+        })
+        .collect();
+
+    let mut diags = Vec::new();
+    let mut manifests: BTreeMap<Address, Manifest> = BTreeMap::new();
+    let mut cred_docs = Vec::new();
+    for (ms, ds, cs) in parsed {
+        diags.extend(ds);
+        cred_docs.extend(cs);
+        for m in ms {
+            if let Some(prev) = manifests.get(&m.address) {
+                diags.push(
+                    Diagnostic::new(&m.file, m.pos, format!("duplicate resource {}", m.address))
+                        .with_help(format!(
+                            "{} is also defined at {}:{}:{}",
+                            m.address,
+                            prev.file.display(),
+                            prev.pos.line,
+                            prev.pos.col
+                        )),
+                );
+            } else {
+                manifests.insert(m.address.clone(), m);
+            }
+        }
+    }
+
+    // Credentials: read their sources.
+    let mut credentials = BTreeMap::new();
+    for c in cred_docs {
+        let data = credential::read_data(&c.name, &c.provider, c.data.as_ref(), root, &c.file, &mut diags);
+        credentials.insert(
+            c.name.clone(),
+            Credential {
+                name: c.name,
+                provider: c.provider,
+                default: c.default,
+                data,
+            },
+        );
+    }
+
+    // Cross-document edges: name fields, credentials and refs.
+    let texts: BTreeMap<&Path, &str> = files
+        .iter()
+        .filter_map(|(p, t)| t.as_ref().ok().map(|t| (p.as_path(), t.as_str())))
+        .collect();
+    let addresses: Vec<Address> = manifests.keys().cloned().collect();
+    for address in &addresses {
+        let mut new_diags = Vec::new();
+        let deps = {
+            let m = &manifests[address];
+            edges(m, &manifests, &credentials, &mut new_diags)
+        };
+        if let Some(text) = manifests.get(address).and_then(|m| texts.get(m.file.as_path())) {
+            attach_source(&mut new_diags, text);
+        }
+        diags.extend(new_diags);
+        if let Some(m) = manifests.get_mut(address) {
+            m.deps = deps;
+        }
+    }
+
+    if diags.is_empty() {
+        Ok(ManifestSet {
+            root: root.to_path_buf(),
+            manifests,
+            credentials,
+            digest: hex::encode(digest.finalize()),
+        })
+    } else {
+        diags.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
+        Err(LoadErrors(diags))
+    }
+}
+
+/// A Credential document before its sources are read.
+struct CredDoc {
+    name: String,
+    provider: String,
+    default: bool,
+    data: Option<Node>,
+    file: Arc<PathBuf>,
+}
+
+/// Check one document's envelope and spec. Refs are kept unresolved in `deps` for now.
+fn check_document(
+    file: &Arc<PathBuf>,
+    doc: Node,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<(Manifest, Option<CredDoc>)> {
+    if matches!(doc.value, NodeValue::Null) {
+        return None; // an empty document (e.g. a trailing `---`)
+    }
+    let before = diags.len();
+    let Some(entries) = doc.as_map() else {
+        diags.push(Diagnostic::new(file, doc.pos, format!("a manifest must be a mapping, found {}", doc.type_name())));
+        return None;
+    };
+    const TOP: [&str; 4] = ["apiVersion", "kind", "metadata", "spec"];
+    for (k, _) in entries {
+        if !TOP.contains(&k.name.as_str()) {
+            let mut d = Diagnostic::new(file, k.pos, format!("unknown field `{}`", k.name));
+            if let Some(s) = suggest(&k.name, TOP) {
+                d = d.with_help(format!("did you mean `{s}`?"));
+            }
+            diags.push(d);
+        }
+    }
+    match doc.get("apiVersion") {
+        Some(v) if v.as_str() == Some("tend/v1") => {}
+        Some(v) => diags.push(
+            Diagnostic::new(file, v.pos, "unsupported apiVersion").with_help("use `apiVersion: tend/v1`"),
+        ),
+        None => diags.push(Diagnostic::new(file, doc.pos, "missing `apiVersion: tend/v1`")),
+    }
+    let kind = match doc.get("kind") {
+        Some(k) => match k.as_str().map(str::parse::<Kind>) {
+            Some(Ok(kind)) => Some(kind),
+            _ => {
+                let got = k.as_str().unwrap_or("");
+                let names = Kind::ALL.iter().map(|k| k.as_str());
+                let help = match suggest(got, names.clone()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("known kinds: {}", names.collect::<Vec<_>>().join(", ")),
+                };
+                diags.push(Diagnostic::new(file, k.pos, format!("unknown kind `{got}`")).with_help(help));
+                None
+            }
+        },
+        None => {
+            diags.push(Diagnostic::new(file, doc.pos, "missing `kind`"));
+            None
+        }
+    };
+    let (name, pos, labels) = check_metadata(file, &doc, diags);
+    let spec = doc.get("spec").cloned().unwrap_or(Node {
+        pos: doc.pos,
+        value: NodeValue::Map(Vec::new()),
+    });
+    let kind = kind?;
+    let mut refs = Vec::new();
+    let schema = schema::of(kind);
+    Checker {
+        file,
+        diags,
+        refs: &mut refs,
+    }
+    .check_fields(&spec, schema.fields, &format!("{kind} spec"));
+    let name = name?;
+    if diags.len() > before {
+        return None;
+    }
+    let deps = refs
+        .into_iter()
+        .map(|r| Dep {
+            target: Address::new(Kind::Credential, String::new()), // fixed up in `edges`
+            pos: r.pos,
+            via: format!("${{{}.{}.{}}}", r.kind, r.name, r.path_text()),
+            expr: Some(r),
+        })
+        .collect();
+    let cred = (kind == Kind::Credential).then(|| CredDoc {
+        name: name.clone(),
+        provider: spec.get("provider").and_then(Node::as_str).unwrap_or_default().to_owned(),
+        default: matches!(spec.get("default").map(|n| &n.value), Some(NodeValue::Bool(true))),
+        data: spec.get("data").cloned(),
+        file: Arc::clone(file),
+    });
+    Some((
+        Manifest {
+            address: Address::new(kind, name),
+            file: Arc::clone(file),
+            pos,
+            labels,
+            spec,
+            deps,
+        },
+        cred,
+    ))
+}
+
+fn check_metadata(
+    file: &Arc<PathBuf>,
+    doc: &Node,
+    diags: &mut Vec<Diagnostic>,
+) -> (Option<String>, Pos, BTreeMap<String, String>) {
+    let mut labels = BTreeMap::new();
+    let Some(meta) = doc.get("metadata") else {
+        diags.push(Diagnostic::new(file, doc.pos, "missing `metadata` with a `name`"));
+        return (None, doc.pos, labels);
+    };
+    let Some(entries) = meta.as_map() else {
+        diags.push(Diagnostic::new(file, meta.pos, "`metadata` must be a mapping"));
+        return (None, meta.pos, labels);
+    };
+    let mut name = None;
+    let mut pos = meta.pos;
+    for (k, v) in entries {
+        match k.name.as_str() {
+            "name" => match v.as_str() {
+                Some(n) if is_dns_label(n) => {
+                    name = Some(n.to_owned());
+                    pos = v.pos;
+                }
+                _ => diags.push(
+                    Diagnostic::new(file, v.pos, format!("invalid name `{}`", scalar_text(v)))
+                        .with_help("names are lowercase DNS labels: a-z, 0-9 and `-`, at most 63 characters, starting and ending with a letter or digit"),
+                ),
+            },
+            "labels" => match v.as_map() {
+                Some(ls) => {
+                    for (lk, lv) in ls {
+                        labels.insert(lk.name.clone(), scalar_text(lv));
+                    }
+                }
+                None => diags.push(Diagnostic::new(file, v.pos, "`metadata.labels` must be a mapping")),
+            },
+            other => {
+                let mut d = Diagnostic::new(file, k.pos, format!("unknown field `{other}` in metadata"));
+                if let Some(s) = suggest(other, ["name", "labels"]) {
+                    d = d.with_help(format!("did you mean `{s}`?"));
+                }
+                diags.push(d);
+            }
+        }
+    }
+    if name.is_none() && !entries.iter().any(|(k, _)| k.name == "name") {
+        diags.push(Diagnostic::new(file, meta.pos, "`metadata` is missing `name`"));
+    }
+    (name, pos, labels)
+}
+
+fn scalar_text(n: &Node) -> String {
+    match &n.value {
+        NodeValue::Str(s) => s.clone(),
+        NodeValue::Int(i) => i.to_string(),
+        NodeValue::Float(f) => f.to_string(),
+        NodeValue::Bool(b) => b.to_string(),
+        _ => n.type_name().to_owned(),
+    }
+}
+
+/// Resolve a manifest's edges: refs to their targets (checking the field path), name fields
+/// (`server: main`) and the credential it uses.
+fn edges(
+    m: &Manifest,
+    all: &BTreeMap<Address, Manifest>,
+    credentials: &BTreeMap<String, Credential>,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<Dep> {
+    let mut deps = Vec::new();
+    for d in &m.deps {
+        let Some(r) = &d.expr else { continue };
+        match check_ref(r, all, credentials) {
+            Ok(target) => deps.push(Dep {
+                target,
+                ..d.clone()
+            }),
+            Err((msg, help)) => {
+                let mut diag = Diagnostic::new(&m.file, r.pos, msg);
+                diag.help = help;
+                diags.push(diag);
+            }
+        }
+    }
+    // Name fields.
+    if let Some(entries) = m.spec.as_map() {
+        for (k, v) in entries {
+            let Some(kind) = super::kind_for_name_field(m.address.kind, &k.name) else {
+                continue;
+            };
+            let Some(name) = v.as_str() else { continue };
+            let target = Address::new(kind, name);
+            if all.contains_key(&target) {
+                deps.push(Dep {
+                    target,
+                    pos: v.pos,
+                    via: format!("spec.{}", k.name),
+                    expr: None,
+                });
+            } else {
+                let same_kind = all.keys().filter(|a| a.kind == kind).map(|a| a.name.as_str());
+                let mut diag = Diagnostic::new(&m.file, v.pos, format!("{target} does not exist"));
+                if let Some(s) = suggest(name, same_kind) {
+                    diag = diag.with_help(format!("did you mean `{s}`?"));
+                }
+                diags.push(diag);
+            }
+        }
+    }
+    // The credential it uses.
+    if let Some(provider) = credential_provider(m.address.kind) {
+        let named = m.spec.get("credential");
+        match credential::pick(credentials, provider, named.and_then(Node::as_str)) {
+            Ok(Some(c)) => deps.push(Dep {
+                target: Address::new(Kind::Credential, c.name.clone()),
+                pos: named.map_or(m.pos, |n| n.pos),
+                via: "credential".into(),
+                expr: None,
+            }),
+            Ok(None) => {}
+            Err(msg) => diags.push(Diagnostic::new(&m.file, named.map_or(m.pos, |n| n.pos), msg)),
+        }
+    }
+    deps.sort_by(|a, b| (a.pos, &a.target).cmp(&(b.pos, &b.target)));
+    deps
+}
+
+/// The provider whose credential a kind uses.
+pub fn credential_provider(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::PostgresServer => Some("postgres"),
+        Kind::Credential | Kind::PostgresDatabase => None,
+    }
+}
+
+type RefError = (String, Option<String>);
+
+fn check_ref(
+    r: &RefExpr,
+    all: &BTreeMap<Address, Manifest>,
+    credentials: &BTreeMap<String, Credential>,
+) -> Result<Address, RefError> {
+    let shown = format!("{}.{}.{}", r.kind, r.name, r.path_text());
+    let kind: Kind = r.kind.parse().map_err(|()| {
+        let help = suggest(&r.kind, Kind::ALL.iter().map(|k| k.as_str())).map(|s| format!("did you mean `{s}`?"));
+        (format!("unknown kind `{}` in ref `{shown}`", r.kind), help)
+    })?;
+    let target = Address::new(kind, r.name.clone());
+    if !all.contains_key(&target) {
+        let same = all.keys().filter(|a| a.kind == kind).map(|a| a.name.as_str());
+        let help = suggest(&r.name, same).map(|s| format!("did you mean `{s}`?"));
+        return Err((format!("ref to {target}, which does not exist"), help));
+    }
+    let path: Vec<&str> = r.path.iter().map(String::as_str).collect();
+    let schema = schema::of(kind);
+    match path.as_slice() {
+        ["spec", "data", key] if kind == Kind::Credential => {
+            let has = credentials.get(&r.name).is_some_and(|c| c.data.contains_key(*key));
+            if !has {
+                return Err((format!("credential `{}` has no data key `{key}`", r.name), None));
+            }
+        }
+        ["spec", field, ..] => {
+            if schema.field(field).is_none() {
+                let help = suggest(field, schema.fields.iter().map(|f| f.name)).map(|s| format!("did you mean `spec.{s}`?"));
+                return Err((format!("{kind} has no field `spec.{field}` (in ref `{shown}`)"), help));
+            }
+        }
+        ["status", "outputs", name] => {
+            if schema.output(name).is_none() {
+                let outputs: Vec<&str> = schema.outputs.iter().map(|o| o.name).collect();
+                let help = suggest(name, outputs.iter().copied())
+                    .map(|s| format!("did you mean `status.outputs.{s}`?"))
+                    .or_else(|| (!outputs.is_empty()).then(|| format!("{kind} outputs: {}", outputs.join(", "))));
+                return Err((format!("{kind} has no output `{name}` (in ref `{shown}`)"), help));
+            }
+        }
+        _ => {
+            return Err((
+                format!("ref `{shown}`: field_path must be `spec.<field>` or `status.outputs.<name>`"),
+                None,
+            ));
+        }
+    }
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(files: &[(&str, &str)]) -> Result<ManifestSet, Vec<String>> {
+        let files = files
+            .iter()
+            .map(|(p, t)| (PathBuf::from(p), Ok((*t).to_owned())))
+            .collect();
+        load_files(Path::new("/m"), files).map_err(|e| e.0.iter().map(|d| format!("{} {}", d.location(), d.message)).collect())
+    }
+
+    const SERVER: &str = "apiVersion: tend/v1\nkind: PostgresServer\nmetadata: {name: main}\nspec: {host: localhost, user: admin, password: \"${Credential.pg.spec.data.password}\"}\n---\napiVersion: tend/v1\nkind: Credential\nmetadata: {name: pg}\nspec:\n  provider: postgres\n  data: {password: {fromEnv: PATH}}\n";
+
+    #[test]
+    fn every_error_of_every_file_is_reported_at_once() {
+        let errs = load_str(&[
+            ("a.yaml", "apiVersion: tend/v1\nkind: PostgresDatabse\nmetadata: {name: a}\n"),
+            ("b.yaml", "apiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {name: Bad_Name}\nspec: {server: x}\n"),
+            ("c.yaml", "key: [unclosed\n"),
+        ])
+        .expect_err("invalid");
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(errs[0].starts_with("a.yaml:2:7 unknown kind"), "{errs:?}");
+        assert!(errs[1].starts_with("b.yaml:3:18 invalid name"), "{errs:?}");
+        assert!(errs[2].starts_with("c.yaml:"), "{errs:?}");
+    }
+
+    #[test]
+    fn duplicates_name_both_places() {
+        let doc = "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: pg}\nspec: {provider: postgres}\n";
+        let err = load_files(
+            Path::new("/m"),
+            vec![(PathBuf::from("a.yaml"), Ok(doc.into())), (PathBuf::from("b.yaml"), Ok(doc.into()))],
+        )
+        .expect_err("duplicate");
+        assert_eq!(err.0[0].location(), "b.yaml:3:18");
+        assert!(err.0[0].help.as_deref().unwrap_or("").contains("a.yaml:3:18"));
+    }
+
+    #[test]
+    fn refs_become_edges_and_bad_refs_are_located() {
+        let set = load_str(&[("s.yaml", SERVER)]).expect("valid");
+        let server = set.get(&"PostgresServer.main".parse().expect("address")).expect("server");
+        let targets: Vec<String> = server.deps.iter().map(|d| d.target.to_string()).collect();
+        assert!(targets.contains(&"Credential.pg".to_owned()), "{targets:?}");
+
+        let bad = SERVER.replace("spec.data.password", "spec.data.pasword");
+        let errs = load_str(&[("s.yaml", &bad)]).expect_err("bad ref");
+        assert_eq!(errs, ["s.yaml:4:48 credential `pg` has no data key `pasword`"]);
+
+        let db = "apiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {name: d}\nspec: {server: mian, owner: \"${PostgresDatabase.e.status.outputs.host}\"}\n";
+        let errs = load_str(&[("s.yaml", SERVER), ("d.yaml", db)]).expect_err("bad refs");
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert_eq!(errs[0], "d.yaml:4:16 PostgresServer.mian does not exist");
+        assert_eq!(errs[1], "d.yaml:4:29 ref to PostgresDatabase.e, which does not exist");
+    }
+
+    #[test]
+    fn plaintext_secret_and_missing_env_are_errors_naming_the_credential() {
+        let doc = "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: pg}\nspec:\n  provider: postgres\n  data:\n    password: hunter2\n    user: {fromEnv: TEND_TEST_SURELY_UNSET_VAR}\n";
+        let errs = load_str(&[("c.yaml", doc)]).expect_err("invalid");
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].contains("c.yaml:7:15 credential `pg`: `password` is a secret"), "{errs:?}");
+        assert!(errs[1].contains("TEND_TEST_SURELY_UNSET_VAR"), "{errs:?}");
+        assert!(!errs.iter().any(|e| e.contains("hunter2")));
+    }
+}

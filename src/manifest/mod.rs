@@ -1,0 +1,107 @@
+//! Manifests: the desired state as written. `load` reads a directory of YAML files into a
+//! [`ManifestSet`] (every document checked against its kind's schema, every ref checked against
+//! its target, credentials read from their sources) or returns *all* diagnostics at once.
+//! `resolve` turns a spec into a [`crate::value::Value`] given a way to look refs up.
+//!
+//! Invariant: a set is returned only when every file loaded cleanly (invariant 4 builds on it).
+//! Only `load` and `credential` touch the filesystem and environment; the rest is pure.
+
+pub mod credential;
+pub mod diag;
+mod load;
+pub mod node;
+pub mod refs;
+pub mod resolve;
+pub mod schema;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use load::{load, load_files};
+
+use crate::address::{Address, Kind};
+use diag::Diagnostic;
+use node::{Node, Pos};
+use refs::RefExpr;
+
+/// One document: a resource as written.
+#[derive(Clone, Debug)]
+pub struct Manifest {
+    pub address: Address,
+    /// The file, relative to the manifests root.
+    pub file: Arc<PathBuf>,
+    /// Where the document's `metadata.name` was written.
+    pub pos: Pos,
+    pub labels: BTreeMap<String, String>,
+    pub spec: Node,
+    /// Every resource this one reads from, with where it was written.
+    pub deps: Vec<Dep>,
+}
+
+/// An edge: this manifest reads `target` (through a ref, a `server:` name or a credential).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dep {
+    pub target: Address,
+    pub pos: Pos,
+    /// How, e.g. `spec.server` or `${…status.outputs.host}`.
+    pub via: String,
+    /// The ref, when the edge is a ref.
+    pub expr: Option<RefExpr>,
+}
+
+/// A Credential with its data read from its sources.
+#[derive(Clone, Debug)]
+pub struct Credential {
+    pub name: String,
+    pub provider: String,
+    pub default: bool,
+    /// Values; secret keys are [`crate::value::Value::Secret`].
+    pub data: BTreeMap<String, crate::value::Value>,
+}
+
+/// Everything loaded from a manifests directory, valid as a whole.
+#[derive(Clone, Debug, Default)]
+pub struct ManifestSet {
+    pub root: PathBuf,
+    pub manifests: BTreeMap<Address, Manifest>,
+    pub credentials: BTreeMap<String, Credential>,
+    /// Digest of every file's path and bytes: a saved plan is stale when it changes.
+    pub digest: String,
+}
+
+impl ManifestSet {
+    /// Managed resources (those a provider converges), in address order.
+    pub fn managed(&self) -> impl Iterator<Item = &Manifest> {
+        self.manifests.values().filter(|m| m.address.kind.is_managed())
+    }
+
+    pub fn get(&self, a: &Address) -> Option<&Manifest> {
+        self.manifests.get(a)
+    }
+}
+
+/// A failed load: every problem found.
+#[derive(Debug)]
+pub struct LoadErrors(pub Vec<Diagnostic>);
+
+impl std::fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for d in &self.0 {
+            f.write_str(&d.render())?;
+            writeln!(f)?;
+        }
+        let n = self.0.len();
+        write!(f, "{n} error{} in manifests", if n == 1 { "" } else { "s" })
+    }
+}
+
+impl std::error::Error for LoadErrors {}
+
+/// The resource kinds a name reference points at (`server: main` → `PostgresServer.main`).
+pub fn kind_for_name_field(kind: Kind, field: &str) -> Option<Kind> {
+    match (kind, field) {
+        (Kind::PostgresDatabase, "server") => Some(Kind::PostgresServer),
+        _ => None,
+    }
+}

@@ -1,0 +1,309 @@
+//! Plans as data: for each resource the action (`+` create, `~` update, `-/+` replace, `-`
+//! delete, no-op), the fields that change, the drift found, and why. [`decide`] is the pure
+//! diff of desired × recorded × observed; `render` is a view of a plan. No I/O here.
+
+pub mod render;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::address::Address;
+use crate::provider::{Desired, Drift, Observed, Provider};
+use crate::state::{Record, Status};
+use crate::value::{Reveal, SENSITIVE, UNKNOWN, Value};
+
+/// What will happen to a resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    NoOp,
+    Create,
+    Update,
+    Replace,
+    Delete,
+}
+
+impl Action {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Action::NoOp => " ",
+            Action::Create => "+",
+            Action::Update => "~",
+            Action::Replace => "-/+",
+            Action::Delete => "-",
+        }
+    }
+    pub fn verb(self) -> &'static str {
+        match self {
+            Action::NoOp => "no-op",
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Replace => "replace",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+/// One changed field, values already rendered (secrets as `(sensitive)`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldChange {
+    /// Dotted path inside the spec, e.g. `password.generate.length`.
+    pub path: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub forces_replacement: bool,
+}
+
+/// The plan for one resource.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceChange {
+    pub address: Address,
+    pub action: Action,
+    pub fields: Vec<FieldChange>,
+    pub drift: Vec<DriftItem>,
+    /// Why, in words (e.g. `deleted outside tend`, `last apply did not finish`).
+    pub reasons: Vec<String>,
+}
+
+/// Drift, as data that serialises.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftItem {
+    pub field: String,
+    pub expected: String,
+    pub found: String,
+}
+
+impl From<&Drift> for DriftItem {
+    fn from(d: &Drift) -> Self {
+        DriftItem {
+            field: d.field.clone(),
+            expected: d.expected.clone(),
+            found: d.found.clone(),
+        }
+    }
+}
+
+/// A whole plan.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// One entry per managed resource (desired or recorded), sorted by address.
+    pub changes: Vec<ResourceChange>,
+    /// Problems that make the plan unappliable (e.g. destroying a protected resource).
+    pub errors: Vec<String>,
+    /// Things worth knowing that do not block (e.g. a refresh that failed).
+    pub warnings: Vec<String>,
+}
+
+/// `(add, change, destroy)`, counted like Terraform: a replace adds one and destroys one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub add: usize,
+    pub change: usize,
+    pub destroy: usize,
+}
+
+impl Plan {
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for c in &self.changes {
+            match c.action {
+                Action::Create => s.add += 1,
+                Action::Update => s.change += 1,
+                Action::Replace => {
+                    s.add += 1;
+                    s.destroy += 1;
+                }
+                Action::Delete => s.destroy += 1,
+                Action::NoOp => {}
+            }
+        }
+        s
+    }
+
+    pub fn has_changes(&self) -> bool {
+        self.changes.iter().any(|c| c.action != Action::NoOp)
+    }
+
+    pub fn get(&self, a: &Address) -> Option<&ResourceChange> {
+        self.changes
+            .binary_search_by(|c| c.address.cmp(a))
+            .ok()
+            .map(|i| &self.changes[i])
+    }
+}
+
+impl Summary {
+    pub fn line(&self) -> String {
+        format!(
+            "Plan: {} to add, {} to change, {} to destroy.",
+            self.add, self.change, self.destroy
+        )
+    }
+}
+
+/// What a refresh found.
+#[derive(Clone, Debug)]
+pub enum Observation {
+    /// Refresh was off (`--refresh=false`) or failed: trust state.
+    NotRefreshed,
+    Absent,
+    Present(Observed),
+}
+
+/// Decide the change for a resource that has a manifest. `desired_hash` is the digest of
+/// `desired.spec`. Pure.
+pub fn decide(
+    provider: &dyn Provider,
+    desired: &Desired,
+    desired_hash: &str,
+    recorded: Option<&Record>,
+    observed: &Observation,
+) -> ResourceChange {
+    let mut change = ResourceChange {
+        address: desired.address.clone(),
+        action: Action::NoOp,
+        fields: Vec::new(),
+        drift: Vec::new(),
+        reasons: Vec::new(),
+    };
+    let Some(rec) = recorded else {
+        change.action = Action::Create;
+        change.fields = field_changes(None, Some(&desired.spec), &[]);
+        if let Observation::Present(_) = observed {
+            change.reasons.push("already exists: it will be adopted".into());
+        }
+        return change;
+    };
+    if rec.generation == 0 {
+        // Never applied successfully: still a create (the provider adopts what a crashed or
+        // failed attempt left behind).
+        change.action = Action::Create;
+        change.fields = field_changes(None, Some(&desired.spec), &[]);
+        change.reasons.push(match rec.status {
+            Status::Failed => format!(
+                "the last attempt failed: {}",
+                rec.last_error.as_deref().unwrap_or("unknown error")
+            ),
+            _ => "the last attempt did not finish".into(),
+        });
+        return change;
+    }
+    if rec.spec_hash != desired_hash {
+        let immutable = provider.immutable_fields(desired.address.kind);
+        change.fields = field_changes(Some(&rec.spec), Some(&desired.spec), immutable);
+        let forced = change.fields.iter().any(|f| f.forces_replacement);
+        change.action = if forced { Action::Replace } else { Action::Update };
+        if change.fields.is_empty() {
+            change.reasons.push("the resolved spec changed".into());
+        }
+        if forced && matches!(observed, Observation::Absent) {
+            change.action = Action::Create;
+        }
+        return change;
+    }
+    match observed {
+        Observation::Absent => {
+            change.action = Action::Create;
+            change.reasons.push("deleted outside tend".into());
+        }
+        Observation::Present(obs) => {
+            let drift = provider.drift(desired, Some(rec), obs);
+            if !drift.is_empty() {
+                change.action = Action::Update;
+                change.drift = drift.iter().map(DriftItem::from).collect();
+            }
+        }
+        Observation::NotRefreshed => {}
+    }
+    if change.action == Action::NoOp && rec.status != Status::Ready {
+        change.action = Action::Update;
+        change.reasons.push(match rec.status {
+            Status::Applying => "the last apply did not finish".into(),
+            _ => format!(
+                "the last apply failed: {}",
+                rec.last_error.as_deref().unwrap_or("unknown error")
+            ),
+        });
+    }
+    change
+}
+
+/// The change for a recorded resource whose manifest is gone.
+pub fn decide_orphan(rec: &Record) -> (ResourceChange, Option<String>) {
+    let change = ResourceChange {
+        address: rec.address.clone(),
+        action: Action::Delete,
+        fields: field_changes(Some(&rec.spec), None, &[]),
+        drift: Vec::new(),
+        reasons: vec!["its manifest was removed".into()],
+    };
+    let error = rec.prevent_destroy.then(|| {
+        format!(
+            "{} has lifecycle.prevent_destroy set, but its manifest was removed: restore it, set prevent_destroy: false and apply, then remove it",
+            rec.address
+        )
+    });
+    (change, error)
+}
+
+/// Show a leaf value.
+pub fn show(v: &Value) -> String {
+    match v {
+        Value::Secret(_) => SENSITIVE.into(),
+        Value::Unknown => UNKNOWN.into(),
+        Value::Str(s) => format!("{s:?}"),
+        other if other.is_sensitive() => SENSITIVE.into(),
+        other => other.to_json(Reveal::No).to_string(),
+    }
+}
+
+fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
+    match v {
+        Value::Map(m) if !m.is_empty() => {
+            for (k, x) in m {
+                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(&p, x, out);
+            }
+        }
+        Value::List(l) if !l.is_empty() => {
+            for (i, x) in l.iter().enumerate() {
+                flatten(&format!("{prefix}[{i}]"), x, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_owned(), v.clone());
+        }
+    }
+}
+
+/// Field-by-field differences between two specs.
+pub fn field_changes(before: Option<&Value>, after: Option<&Value>, immutable: &[&str]) -> Vec<FieldChange> {
+    let (mut b, mut a) = (BTreeMap::new(), BTreeMap::new());
+    if let Some(v) = before {
+        flatten("", v, &mut b);
+    }
+    if let Some(v) = after {
+        flatten("", v, &mut a);
+    }
+    let keys: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+    let mut out = Vec::new();
+    for k in keys {
+        let (x, y) = (b.get(k), a.get(k));
+        let same = match (x, y) {
+            (Some(x), Some(y)) => x == y && y.is_known(),
+            _ => false,
+        };
+        if same {
+            continue;
+        }
+        let top = k.split(['.', '[']).next().unwrap_or(k);
+        out.push(FieldChange {
+            path: k.clone(),
+            before: x.map(show),
+            after: y.map(show),
+            forces_replacement: before.is_some() && after.is_some() && immutable.contains(&top),
+        });
+    }
+    out
+}

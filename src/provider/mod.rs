@@ -1,0 +1,182 @@
+//! The provider contract: how tend observes, diffs, applies and destroys one resource, and the
+//! explicit list of providers (see [`registry`]).
+//!
+//! Shaped like a reconcile function (kube-runtime, Terraform's resource lifecycle). The trait's
+//! pure parts (`immutable_fields`, `known_outputs`, `drift`) take values and return values; the
+//! async parts talk to the outside system. Providers never touch the state store directly: they
+//! persist through the [`Journal`] the executor hands them.
+
+pub mod postgres;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::address::{Address, Kind};
+use crate::state::Record;
+use crate::value::Value;
+
+/// A resource as the manifests want it, with every ref resolved.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    pub address: Address,
+    /// The resolved spec: a [`Value::Map`]. May hold [`Value::Unknown`] during planning, never
+    /// when handed to `apply`.
+    pub spec: Value,
+    /// How to reach the outside system (e.g. a PostgreSQL server's admin connection, resolved
+    /// from a PostgresServer and a Credential). Not part of the spec's digest: rotating an admin
+    /// password is not a change to every database. Recorded so a destroy can still connect
+    /// after the manifests that described the connection are gone.
+    pub connection: Value,
+    /// Per-resource timeout for one action.
+    pub timeout: Duration,
+    pub prevent_destroy: bool,
+    /// Addresses this resource reads from (graph edges), recorded so deletes run in reverse.
+    pub depends_on: Vec<Address>,
+}
+
+/// What a provider read from the real system, normalised so that server-side defaults never
+/// show up as differences. Keys are field names in the provider's own vocabulary.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observed {
+    pub fields: BTreeMap<String, Value>,
+}
+
+/// One difference between what should be and what is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Drift {
+    /// The field, e.g. `owner`, `role.attributes`, `password`.
+    pub field: String,
+    /// What it should be (rendered; `(sensitive)` for secrets).
+    pub expected: String,
+    /// What was found.
+    pub found: String,
+}
+
+/// What an apply produced.
+#[derive(Clone, Debug, Default)]
+pub struct Applied {
+    /// Outputs other resources can ref as `status.outputs.<key>`.
+    pub outputs: BTreeMap<String, Value>,
+    /// Provider data to keep in state (e.g. a password and its rotation number).
+    pub private: BTreeMap<String, Value>,
+}
+
+/// How the executor and the daemon should treat a failure (kube's `error_policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Back off and retry (network, server restarting, lock held).
+    Transient,
+    /// Someone else changed the object: observe again and re-plan.
+    Conflict,
+    /// Retrying will not help until the manifest or the system changes.
+    Permanent,
+}
+
+/// A provider failure. The message must never contain a secret.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+impl ProviderError {
+    pub fn transient(m: impl Into<String>) -> Self {
+        ProviderError {
+            class: ErrorClass::Transient,
+            message: m.into(),
+        }
+    }
+    pub fn permanent(m: impl Into<String>) -> Self {
+        ProviderError {
+            class: ErrorClass::Permanent,
+            message: m.into(),
+        }
+    }
+    pub fn conflict(m: impl Into<String>) -> Self {
+        ProviderError {
+            class: ErrorClass::Conflict,
+            message: m.into(),
+        }
+    }
+}
+
+/// The executor's side of an action: lets a provider persist data *before* it reaches the
+/// outside system (invariant 1: a generated secret is in state before any server sees it).
+#[async_trait]
+pub trait Journal: Send + Sync {
+    /// Persist `private` for the resource being applied (merged over what is recorded), flushed
+    /// to disk before this returns.
+    async fn save_private(&self, private: BTreeMap<String, Value>) -> Result<(), ProviderError>;
+}
+
+/// A provider converges the resources of some kinds.
+///
+/// Guarantees the executor gives: one action at a time per address; `apply` gets a spec with no
+/// unknown values; `destroy` gets the last recorded state; a timeout drops the future (so every
+/// action must be safe to interrupt and to repeat).
+///
+/// Assumptions on the provider: `apply` and `destroy` are idempotent and tolerate an object
+/// that already exists / is already gone; external names are derived from the spec only
+/// (invariant 9), so a retry after a crash finds the object instead of making a second one;
+/// errors carry no secrets.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// A short name for logs and concurrency limits, e.g. `postgres`.
+    fn name(&self) -> &'static str;
+
+    /// The kinds this provider converges.
+    fn kinds(&self) -> &'static [Kind];
+
+    /// Spec fields whose change forces `-/+` replace.
+    fn immutable_fields(&self, kind: Kind) -> &'static [&'static str];
+
+    /// Outputs the provider can tell from the spec alone, before any apply (pure).
+    fn known_outputs(&self, desired: &Desired) -> BTreeMap<String, Value> {
+        let _ = desired;
+        BTreeMap::new()
+    }
+
+    /// A key and a limit for concurrent actions against one outside system (e.g. one
+    /// PostgreSQL server), so one slow system never starves the others.
+    fn concurrency(&self, desired: &Desired) -> (String, usize) {
+        let _ = desired;
+        (self.name().to_owned(), 4)
+    }
+
+    /// Read the real object (read-only). `Ok(None)` when it does not exist.
+    async fn observe(
+        &self,
+        desired: &Desired,
+        recorded: Option<&Record>,
+    ) -> Result<Option<Observed>, ProviderError>;
+
+    /// Differences between desired and observed that an apply would repair (pure).
+    fn drift(&self, desired: &Desired, recorded: Option<&Record>, observed: &Observed)
+    -> Vec<Drift>;
+
+    /// Make the object match `desired`, idempotently.
+    async fn apply(
+        &self,
+        journal: &dyn Journal,
+        desired: &Desired,
+        recorded: Option<&Record>,
+    ) -> Result<Applied, ProviderError>;
+
+    /// Remove the object described by `recorded`; `Ok` if it is already gone. Providers decide
+    /// from the recorded spec what removal means (e.g. `on_delete: retain` keeps data).
+    async fn destroy(&self, recorded: &Record) -> Result<(), ProviderError>;
+}
+
+/// The providers tend ships, in one explicit list.
+pub fn registry() -> Vec<Arc<dyn Provider>> {
+    vec![Arc::new(postgres::PostgresProvider::default())]
+}
+
+/// The provider for a kind, if the kind is managed.
+pub fn for_kind(providers: &[Arc<dyn Provider>], kind: Kind) -> Option<Arc<dyn Provider>> {
+    providers.iter().find(|p| p.kinds().contains(&kind)).cloned()
+}
