@@ -142,14 +142,18 @@ fn read_source(ctx: &Source<'_>, node: &Node, is_secret: bool) -> Result<Value, 
         };
     }
     if is_secret {
-        return Err(Box::new(
-            Diagnostic::new(
-                ctx.file,
-                node.pos,
-                format!("credential `{name}`: `{key}` is a secret and cannot be written in plain text"),
-            )
-            .with_help(format!("use `{key}: {{fromEnv: VAR}}` or `{key}: {{fromFile: path}}`")),
-        ));
+        let mut d = Diagnostic::new(
+            ctx.file,
+            node.pos,
+            format!("credential `{name}`: `{key}` is a secret and cannot be written in plain text"),
+        )
+        .with_help(format!("use `{key}: {{fromEnv: VAR}}` or `{key}: {{fromFile: path}}`"));
+        d.redact = match &node.value {
+            NodeValue::Str(s) => Some(s.clone()),
+            NodeValue::Int(i) => Some(i.to_string()),
+            _ => None,
+        };
+        return Err(Box::new(d));
     }
     match &node.value {
         NodeValue::Str(s) => Ok(Value::Str(s.clone())),

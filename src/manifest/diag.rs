@@ -18,6 +18,8 @@ pub struct Diagnostic {
     pub help: Option<String>,
     /// The source line the position points into, when known.
     pub line_text: Option<String>,
+    /// Text that must not be shown when the source line is (a plaintext secret).
+    pub redact: Option<String>,
 }
 
 impl Diagnostic {
@@ -28,6 +30,7 @@ impl Diagnostic {
             message: message.into(),
             help: None,
             line_text: None,
+            redact: None,
         }
     }
 
@@ -62,9 +65,10 @@ pub fn attach_source(diags: &mut [Diagnostic], text: &str) {
     let lines: Vec<&str> = text.lines().collect();
     for d in diags.iter_mut() {
         if d.line_text.is_none() && d.pos.line > 0 {
-            d.line_text = lines
-                .get(d.pos.line as usize - 1)
-                .map(|l| (*l).to_owned());
+            d.line_text = lines.get(d.pos.line as usize - 1).map(|l| match &d.redact {
+                Some(secret) if !secret.is_empty() => l.replace(secret.as_str(), "(sensitive)"),
+                _ => (*l).to_owned(),
+            });
         }
     }
 }

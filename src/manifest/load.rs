@@ -113,13 +113,16 @@ pub fn load_files(
                             diags.push(Diagnostic::new(&file, pos, format!("invalid YAML: {msg}")));
                         }
                     }
-                    attach_source(&mut diags, text);
                 }
             }
             (manifests, diags, creds)
         })
         .collect();
 
+    let texts: BTreeMap<&Path, &str> = files
+        .iter()
+        .filter_map(|(p, t)| t.as_ref().ok().map(|t| (p.as_path(), t.as_str())))
+        .collect();
     let mut diags = Vec::new();
     let mut manifests: BTreeMap<Address, Manifest> = BTreeMap::new();
     let mut cred_docs = Vec::new();
@@ -160,10 +163,6 @@ pub fn load_files(
     }
 
     // Cross-document edges: name fields, credentials and refs.
-    let texts: BTreeMap<&Path, &str> = files
-        .iter()
-        .filter_map(|(p, t)| t.as_ref().ok().map(|t| (p.as_path(), t.as_str())))
-        .collect();
     let addresses: Vec<Address> = manifests.keys().cloned().collect();
     for address in &addresses {
         let mut new_diags = Vec::new();
@@ -171,9 +170,6 @@ pub fn load_files(
             let m = &manifests[address];
             edges(m, &manifests, &credentials, &mut new_diags)
         };
-        if let Some(text) = manifests.get(address).and_then(|m| texts.get(m.file.as_path())) {
-            attach_source(&mut new_diags, text);
-        }
         diags.extend(new_diags);
         if let Some(m) = manifests.get_mut(address) {
             m.deps = deps;
@@ -189,6 +185,11 @@ pub fn load_files(
         })
     } else {
         diags.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
+        for d in &mut diags {
+            if let Some(text) = texts.get(d.file.as_path()) {
+                attach_source(std::slice::from_mut(d), text);
+            }
+        }
         Err(LoadErrors(diags))
     }
 }

@@ -205,6 +205,7 @@ pub fn decide(
     match observed {
         Observation::Absent => {
             change.action = Action::Create;
+            change.fields = field_changes(None, Some(&desired.spec), &[]);
             change.reasons.push("deleted outside tend".into());
         }
         Observation::Present(obs) => {

@@ -157,3 +157,253 @@ pub fn json(plan: &Plan) -> serde_json::Value {
         "warnings": plan.warnings,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! Plan rendering snapshots: one `check` helper builds a plan from desired × recorded ×
+    //! observed through the pure `decide` with a fake provider, and renders it.
+
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::address::{Address, Kind};
+    use crate::plan::{Observation, decide, decide_orphan};
+    use crate::provider::{Applied, Desired, Drift, Journal, Observed, Provider, ProviderError};
+    use crate::state::{Record, Status};
+    use crate::value::{Sensitive, Value};
+
+    struct Fake;
+
+    #[async_trait]
+    impl Provider for Fake {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn kinds(&self) -> &'static [Kind] {
+            &[Kind::PostgresDatabase]
+        }
+        fn immutable_fields(&self, _: Kind) -> &'static [&'static str] {
+            &["database"]
+        }
+        async fn observe(&self, _: &Desired, _: Option<&Record>) -> Result<Option<Observed>, ProviderError> {
+            Ok(None)
+        }
+        fn drift(&self, desired: &Desired, _: Option<&Record>, observed: &Observed) -> Vec<Drift> {
+            match (desired.spec.get("owner"), observed.fields.get("owner")) {
+                (Some(want), Some(got)) if want != got => vec![Drift {
+                    field: "owner".into(),
+                    expected: crate::plan::show(want),
+                    found: crate::plan::show(got),
+                }],
+                _ => Vec::new(),
+            }
+        }
+        async fn apply(&self, _: &dyn Journal, _: &Desired, _: Option<&Record>) -> Result<Applied, ProviderError> {
+            Ok(Applied::default())
+        }
+        async fn destroy(&self, _: &Record) -> Result<(), ProviderError> {
+            Ok(())
+        }
+    }
+
+    fn spec(pairs: &[(&str, Value)]) -> Value {
+        Value::Map(pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect::<BTreeMap<_, _>>())
+    }
+
+    fn desired(name: &str, spec: Value) -> Desired {
+        Desired {
+            address: Address::new(Kind::PostgresDatabase, name),
+            spec,
+            connection: Value::map(),
+            timeout: Duration::from_secs(1),
+            prevent_destroy: false,
+            depends_on: Vec::new(),
+        }
+    }
+
+    fn recorded(name: &str, spec: Value) -> Record {
+        let mut r = Record::new(Address::new(Kind::PostgresDatabase, name), 0);
+        r.spec_hash = spec.digest(b"k");
+        r.spec = spec;
+        r.status = Status::Ready;
+        r.generation = 1;
+        r
+    }
+
+    /// Plan one resource per entry: (desired, recorded, observed), then render without colour.
+    fn check(entries: Vec<(Option<Desired>, Option<Record>, Observation)>) -> String {
+        let mut plan = Plan::default();
+        for (d, r, o) in entries {
+            match d {
+                Some(d) => {
+                    let hash = d.spec.digest(b"k");
+                    plan.changes.push(decide(&Fake, &d, &hash, r.as_ref(), &o));
+                }
+                None => {
+                    let Some(r) = r else { continue };
+                    let (c, e) = decide_orphan(&r);
+                    plan.changes.push(c);
+                    plan.errors.extend(e);
+                }
+            }
+        }
+        plan.changes.sort_by(|a, b| a.address.cmp(&b.address));
+        text(&plan, Style { color: false })
+    }
+
+    fn base() -> Value {
+        spec(&[
+            ("database", Value::Str("org_1".into())),
+            ("owner", Value::Str("user_1".into())),
+            ("connection_limit", Value::Int(10)),
+        ])
+    }
+
+    #[test]
+    fn create_shows_every_field_and_masks_secrets_and_unknowns() {
+        let mut s = base();
+        s.insert("admin_password", Value::Secret(Sensitive::new("hunter2")));
+        s.insert("host", Value::Unknown);
+        let out = check(vec![(Some(desired("a", s)), None, Observation::NotRefreshed)]);
+        assert!(!out.contains("hunter2"));
+        insta::assert_snapshot!(out, @r#"
+        tend will perform the following actions:
+
+          # PostgresDatabase.a will be created
+          + PostgresDatabase.a {
+              + admin_password   = (sensitive)
+              + connection_limit = 10
+              + database         = "org_1"
+              + host             = (known after apply)
+              + owner            = "user_1"
+            }
+
+        Plan: 1 to add, 0 to change, 0 to destroy.
+        "#);
+    }
+
+    #[test]
+    fn update_shows_old_and_new_and_drift() {
+        let mut s = base();
+        s.insert("connection_limit", Value::Int(20));
+        let obs = Observed {
+            fields: [("owner".to_owned(), Value::Str("intruder".into()))].into_iter().collect(),
+        };
+        let out = check(vec![
+            (Some(desired("a", s)), Some(recorded("a", base())), Observation::NotRefreshed),
+            (Some(desired("b", base())), Some(recorded("b", base())), Observation::Present(obs)),
+        ]);
+        insta::assert_snapshot!(out, @r#"
+        tend will perform the following actions:
+
+          # PostgresDatabase.a will be updated in place
+          ~ PostgresDatabase.a {
+              ~ connection_limit = 10 -> 20
+            }
+
+          # PostgresDatabase.b will be updated in place
+          ~ PostgresDatabase.b {
+              ~ owner (drift) = "intruder" -> "user_1"
+            }
+
+        Plan: 0 to add, 2 to change, 0 to destroy.
+        "#);
+    }
+
+    #[test]
+    fn replace_names_the_field_that_forces_it() {
+        let mut s = base();
+        s.insert("database", Value::Str("org_2".into()));
+        let out = check(vec![(Some(desired("a", s)), Some(recorded("a", base())), Observation::NotRefreshed)]);
+        insta::assert_snapshot!(out, @r#"
+        tend will perform the following actions:
+
+          # PostgresDatabase.a must be replaced
+        -/+ PostgresDatabase.a {
+              ~ database = "org_1" -> "org_2" # forces replacement
+            }
+
+        Plan: 1 to add, 0 to change, 1 to destroy.
+        "#);
+    }
+
+    #[test]
+    fn destroy_and_protected_destroy() {
+        let mut protected = recorded("p", base());
+        protected.prevent_destroy = true;
+        let out = check(vec![
+            (None, Some(recorded("a", base())), Observation::NotRefreshed),
+            (None, Some(protected), Observation::NotRefreshed),
+        ]);
+        insta::assert_snapshot!(out, @r#"
+        tend will perform the following actions:
+
+          # PostgresDatabase.a will be destroyed
+          # (its manifest was removed)
+          - PostgresDatabase.a {
+              - connection_limit = 10 -> null
+              - database         = "org_1" -> null
+              - owner            = "user_1" -> null
+            }
+
+          # PostgresDatabase.p will be destroyed
+          # (its manifest was removed)
+          - PostgresDatabase.p {
+              - connection_limit = 10 -> null
+              - database         = "org_1" -> null
+              - owner            = "user_1" -> null
+            }
+
+        Plan: 0 to add, 0 to change, 2 to destroy.
+
+        Error: PostgresDatabase.p has lifecycle.prevent_destroy set, but its manifest was removed: restore it, set prevent_destroy: false and apply, then remove it
+        "#);
+    }
+
+    #[test]
+    fn no_op_and_object_deleted_outside_tend() {
+        let out = check(vec![(Some(desired("a", base())), Some(recorded("a", base())), Observation::Present(Observed::default()))]);
+        insta::assert_snapshot!(out, @"No changes. Your infrastructure matches the manifests.");
+        let out = check(vec![(Some(desired("a", base())), Some(recorded("a", base())), Observation::Absent)]);
+        insta::assert_snapshot!(out, @r#"
+        tend will perform the following actions:
+
+          # PostgresDatabase.a will be created
+          # (deleted outside tend)
+          + PostgresDatabase.a {
+              + connection_limit = 10
+              + database         = "org_1"
+              + owner            = "user_1"
+            }
+
+        Plan: 1 to add, 0 to change, 0 to destroy.
+        "#);
+    }
+
+    #[test]
+    fn multi_line_values_render_as_a_unified_diff() {
+        let mut a = base();
+        a.insert("template", Value::Str("line one\nline two\nline three\n".into()));
+        let mut b = base();
+        b.insert("template", Value::Str("line one\nline 2\nline three\n".into()));
+        let out = check(vec![(Some(desired("a", b)), Some(recorded("a", a)), Observation::NotRefreshed)]);
+        insta::assert_snapshot!(out, @r#"
+        tend will perform the following actions:
+
+          # PostgresDatabase.a will be updated in place
+          ~ PostgresDatabase.a {
+              ~ template = <<-EOT
+                     line one
+                    -line two
+                    +line 2
+                     line three
+                EOT
+            }
+
+        Plan: 0 to add, 1 to change, 0 to destroy.
+        "#);
+    }
+}

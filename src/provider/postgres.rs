@@ -1,0 +1,433 @@
+//! The postgres provider: converges a `PostgresDatabase` — one database plus the LOGIN role that
+//! owns it — on a PostgreSQL server, following reference/postgres.md (DESIGN §5).
+//!
+//! Code map: `spec` reads and validates the inputs (pure); `observed` models what a server
+//! holds and computes drift (pure); `sql` builds statement text (pure); `error` classes
+//! tokio-postgres errors (pure); `conn` pools admin connections, sets up TLS and tries tenant
+//! log-ins; `reconcile` runs the statement sequence. This file wires them into [`Provider`] and
+//! owns the password's life: generated from OS randomness, saved through the [`Journal`] before
+//! any server sees it (invariant 1), sent only as a SCRAM-SHA-256 verifier.
+//!
+//! Must not touch: the state store (only through the `Journal`), manifests, or any server
+//! object other than the spec's database and role. Must not put a secret into a log line, an
+//! error, or an [`Observed`] / [`Drift`] value.
+
+mod conn;
+mod error;
+mod observed;
+mod reconcile;
+mod spec;
+mod sql;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use rand::TryRngCore;
+use rand::rngs::OsRng;
+
+use crate::address::Kind;
+use crate::provider::{Applied, Desired, Drift, Journal, Observed, Provider, ProviderError};
+use crate::state::Record;
+use crate::value::{Sensitive, Value};
+
+use observed::TenantState;
+use spec::{Server, SslMode, Tenant};
+
+/// Keys of the provider's private data in state.
+const PRIVATE_PASSWORD: &str = "password";
+const PRIVATE_ROTATION: &str = "rotation";
+
+/// Characters a URL's userinfo, host or path segment may carry as they are (RFC 3986
+/// unreserved); everything else is percent-encoded.
+const URL_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Converges `PostgresDatabase` resources. Holds the admin connection pools, shared by every
+/// resource on the same server.
+#[derive(Default)]
+pub struct PostgresProvider {
+    pools: conn::Pools,
+}
+
+#[async_trait]
+impl Provider for PostgresProvider {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn kinds(&self) -> &'static [Kind] {
+        &[Kind::PostgresDatabase]
+    }
+
+    fn immutable_fields(&self, kind: Kind) -> &'static [&'static str] {
+        match kind {
+            Kind::PostgresDatabase => &["server", "database", "owner"],
+            _ => &[],
+        }
+    }
+
+    fn known_outputs(&self, desired: &Desired) -> BTreeMap<String, Value> {
+        let mut out = BTreeMap::new();
+        let conn = &desired.connection;
+        if let Some(host) = conn.get("host") {
+            out.insert("host".to_owned(), host.clone());
+        }
+        let port = conn.get("port").cloned().unwrap_or(Value::Int(5432));
+        out.insert("port".to_owned(), port);
+        if let Some(database) = desired.spec.get("database") {
+            out.insert("database".to_owned(), database.clone());
+        }
+        if let Some(owner) = desired.spec.get("owner") {
+            out.insert("username".to_owned(), owner.clone());
+        }
+        out
+    }
+
+    fn concurrency(&self, desired: &Desired) -> (String, usize) {
+        let key = match Server::from_value(&desired.connection) {
+            Ok(server) => server.endpoint(),
+            Err(_) => {
+                let text = |k: &str| desired.connection.get(k).map(Value::to_text);
+                format!(
+                    "postgres://{}:{}",
+                    text("host").unwrap_or_default(),
+                    text("port").unwrap_or_else(|| "5432".to_owned())
+                )
+            }
+        };
+        (key, conn::MAX_ADMIN_CONNECTIONS)
+    }
+
+    async fn observe(
+        &self,
+        desired: &Desired,
+        recorded: Option<&Record>,
+    ) -> Result<Option<Observed>, ProviderError> {
+        // A server that is itself not created yet holds nothing of ours.
+        if !desired.spec.is_known() || !desired.connection.is_known() {
+            return Ok(None);
+        }
+        let tenant = Tenant::from_value(&desired.spec)?;
+        let server = Server::from_value(&desired.connection)?;
+        spec::check_pair(&tenant, &server)?;
+
+        let admin = self.pools.admin(&server).await?;
+        let read = async {
+            let role = reconcile::read_role(&admin, &tenant.owner).await?;
+            let database = reconcile::read_database(&admin, &tenant.database).await?;
+            Ok::<_, ProviderError>((role, database))
+        }
+        .await;
+        admin.release();
+        let (role, database) = read?;
+
+        let mut state = TenantState {
+            role,
+            database,
+            password_ok: None,
+        };
+        if state.is_absent() {
+            return Ok(None);
+        }
+        if let (Some(_), Some(password)) = (&state.role, recorded.and_then(recorded_password)) {
+            let login_db = if state.database.is_some() {
+                &tenant.database
+            } else {
+                &server.database
+            };
+            let ok = self
+                .pools
+                .can_log_in(&server, &tenant.owner, &password, login_db)
+                .await?;
+            state.password_ok = Some(ok);
+        }
+        Ok(Some(state.to_observed()))
+    }
+
+    fn drift(
+        &self,
+        desired: &Desired,
+        _recorded: Option<&Record>,
+        observed: &Observed,
+    ) -> Vec<Drift> {
+        match Tenant::from_value(&desired.spec) {
+            Ok(tenant) => {
+                observed::differences(&tenant, &TenantState::from_observed(observed))
+            }
+            Err(e) => {
+                // Not drift: the apply reports the invalid spec.
+                tracing::debug!(address = %desired.address, error = %e, "drift skipped");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn apply(
+        &self,
+        journal: &dyn Journal,
+        desired: &Desired,
+        recorded: Option<&Record>,
+    ) -> Result<Applied, ProviderError> {
+        let tenant = Tenant::from_value(&desired.spec)?;
+        let server = Server::from_value(&desired.connection)?;
+        spec::check_pair(&tenant, &server)?;
+
+        let (password, fresh) = self.password(journal, &tenant, recorded).await?;
+
+        let admin = self.pools.admin(&server).await?;
+        let result =
+            reconcile::converge(&self.pools, &admin, &server, &tenant, &password, fresh).await;
+        admin.release();
+        result?;
+
+        Ok(Applied {
+            outputs: outputs(&tenant, &server, &password),
+            private: BTreeMap::from([
+                (
+                    PRIVATE_PASSWORD.to_owned(),
+                    Value::Secret(password.clone()),
+                ),
+                (PRIVATE_ROTATION.to_owned(), Value::Int(tenant.rotation)),
+            ]),
+        })
+    }
+
+    async fn destroy(&self, recorded: &Record) -> Result<(), ProviderError> {
+        let tenant = Tenant::from_value(&recorded.spec)?;
+        if tenant.on_delete == spec::OnDelete::Retain {
+            tracing::info!(
+                address = %recorded.address,
+                database = %tenant.database,
+                role = %tenant.owner,
+                "on_delete: retain; keeping the database and the role"
+            );
+            return Ok(());
+        }
+        let server = Server::from_value(&recorded.connection)?;
+        spec::check_pair(&tenant, &server)?;
+        let admin = self.pools.admin(&server).await?;
+        let result = reconcile::teardown(&admin, &tenant).await;
+        admin.release();
+        result
+    }
+}
+
+impl PostgresProvider {
+    /// The tenant's password: the recorded one while the rotation number is unchanged, else a
+    /// new one, saved through the journal before this returns (so before any server sees it).
+    /// The bool says whether it is new.
+    async fn password(
+        &self,
+        journal: &dyn Journal,
+        tenant: &Tenant,
+        recorded: Option<&Record>,
+    ) -> Result<(Sensitive, bool), ProviderError> {
+        if let Some(record) = recorded {
+            let rotation = record.private.get(PRIVATE_ROTATION).and_then(Value::as_i64);
+            if let (Some(password), Some(rotation)) = (recorded_password(record), rotation)
+                && rotation == tenant.rotation
+            {
+                return Ok((password, false));
+            }
+        }
+        let password = generate_password(tenant.password_length)?;
+        journal
+            .save_private(BTreeMap::from([
+                (
+                    PRIVATE_PASSWORD.to_owned(),
+                    Value::Secret(password.clone()),
+                ),
+                (PRIVATE_ROTATION.to_owned(), Value::Int(tenant.rotation)),
+            ]))
+            .await?;
+        tracing::debug!(role = %tenant.owner, rotation = tenant.rotation, "generated and saved a new password");
+        Ok((password, true))
+    }
+}
+
+fn recorded_password(record: &Record) -> Option<Sensitive> {
+    match record.private.get(PRIVATE_PASSWORD)? {
+        Value::Secret(s) => Some(s.clone()),
+        Value::Str(s) => Some(Sensitive::new(s.clone())),
+        _ => None,
+    }
+}
+
+/// A password of `length` characters from `[A-Za-z0-9]`, drawn from the OS's randomness
+/// (rejection sampling, so every character is equally likely).
+fn generate_password(length: usize) -> Result<Sensitive, ProviderError> {
+    const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    // 248 = 4 * 62: bytes at or above it would favour the first characters.
+    const LIMIT: u8 = 248;
+    let mut password = String::with_capacity(length);
+    let mut buf = zeroize::Zeroizing::new([0u8; 64]);
+    while password.len() < length {
+        OsRng.try_fill_bytes(buf.as_mut()).map_err(|e| {
+            ProviderError::transient(format!("cannot read randomness from the OS: {e}"))
+        })?;
+        for &b in buf.iter().filter(|b| **b < LIMIT) {
+            if password.len() == length {
+                break;
+            }
+            password.push(char::from(ALPHABET[usize::from(b % 62)]));
+        }
+    }
+    Ok(Sensitive::new(password))
+}
+
+/// The outputs other resources read: where to connect and as whom.
+fn outputs(tenant: &Tenant, server: &Server, password: &Sensitive) -> BTreeMap<String, Value> {
+    BTreeMap::from([
+        ("host".to_owned(), Value::Str(server.host.clone())),
+        ("port".to_owned(), Value::Int(i64::from(server.port))),
+        ("database".to_owned(), Value::Str(tenant.database.clone())),
+        ("username".to_owned(), Value::Str(tenant.owner.clone())),
+        ("password".to_owned(), Value::Secret(password.clone())),
+        (
+            "url".to_owned(),
+            Value::Secret(connection_url(tenant, server, password)),
+        ),
+    ])
+}
+
+/// `postgres://user:password@host:port/database`, each part percent-encoded, with
+/// `?sslmode=require` when the server requires TLS.
+fn connection_url(tenant: &Tenant, server: &Server, password: &Sensitive) -> Sensitive {
+    let enc = |s: &str| utf8_percent_encode(s, URL_COMPONENT).to_string();
+    let host = if server.host.starts_with('/') {
+        // A Unix socket directory: libpq accepts it percent-encoded in the host part.
+        enc(&server.host)
+    } else {
+        spec::url_host(&server.host)
+    };
+    let mut url = format!(
+        "postgres://{}:{}@{}:{}/{}",
+        enc(&tenant.owner),
+        enc(password.expose()),
+        host,
+        server.port,
+        enc(&tenant.database)
+    );
+    if server.sslmode == SslMode::Require {
+        url.push_str("?sslmode=require");
+    }
+    Sensitive::new(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::Address;
+    use std::time::Duration;
+
+    fn s(v: &str) -> Value {
+        Value::Str(v.to_owned())
+    }
+
+    fn desired(spec: &[(&str, Value)], conn: &[(&str, Value)]) -> Desired {
+        let map = |pairs: &[(&str, Value)]| {
+            Value::Map(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                    .collect(),
+            )
+        };
+        Desired {
+            address: Address::new(Kind::PostgresDatabase, "org-1"),
+            spec: map(spec),
+            connection: map(conn),
+            timeout: Duration::from_secs(120),
+            prevent_destroy: false,
+            depends_on: Vec::new(),
+        }
+    }
+
+    fn sample() -> Desired {
+        desired(
+            &[
+                ("server", s("main")),
+                ("database", s("app_org_1")),
+                ("owner", s("app_user_1")),
+            ],
+            &[
+                ("host", s("db.internal")),
+                ("port", Value::Int(25060)),
+                ("user", s("doadmin")),
+                ("password", Value::Secret(Sensitive::new("admin-secret"))),
+                ("sslmode", s("require")),
+            ],
+        )
+    }
+
+    #[test]
+    fn generated_passwords_have_the_length_and_alphabet_asked_for() {
+        for length in [8, 32, 200] {
+            let p = generate_password(length).expect("os randomness");
+            assert_eq!(p.expose().len(), length);
+            assert!(p.expose().bytes().all(|b| b.is_ascii_alphanumeric()));
+        }
+        let a = generate_password(32).expect("os randomness");
+        let b = generate_password(32).expect("os randomness");
+        assert_ne!(a.expose(), b.expose());
+    }
+
+    #[test]
+    fn url_percent_encodes_user_password_and_database() {
+        let d = sample();
+        let tenant = Tenant::from_value(&d.spec).expect("valid");
+        let mut tenant_odd = tenant.clone();
+        tenant_odd.owner = "we ird@user".into();
+        tenant_odd.database = "db/1".into();
+        let server = Server::from_value(&d.connection).expect("valid");
+        let url = connection_url(&tenant_odd, &server, &Sensitive::new("p@ss:w/rd%"));
+        assert_eq!(
+            url.expose(),
+            "postgres://we%20ird%40user:p%40ss%3Aw%2Frd%25@db.internal:25060/db%2F1?sslmode=require"
+        );
+        let out = outputs(&tenant, &server, &Sensitive::new("pw"));
+        assert!(matches!(out.get("password"), Some(Value::Secret(_))));
+        assert!(matches!(out.get("url"), Some(Value::Secret(_))));
+        assert_eq!(out.get("username"), Some(&s("app_user_1")));
+    }
+
+    #[test]
+    fn known_outputs_and_concurrency_come_from_spec_and_connection() {
+        let p = PostgresProvider::default();
+        let d = sample();
+        let known = p.known_outputs(&d);
+        assert_eq!(known.get("host"), Some(&s("db.internal")));
+        assert_eq!(known.get("port"), Some(&Value::Int(25060)));
+        assert_eq!(known.get("database"), Some(&s("app_org_1")));
+        assert_eq!(known.get("username"), Some(&s("app_user_1")));
+        assert!(!known.contains_key("password"));
+        assert_eq!(
+            p.concurrency(&d),
+            ("postgres://db.internal:25060".to_owned(), 4)
+        );
+        assert_eq!(
+            p.immutable_fields(Kind::PostgresDatabase),
+            ["server", "database", "owner"]
+        );
+    }
+
+    #[test]
+    fn drift_goes_through_the_observed_fields() {
+        let p = PostgresProvider::default();
+        let d = sample();
+        let observed = TenantState {
+            role: Some(observed::RoleState::desired(-1)),
+            database: None,
+            password_ok: Some(false),
+        }
+        .to_observed();
+        let drift = p.drift(&d, None, &observed);
+        let fields: Vec<_> = drift.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(fields, ["database", "password"]);
+        assert!(drift.iter().all(|d| !format!("{d:?}").contains("admin-secret")));
+    }
+}

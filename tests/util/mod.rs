@@ -1,0 +1,161 @@
+//! Test support shared by the integration tests: a temporary workspace (manifests + state
+//! dirs), a builder that runs the real `tend` binary in it, and the PostgreSQL connection that
+//! `scripts/test` provides through the PG* variables. A test that needs PostgreSQL panics when
+//! it is missing: it never skips.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+    pub manifests: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let manifests = dir.path().join("manifests");
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&manifests).expect("manifests dir");
+        Workspace {
+            dir,
+            manifests,
+            state,
+        }
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        let p = self.manifests.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(p, text).expect("write manifest");
+    }
+
+    pub fn remove(&self, rel: &str) {
+        std::fs::remove_file(self.manifests.join(rel)).expect("remove manifest");
+    }
+
+    /// A `tend` command with this workspace's dirs.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tend"));
+        c.arg("--manifests")
+            .arg(&self.manifests)
+            .arg("--state")
+            .arg(&self.state)
+            .args(args)
+            .stdin(Stdio::null())
+            .env("NO_COLOR", "1");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.cmd(args).output().expect("run tend"))
+    }
+
+    /// Every byte under the state dir, for leak checks.
+    pub fn state_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        collect(&self.state, &mut out);
+        out
+    }
+}
+
+fn collect(p: &Path, out: &mut Vec<u8>) {
+    if p.is_dir() {
+        for e in std::fs::read_dir(p).expect("read dir").flatten() {
+            collect(&e.path(), out);
+        }
+    } else if let Ok(b) = std::fs::read(p) {
+        out.extend(b);
+    }
+}
+
+/// A finished `tend` run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "tend failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// The PostgreSQL server the tests run against.
+pub struct Pg {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+}
+
+/// The server from PG* (set by `scripts/test` through pg_virtualenv). Panics when missing.
+pub fn pg() -> Pg {
+    let var = |k: &str| {
+        std::env::var(k).unwrap_or_else(|_| {
+            panic!("{k} is not set: these tests need a real PostgreSQL; run them through scripts/test")
+        })
+    };
+    Pg {
+        host: var("PGHOST"),
+        port: var("PGPORT").parse().expect("PGPORT is a port"),
+        user: var("PGUSER"),
+        password: var("PGPASSWORD"),
+    }
+}
+
+impl Pg {
+    pub async fn connect_as(&self, user: &str, password: &str, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(&self.host).port(self.port).user(user).password(password).dbname(db);
+        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    pub async fn admin(&self) -> tokio_postgres::Client {
+        self.connect_as(&self.user, &self.password, "postgres").await.expect("admin connection")
+    }
+}
+
+/// A name unique to this process and call, for objects on the shared server.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The credential + server manifests pointing at the test server.
+pub fn server_yaml() -> String {
+    "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: pg-admin}\nspec:\n  provider: postgres\n  data:\n    host: {fromEnv: PGHOST}\n    port: {fromEnv: PGPORT}\n    user: {fromEnv: PGUSER}\n    password: {fromEnv: PGPASSWORD}\n---\napiVersion: tend/v1\nkind: PostgresServer\nmetadata: {name: main}\nspec: {sslmode: disable}\n".to_owned()
+}
+
+/// A PostgresDatabase manifest.
+pub fn database_yaml(name: &str, database: &str, owner: &str, extra: &str) -> String {
+    format!(
+        "---\napiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {{name: {name}}}\nspec:\n  server: main\n  database: {database}\n  owner: {owner}\n{extra}"
+    )
+}
