@@ -155,8 +155,12 @@ pub trait Provider: Send + Sync {
     ) -> Result<Option<Observed>, ProviderError>;
 
     /// Differences between desired and observed that an apply would repair (pure).
-    fn drift(&self, desired: &Desired, recorded: Option<&Record>, observed: &Observed)
-    -> Vec<Drift>;
+    fn drift(
+        &self,
+        desired: &Desired,
+        recorded: Option<&Record>,
+        observed: &Observed,
+    ) -> Vec<Drift>;
 
     /// Make the object match `desired`, idempotently.
     async fn apply(
@@ -178,5 +182,8 @@ pub fn registry() -> Vec<Arc<dyn Provider>> {
 
 /// The provider for a kind, if the kind is managed.
 pub fn for_kind(providers: &[Arc<dyn Provider>], kind: Kind) -> Option<Arc<dyn Provider>> {
-    providers.iter().find(|p| p.kinds().contains(&kind)).cloned()
+    providers
+        .iter()
+        .find(|p| p.kinds().contains(&kind))
+        .cloned()
 }

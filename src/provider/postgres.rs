@@ -133,7 +133,11 @@ impl Provider for PostgresProvider {
         if state.is_absent() {
             return Ok(None);
         }
-        if let (Some(_), Some(password)) = (&state.role, recorded.and_then(recorded_password)) {
+        // A role without LOGIN cannot prove its password; its LOGIN drift is reported instead.
+        let password = recorded
+            .and_then(recorded_password)
+            .filter(|_| state.role.is_some_and(|r| r.login));
+        if let Some(password) = password {
             let login_db = if state.database.is_some() {
                 &tenant.database
             } else {
@@ -155,9 +159,7 @@ impl Provider for PostgresProvider {
         observed: &Observed,
     ) -> Vec<Drift> {
         match Tenant::from_value(&desired.spec) {
-            Ok(tenant) => {
-                observed::differences(&tenant, &TenantState::from_observed(observed))
-            }
+            Ok(tenant) => observed::differences(&tenant, &TenantState::from_observed(observed)),
             Err(e) => {
                 // Not drift: the apply reports the invalid spec.
                 tracing::debug!(address = %desired.address, error = %e, "drift skipped");
@@ -187,10 +189,7 @@ impl Provider for PostgresProvider {
         Ok(Applied {
             outputs: outputs(&tenant, &server, &password),
             private: BTreeMap::from([
-                (
-                    PRIVATE_PASSWORD.to_owned(),
-                    Value::Secret(password.clone()),
-                ),
+                (PRIVATE_PASSWORD.to_owned(), Value::Secret(password.clone())),
                 (PRIVATE_ROTATION.to_owned(), Value::Int(tenant.rotation)),
             ]),
         })
@@ -237,10 +236,7 @@ impl PostgresProvider {
         let password = generate_password(tenant.password_length)?;
         journal
             .save_private(BTreeMap::from([
-                (
-                    PRIVATE_PASSWORD.to_owned(),
-                    Value::Secret(password.clone()),
-                ),
+                (PRIVATE_PASSWORD.to_owned(), Value::Secret(password.clone())),
                 (PRIVATE_ROTATION.to_owned(), Value::Int(tenant.rotation)),
             ]))
             .await?;
@@ -428,6 +424,10 @@ mod tests {
         let drift = p.drift(&d, None, &observed);
         let fields: Vec<_> = drift.iter().map(|d| d.field.as_str()).collect();
         assert_eq!(fields, ["database", "password"]);
-        assert!(drift.iter().all(|d| !format!("{d:?}").contains("admin-secret")));
+        assert!(
+            drift
+                .iter()
+                .all(|d| !format!("{d:?}").contains("admin-secret"))
+        );
     }
 }

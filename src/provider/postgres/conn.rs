@@ -1,0 +1,388 @@
+//! Connections to PostgreSQL servers: a small pool of admin connections per server (so several
+//! CREATE DATABASEs can run in parallel — one backend runs statements serially), TLS through
+//! rustls, and one-off log-ins as a tenant role to check its password.
+//!
+//! tokio-postgres reads no PG* environment variable; every [`Config`] is built here from a
+//! [`Server`]. Must not log a password or a statement that carries one, and must not hand a
+//! connection back to the pool unless the operation using it finished (a cancelled action
+//! drops its connection instead).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Config, NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::provider::ProviderError;
+use crate::value::Sensitive;
+
+use super::error;
+use super::spec::{Server, SslMode};
+use super::sql;
+
+/// Admin connections kept per server; also the provider's per-server concurrency limit.
+pub const MAX_ADMIN_CONNECTIONS: usize = 4;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle admin connection older than this is closed rather than reused, so a daemon never
+/// trips over connections a server or a NAT silently dropped between resyncs.
+const IDLE_LIFETIME: Duration = Duration::from_secs(120);
+const APPLICATION_NAME: &str = "tend";
+
+/// What the admin connection is, learnt once per connection.
+#[derive(Clone, Debug)]
+pub struct ServerInfo {
+    /// `server_version_num`, e.g. 150018.
+    pub version: i32,
+    /// `current_user`.
+    pub user: String,
+    pub superuser: bool,
+}
+
+/// Connections are shared by servers with the same address, admin user, maintenance database
+/// and TLS mode. The password is not part of the key: a rotated admin password applies to new
+/// connections, open ones stay valid.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PoolKey {
+    host: String,
+    port: u16,
+    user: String,
+    database: String,
+    sslmode: SslMode,
+}
+
+struct Idle {
+    client: Client,
+    info: ServerInfo,
+    since: Instant,
+}
+
+struct Pool {
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<Idle>>,
+}
+
+/// All admin pools of one provider, plus the TLS setup they share.
+#[derive(Default)]
+pub struct Pools {
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    tls: OnceLock<Result<MakeRustlsConnect, String>>,
+}
+
+/// An admin connection on loan. Give it back with [`Admin::release`] when the operation
+/// finished; dropping it (e.g. on a timeout) closes the connection instead.
+pub struct Admin {
+    client: Client,
+    pub info: ServerInfo,
+    pool: Arc<Pool>,
+    permit: OwnedSemaphorePermit,
+}
+
+impl Pools {
+    /// An admin connection to `server`, reused when one is idle.
+    pub async fn admin(&self, server: &Server) -> Result<Admin, ProviderError> {
+        let pool = self.pool(server);
+        let permit = pool
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ProviderError::transient("the postgres connection pool was closed"))?;
+        while let Some(idle) = pool.take_idle() {
+            if !idle.client.is_closed() && idle.since.elapsed() < IDLE_LIFETIME {
+                return Ok(Admin {
+                    client: idle.client,
+                    info: idle.info,
+                    pool,
+                    permit,
+                });
+            }
+        }
+        let action = format!("connect to {} as `{}`", server.endpoint(), server.user);
+        let config = config(
+            server,
+            &server.user,
+            server.password.as_ref(),
+            &server.database,
+        );
+        let client = open(&config, self.tls(server.sslmode)?)
+            .await
+            .map_err(|e| error::connect(&action, &e))?;
+        let row = client
+            .query_one(sql::SERVER_INFO, &[])
+            .await
+            .map_err(|e| error::statement("read the server's version", &e))?;
+        let info = ServerInfo {
+            version: column(&row, 0, "server_version_num")?,
+            user: column(&row, 1, "current_user")?,
+            superuser: column(&row, 2, "rolsuper")?,
+        };
+        tracing::debug!(
+            server = %server.endpoint(),
+            version = info.version,
+            superuser = info.superuser,
+            "opened a postgres admin connection"
+        );
+        Ok(Admin {
+            client,
+            info,
+            pool,
+            permit,
+        })
+    }
+
+    /// Whether `role` logs in to `database` with `password`. Authentication failures (28P01,
+    /// 28000) are `false`; errors PostgreSQL raises only after authenticating (no such
+    /// database, no CONNECT, connection limit reached) are `true`; anything else is a transient
+    /// error, since the password's state is unknown.
+    pub async fn can_log_in(
+        &self,
+        server: &Server,
+        role: &str,
+        password: &Sensitive,
+        database: &str,
+    ) -> Result<bool, ProviderError> {
+        let config = config(server, role, Some(password), database);
+        match open(&config, self.tls(server.sslmode)?).await {
+            Ok(client) => {
+                drop(client);
+                Ok(true)
+            }
+            Err(e) if error::auth_failed(&e) => {
+                tracing::debug!(role, "the recorded password was rejected");
+                Ok(false)
+            }
+            Err(e) if error::after_authentication(&e) => Ok(true),
+            Err(e) => Err(ProviderError::transient(format!(
+                "log in as `{role}` to check its password: {}",
+                error::describe(&e)
+            ))),
+        }
+    }
+
+    fn pool(&self, server: &Server) -> Arc<Pool> {
+        let key = PoolKey {
+            host: server.host.clone(),
+            port: server.port,
+            user: server.user.clone(),
+            database: server.database.clone(),
+            sslmode: server.sslmode,
+        };
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        pools
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Pool {
+                    permits: Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS)),
+                    idle: Mutex::new(Vec::new()),
+                })
+            })
+            .clone()
+    }
+
+    /// The rustls connector for `prefer` / `require`, built once.
+    fn tls(&self, mode: SslMode) -> Result<Option<MakeRustlsConnect>, ProviderError> {
+        if mode == SslMode::Disable {
+            return Ok(None);
+        }
+        match self.tls.get_or_init(build_tls) {
+            Ok(tls) => Ok(Some(tls.clone())),
+            Err(e) => Err(ProviderError::permanent(e.clone())),
+        }
+    }
+}
+
+impl Pool {
+    fn take_idle(&self) -> Option<Idle> {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+    }
+}
+
+impl Admin {
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Give the connection back for reuse (if it is still open).
+    pub fn release(self) {
+        let Admin {
+            client,
+            info,
+            pool,
+            permit,
+        } = self;
+        if !client.is_closed() {
+            pool.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Idle {
+                    client,
+                    info,
+                    since: Instant::now(),
+                });
+        }
+        drop(permit);
+    }
+
+    /// Run one statement on its own (simple protocol, autocommit: never in a transaction
+    /// block, as CREATE/DROP DATABASE require). The text is logged; it must carry no secret.
+    pub async fn execute(&self, statement: &str) -> Result<(), tokio_postgres::Error> {
+        tracing::debug!(statement, "postgres");
+        self.client.batch_execute(statement).await
+    }
+
+    /// [`Admin::execute`] for a statement carrying a password verifier: not logged.
+    pub async fn execute_sensitive(
+        &self,
+        statement: &Sensitive,
+    ) -> Result<(), tokio_postgres::Error> {
+        tracing::debug!(statement = "(carries a password verifier)", "postgres");
+        self.client.batch_execute(statement.expose()).await
+    }
+
+    pub async fn query_opt(
+        &self,
+        query: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        self.client.query_opt(query, params).await
+    }
+}
+
+/// A typed column, as a provider error (not a panic) when the server answers unexpectedly.
+pub fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    index: usize,
+    name: &str,
+) -> Result<T, ProviderError> {
+    row.try_get(index).map_err(|e| {
+        ProviderError::permanent(format!(
+            "unexpected answer from the server for {name}: {}",
+            error::describe(&e)
+        ))
+    })
+}
+
+fn config(server: &Server, user: &str, password: Option<&Sensitive>, database: &str) -> Config {
+    let mut c = Config::new();
+    c.host(&server.host)
+        .port(server.port)
+        .user(user)
+        .dbname(database)
+        .application_name(APPLICATION_NAME)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(60))
+        .ssl_mode(match server.sslmode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require => tokio_postgres::config::SslMode::Require,
+        });
+    if let Some(p) = password {
+        c.password(p.expose());
+    }
+    c
+}
+
+async fn open(
+    config: &Config,
+    tls: Option<MakeRustlsConnect>,
+) -> Result<Client, tokio_postgres::Error> {
+    match tls {
+        None => {
+            let (client, connection) = config.connect(NoTls).await?;
+            drive(connection);
+            Ok(client)
+        }
+        Some(tls) => {
+            let (client, connection) = config.connect(tls).await?;
+            drive(connection);
+            Ok(client)
+        }
+    }
+}
+
+/// Run a connection's I/O in the background until its client is dropped.
+fn drive<F>(connection: F)
+where
+    F: Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %error::describe(&e), "postgres connection ended");
+        }
+    });
+}
+
+fn build_tls() -> Result<MakeRustlsConnect, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot set up TLS for postgres: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// libpq's `sslmode=require`: encrypt, but do not verify the server's certificate chain or name
+/// (there is no CA to verify against; managed servers use private CAs). The handshake's
+/// signatures are still checked, and SCRAM channel binding (`tls-server-end-point`) ties the
+/// login to this TLS session, so a relaying middlebox cannot complete a SCRAM-PLUS login.
+#[derive(Debug)]
+struct EncryptOnly(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

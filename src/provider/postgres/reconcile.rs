@@ -1,0 +1,286 @@
+//! The statement sequence that converges or removes one tenant over an admin connection
+//! (reference/postgres.md §0 and §5): read with bind parameters, change only what differs,
+//! treat "already exists" as a lost race and re-read.
+//!
+//! Touches only the tenant's own role and database (plus the admin's membership in the roles
+//! it must act as). Must not send a plaintext password: passwords leave as SCRAM-SHA-256
+//! verifiers computed here, in statements that are never logged or quoted in errors.
+
+use postgres_protocol::password::scram_sha_256;
+
+use crate::provider::ProviderError;
+use crate::value::Sensitive;
+
+use super::conn::{Admin, Pools, column};
+use super::error;
+use super::observed::{DatabaseState, RoleState};
+use super::spec::{Server, Tenant};
+use super::sql;
+
+/// The role's attributes, `None` when it does not exist.
+pub async fn read_role(admin: &Admin, role: &str) -> Result<Option<RoleState>, ProviderError> {
+    let row = admin
+        .query_opt(sql::READ_ROLE, &[&role])
+        .await
+        .map_err(|e| error::statement(&format!("read role `{role}`"), &e))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    Ok(Some(RoleState {
+        login: column(&row, 0, "rolcanlogin")?,
+        superuser: column(&row, 1, "rolsuper")?,
+        createdb: column(&row, 2, "rolcreatedb")?,
+        createrole: column(&row, 3, "rolcreaterole")?,
+        replication: column(&row, 4, "rolreplication")?,
+        bypassrls: column(&row, 5, "rolbypassrls")?,
+        inherit: column(&row, 6, "rolinherit")?,
+        connection_limit: column(&row, 7, "rolconnlimit")?,
+    }))
+}
+
+/// The database's owner, limit and PUBLIC access, `None` when it does not exist.
+pub async fn read_database(
+    admin: &Admin,
+    database: &str,
+) -> Result<Option<DatabaseState>, ProviderError> {
+    let row = admin
+        .query_opt(sql::READ_DATABASE, &[&database])
+        .await
+        .map_err(|e| error::statement(&format!("read database `{database}`"), &e))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    Ok(Some(DatabaseState {
+        owner: column(&row, 0, "owner")?,
+        connection_limit: column(&row, 1, "datconnlimit")?,
+        public_connect: column(&row, 2, "CONNECT")?,
+        public_temp: column(&row, 3, "TEMPORARY")?,
+    }))
+}
+
+/// Make a non-superuser admin able to act as `role` (needed to create a database owned by it,
+/// to take a database away from it, to drop what it owns). Kept afterwards: rotation, drift
+/// repair and deletion need it again.
+pub async fn ensure_member(admin: &Admin, role: &str) -> Result<(), ProviderError> {
+    if admin.info.superuser || role == admin.info.user {
+        return Ok(());
+    }
+    let query = if admin.info.version >= sql::PG16 {
+        sql::IS_MEMBER_16
+    } else {
+        sql::IS_MEMBER
+    };
+    let action = format!("check whether the admin can act as role `{role}`");
+    let row = admin
+        .query_opt(query, &[&role])
+        .await
+        .map_err(|e| error::statement(&action, &e))?;
+    let member = match row {
+        Some(row) => column::<Option<bool>>(&row, 0, "pg_has_role")?.unwrap_or(false),
+        None => false,
+    };
+    if !member {
+        run(
+            admin,
+            &sql::grant_to_admin(role, admin.info.version),
+            &format!(
+                "grant role `{role}` to the admin `{}` (a non-superuser admin must be able to act as it)",
+                admin.info.user
+            ),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Converge the tenant: role, membership, database, isolation, password.
+///
+/// `fresh` says the password was generated for this apply (first create or rotation), so it
+/// is set without first trying it.
+pub async fn converge(
+    pools: &Pools,
+    admin: &Admin,
+    server: &Server,
+    tenant: &Tenant,
+    password: &Sensitive,
+    fresh: bool,
+) -> Result<(), ProviderError> {
+    let role = tenant.owner.as_str();
+    let verifier = || Sensitive::new(scram_sha_256(password.expose().as_bytes()));
+
+    // 1. The role: create with every attribute and the password, or fix its attributes.
+    let mut password_set = false;
+    let existing = match read_role(admin, role).await? {
+        Some(found) => Some(found),
+        None => {
+            let created = admin
+                .execute_sensitive(&sql::create_role(
+                    role,
+                    tenant.connection_limit,
+                    verifier().expose(),
+                ))
+                .await;
+            match created {
+                Ok(()) => {
+                    tracing::info!(role, "created role");
+                    password_set = true;
+                    None
+                }
+                Err(e) if error::already_exists(&e) => {
+                    tracing::debug!(role, "role appeared concurrently; converging it");
+                    Some(read_role(admin, role).await?.ok_or_else(|| {
+                        ProviderError::conflict(format!(
+                            "role `{role}` was reported as existing but cannot be read"
+                        ))
+                    })?)
+                }
+                Err(e) => return Err(error::statement(&format!("create role `{role}`"), &e)),
+            }
+        }
+    };
+    if let Some(found) = existing
+        && found != RoleState::desired(tenant.connection_limit)
+    {
+        run(
+            admin,
+            &sql::alter_role_attributes(role, tenant.connection_limit),
+            &format!("set the attributes of role `{role}`"),
+        )
+        .await?;
+        tracing::info!(role, "repaired role attributes");
+    }
+
+    // 2. A non-superuser admin must be able to act as the owner before CREATE DATABASE … OWNER.
+    ensure_member(admin, role).await?;
+
+    // 3. The database: create it owned by the role, or fix owner and limit.
+    let database = tenant.database.as_str();
+    let db = match read_database(admin, database).await? {
+        Some(db) => db,
+        None => {
+            match admin
+                .execute(&sql::create_database(
+                    database,
+                    role,
+                    tenant.connection_limit,
+                ))
+                .await
+            {
+                Ok(()) => tracing::info!(database, owner = role, "created database"),
+                Err(e) if error::already_exists(&e) => {
+                    tracing::debug!(database, "database appeared concurrently; converging it");
+                }
+                Err(e) => {
+                    return Err(error::statement(
+                        &format!("create database `{database}`"),
+                        &e,
+                    ));
+                }
+            }
+            read_database(admin, database).await?.ok_or_else(|| {
+                ProviderError::conflict(format!(
+                    "database `{database}` disappeared right after it was created"
+                ))
+            })?
+        }
+    };
+    if db.owner != role {
+        // ALTER DATABASE … OWNER TO needs the rights of the current owner as well.
+        ensure_member(admin, &db.owner).await?;
+        run(
+            admin,
+            &sql::alter_database_owner(database, role),
+            &format!(
+                "give database `{database}` back to `{role}` (owned by `{}`)",
+                db.owner
+            ),
+        )
+        .await?;
+        tracing::info!(database, owner = role, previous = %db.owner, "repaired database owner");
+    }
+    if db.connection_limit != tenant.connection_limit {
+        run(
+            admin,
+            &sql::alter_database_connection_limit(database, tenant.connection_limit),
+            &format!("set the connection limit of database `{database}`"),
+        )
+        .await?;
+    }
+
+    // 4. Isolation: a new database lets PUBLIC (every role) CONNECT and create TEMP tables.
+    if tenant.isolate && db.public_has_access() {
+        run(
+            admin,
+            &sql::revoke_public(database),
+            &format!("revoke PUBLIC's access to database `{database}`"),
+        )
+        .await?;
+    }
+
+    // 5. The password of a role that already existed: set it when it was just generated, else
+    //    only when the recorded one no longer logs in (a verifier is salted anew each time, so
+    //    setting it every run would change the role on every run).
+    if !password_set {
+        let works = !fresh && pools.can_log_in(server, role, password, database).await?;
+        if !works {
+            admin
+                .execute_sensitive(&sql::alter_role_password(role, verifier().expose()))
+                .await
+                .map_err(|e| error::statement(&format!("set the password of role `{role}`"), &e))?;
+            tracing::info!(role, "set role password");
+        }
+    }
+    Ok(())
+}
+
+/// Drop the tenant's database (ending its sessions) and role; what is already gone is fine.
+pub async fn teardown(admin: &Admin, tenant: &Tenant) -> Result<(), ProviderError> {
+    let database = tenant.database.as_str();
+    let role = tenant.owner.as_str();
+    if let Some(db) = read_database(admin, database).await? {
+        // Only the owner (or a member of it) may drop a database.
+        ensure_member(admin, &db.owner).await?;
+        if admin.info.version < sql::PG13 {
+            admin
+                .client()
+                .query(sql::TERMINATE_SESSIONS, &[&database])
+                .await
+                .map_err(|e| {
+                    error::statement(&format!("end the sessions on database `{database}`"), &e)
+                })?;
+        }
+        run(
+            admin,
+            &sql::drop_database(database, admin.info.version),
+            &format!("drop database `{database}`"),
+        )
+        .await?;
+        tracing::info!(database, "dropped database");
+    }
+    if read_role(admin, role).await?.is_some() {
+        ensure_member(admin, role).await?;
+        run(
+            admin,
+            &sql::reassign_owned(role),
+            &format!("reassign what role `{role}` owns"),
+        )
+        .await?;
+        run(
+            admin,
+            &sql::drop_owned(role),
+            &format!("drop what role `{role}` owns"),
+        )
+        .await?;
+        run(admin, &sql::drop_role(role), &format!("drop role `{role}`")).await?;
+        tracing::info!(role, "dropped role");
+    }
+    Ok(())
+}
+
+/// Run a statement that carries no secret; errors name `action`, never the statement.
+async fn run(admin: &Admin, statement: &str, action: &str) -> Result<(), ProviderError> {
+    admin
+        .execute(statement)
+        .await
+        .map_err(|e| error::statement(action, &e))
+}

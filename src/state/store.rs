@@ -1,0 +1,1260 @@
+//! [`SledStore`]: the [`StateStore`] on sled, with secrets encrypted at rest, every write
+//! flushed before it returns, and a JSON export/import that doubles as the rolling backup.
+//!
+//! Layout under the state directory (created 0700): `db/` (sled, trees `resources`, `runs`,
+//! `meta`), `tend.key` (see `crypto`) and `backup.json`. A resource is stored as JSON in which
+//! every secret is `{"$enc": "<hex nonce||ciphertext>"}`, so the store's bytes never hold a
+//! plaintext secret; map keys that begin with `$` are escaped by doubling the `$`, so no user
+//! map is ever read back as a secret.
+//!
+//! This module must not know about manifests, plans or providers, and must never store a value
+//! that is not known yet or print a secret.
+
+use std::collections::BTreeMap;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as J;
+use sled::Transactional;
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+};
+
+use super::crypto::{KeyLocation, StateKey};
+use super::{Meta, Record, Run, StateError, StateStore, Status};
+use crate::address::{Address, Kind};
+use crate::value::{SENSITIVE, Sensitive, Value};
+
+/// The schema this tend reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+/// The export format version.
+const EXPORT_VERSION: u64 = 1;
+/// The map key that marks an encrypted secret.
+const ENC: &str = "$enc";
+/// File name of the rolling backup in the state directory.
+pub const BACKUP_FILE: &str = "backup.json";
+
+const META_SCHEMA: &[u8] = b"schema_version";
+const META_LINEAGE: &[u8] = b"lineage";
+const META_SERIAL: &[u8] = b"serial";
+
+/// The sled-backed state store. Holds sled's exclusive file lock while open.
+pub struct SledStore {
+    dir: PathBuf,
+    db: sled::Db,
+    resources: sled::Tree,
+    runs: sled::Tree,
+    meta: sled::Tree,
+    key: StateKey,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").field("dir", &self.dir).finish()
+    }
+}
+
+impl SledStore {
+    /// Open (creating if needed) the state in `state_dir`.
+    ///
+    /// Errors: [`StateError::Locked`] if another handle has it open (after a short grace, see
+    /// [`LOCK_GRACE`]); [`StateError::Schema`] if a newer tend wrote it; an I/O error if the
+    /// key file is unusable, or missing while the store already holds records (a new key would
+    /// make them unreadable).
+    pub fn open(state_dir: &Path) -> Result<SledStore, StateError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)?;
+        let db = open_db(state_dir)?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| sled_error(e, state_dir));
+        let (resources, runs, meta) = (tree("resources")?, tree("runs")?, tree("meta")?);
+        init_meta(&db, &meta, state_dir)?;
+
+        // Refuse to mint a new key for a store that already holds records: they would all
+        // become unreadable.
+        let location = KeyLocation::from_env(state_dir);
+        if location.create_if_missing() && !location.path.exists() && !resources.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "the state key file {} is missing but the state in {} holds records \
+                     encrypted with it; restore the key file (tend will not make a new one)",
+                    location.path.display(),
+                    state_dir.display()
+                ),
+            )
+            .into());
+        }
+        let key = StateKey::load_or_create(state_dir)?;
+
+        Ok(SledStore {
+            dir: state_dir.to_owned(),
+            db,
+            resources,
+            runs,
+            meta,
+            key,
+        })
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn flush(&self) -> Result<(), StateError> {
+        self.db.flush().map_err(|e| sled_error(e, &self.dir))?;
+        Ok(())
+    }
+
+    fn tx_error(&self, e: TransactionError<StateError>) -> StateError {
+        tx_error(e, &self.dir)
+    }
+
+    /// Run `f` on the resources tree and bump the serial in one transaction, then flush.
+    /// `f` returns whether it changed anything; the serial is bumped only if it did.
+    fn write_resources<F>(&self, f: F) -> Result<(), StateError>
+    where
+        F: Fn(&TransactionalTree) -> Result<bool, UnabortableTransactionError>,
+    {
+        (&self.resources, &self.meta)
+            .transaction(|(res, meta)| {
+                if f(res)? {
+                    let serial = tx_serial(meta)?;
+                    meta.insert(META_SERIAL, (serial + 1).to_string().as_bytes())?;
+                }
+                Ok(())
+            })
+            .map_err(|e| self.tx_error(e))?;
+        self.flush()
+    }
+
+    /// A record as stored: secrets encrypted, unknown values refused.
+    fn encode_record(&self, record: &Record) -> Result<Vec<u8>, StateError> {
+        let entry = record.address.to_string();
+        let enc = |v: &Value, field: &str| {
+            encode(v, &self.key, field).map_err(|reason| StateError::Corrupt {
+                key: entry.clone(),
+                reason,
+            })
+        };
+        let enc_map = |m: &BTreeMap<String, Value>, field: &str| {
+            m.iter()
+                .map(|(k, v)| Ok((k.clone(), enc(v, &format!("{field}.{k}"))?)))
+                .collect::<Result<BTreeMap<_, _>, StateError>>()
+        };
+        let stored = StoredRecord {
+            address: record.address.clone(),
+            kind: record.kind,
+            spec_hash: record.spec_hash.clone(),
+            spec: enc(&record.spec, "spec")?,
+            connection: enc(&record.connection, "connection")?,
+            outputs: enc_map(&record.outputs, "outputs")?,
+            private: enc_map(&record.private, "private")?,
+            status: record.status,
+            last_error: record.last_error.clone(),
+            prevent_destroy: record.prevent_destroy,
+            depends_on: record.depends_on.clone(),
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            generation: record.generation,
+        };
+        serde_json::to_vec(&stored).map_err(|e| StateError::Corrupt {
+            key: entry,
+            reason: e.to_string(),
+        })
+    }
+
+    /// A stored record back in memory, secrets decrypted.
+    fn decode_record(&self, stored: StoredRecord) -> Result<Record, StateError> {
+        let entry = stored.address.to_string();
+        let dec = |j: &J| decode(j, &self.key, &entry);
+        let dec_map = |m: &BTreeMap<String, J>| {
+            m.iter()
+                .map(|(k, v)| Ok((k.clone(), dec(v)?)))
+                .collect::<Result<BTreeMap<_, _>, StateError>>()
+        };
+        Ok(Record {
+            spec: dec(&stored.spec)?,
+            connection: dec(&stored.connection)?,
+            outputs: dec_map(&stored.outputs)?,
+            private: dec_map(&stored.private)?,
+            address: stored.address,
+            kind: stored.kind,
+            spec_hash: stored.spec_hash,
+            status: stored.status,
+            last_error: stored.last_error,
+            prevent_destroy: stored.prevent_destroy,
+            depends_on: stored.depends_on,
+            created_at: stored.created_at,
+            updated_at: stored.updated_at,
+            generation: stored.generation,
+        })
+    }
+
+    /// Every stored record, undecrypted, sorted by address.
+    fn stored_records(&self) -> Result<Vec<StoredRecord>, StateError> {
+        let mut out = Vec::new();
+        for item in self.resources.iter() {
+            let (k, v) = item.map_err(|e| sled_error(e, &self.dir))?;
+            out.push(parse_stored(&k, &v)?);
+        }
+        out.sort_by(|a, b| a.address.cmp(&b.address));
+        Ok(out)
+    }
+}
+
+impl StateStore for SledStore {
+    fn meta(&self) -> Result<Meta, StateError> {
+        read_meta(&self.meta, &self.dir)
+    }
+
+    fn get(&self, address: &Address) -> Result<Option<Record>, StateError> {
+        let key = address.to_string();
+        match self
+            .resources
+            .get(key.as_bytes())
+            .map_err(|e| sled_error(e, &self.dir))?
+        {
+            None => Ok(None),
+            Some(v) => self
+                .decode_record(parse_stored(key.as_bytes(), &v)?)
+                .map(Some),
+        }
+    }
+
+    fn put(&self, record: &Record) -> Result<(), StateError> {
+        let key = record.address.to_string();
+        let bytes = self.encode_record(record)?;
+        self.write_resources(|res| {
+            res.insert(key.as_bytes(), bytes.as_slice())?;
+            Ok(true)
+        })
+    }
+
+    fn remove(&self, address: &Address) -> Result<(), StateError> {
+        let key = address.to_string();
+        self.write_resources(|res| Ok(res.remove(key.as_bytes())?.is_some()))
+    }
+
+    fn list(&self) -> Result<Vec<Record>, StateError> {
+        self.stored_records()?
+            .into_iter()
+            .map(|s| self.decode_record(s))
+            .collect()
+    }
+
+    fn put_run(&self, run: &Run) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(run).map_err(|e| StateError::Corrupt {
+            key: format!("run {}", run.id),
+            reason: e.to_string(),
+        })?;
+        self.runs
+            .insert(run.id.as_bytes(), bytes)
+            .map_err(|e| sled_error(e, &self.dir))?;
+        self.flush()
+    }
+
+    fn runs(&self, limit: usize) -> Result<Vec<Run>, StateError> {
+        self.runs
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|item| {
+                let (k, v) = item.map_err(|e| sled_error(e, &self.dir))?;
+                parse_run(&k, &v)
+            })
+            .collect()
+    }
+
+    fn run(&self, id: &str) -> Result<Option<Run>, StateError> {
+        self.runs
+            .get(id.as_bytes())
+            .map_err(|e| sled_error(e, &self.dir))?
+            .map(|v| parse_run(id.as_bytes(), &v))
+            .transpose()
+    }
+
+    fn digest_key(&self) -> &[u8] {
+        self.key.digest_key()
+    }
+
+    fn export(&self, include_secrets: bool) -> Result<J, StateError> {
+        let meta = self.meta()?;
+        let resources = self
+            .stored_records()?
+            .into_iter()
+            .map(|mut r| {
+                if !include_secrets {
+                    r.omit_secrets();
+                }
+                serde_json::to_value(r).map_err(|e| StateError::Corrupt {
+                    key: "export".to_owned(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(serde_json::json!({
+            "version": EXPORT_VERSION,
+            "lineage": meta.lineage,
+            "serial": meta.serial,
+            "secrets": if include_secrets { "encrypted" } else { "omitted" },
+            "resources": resources,
+        }))
+    }
+
+    fn import(&self, doc: &J) -> Result<(), StateError> {
+        let bad = |reason: String| StateError::Corrupt {
+            key: "import document".to_owned(),
+            reason,
+        };
+        let version = doc
+            .get("version")
+            .and_then(J::as_u64)
+            .ok_or_else(|| bad("no `version`: not a tend state export".to_owned()))?;
+        if version > EXPORT_VERSION {
+            return Err(StateError::Schema {
+                found: u32::try_from(version).unwrap_or(u32::MAX),
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if version != EXPORT_VERSION {
+            return Err(bad(format!("unsupported export version {version}")));
+        }
+        match doc.get("secrets").and_then(J::as_str) {
+            Some("encrypted") => {}
+            Some("omitted") => {
+                return Err(bad(
+                    "this export was made without secrets, so importing it would lose \
+                     them; export with secrets included (or use backup.json)"
+                        .to_owned(),
+                ));
+            }
+            _ => return Err(bad("`secrets` must be \"encrypted\"".to_owned())),
+        }
+        let lineage = doc
+            .get("lineage")
+            .and_then(J::as_str)
+            .filter(|l| !l.is_empty())
+            .ok_or_else(|| bad("no `lineage`".to_owned()))?
+            .to_owned();
+        let doc_serial = doc
+            .get("serial")
+            .and_then(J::as_u64)
+            .ok_or_else(|| bad("no `serial`".to_owned()))?;
+        let items = doc
+            .get("resources")
+            .and_then(J::as_array)
+            .ok_or_else(|| bad("no `resources` list".to_owned()))?;
+
+        // Decode everything first (this proves the key matches and nothing is malformed), and
+        // re-encode through the one write path, before touching the store.
+        let mut new = BTreeMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let stored: StoredRecord = serde_json::from_value(item.clone())
+                .map_err(|e| bad(format!("resource #{i}: {e}")))?;
+            let record = self.decode_record(stored)?;
+            let key = record.address.to_string();
+            let bytes = self.encode_record(&record)?;
+            if new.insert(key.clone(), bytes).is_some() {
+                return Err(bad(format!("{key} appears twice")));
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for item in self.resources.iter().keys() {
+            let k = item.map_err(|e| sled_error(e, &self.dir))?;
+            if !new.contains_key(String::from_utf8_lossy(&k).as_ref()) {
+                batch.remove(k);
+            }
+        }
+        for (k, v) in &new {
+            batch.insert(k.as_bytes(), v.as_slice());
+        }
+
+        (&self.resources, &self.meta)
+            .transaction(|(res, meta)| {
+                res.apply_batch(&batch)?;
+                let serial = tx_serial(meta)?.max(doc_serial) + 1;
+                meta.insert(META_LINEAGE, lineage.as_bytes())?;
+                meta.insert(META_SERIAL, serial.to_string().as_bytes())?;
+                Ok(())
+            })
+            .map_err(|e| self.tx_error(e))?;
+        self.flush()
+    }
+
+    fn write_backup(&self) -> Result<(), StateError> {
+        let doc = self.export(true)?;
+        let mut bytes = serde_json::to_vec_pretty(&doc).map_err(io::Error::other)?;
+        bytes.push(b'\n');
+        write_atomically(&self.dir.join(BACKUP_FILE), &bytes)?;
+        Ok(())
+    }
+}
+
+/// Write the metadata of a new store, or check that of an existing one: a store written by a
+/// newer tend is refused before anything (even a key file) is written.
+fn init_meta(db: &sled::Db, meta: &sled::Tree, dir: &Path) -> Result<(), StateError> {
+    let mut lineage = [0u8; 16];
+    rand::rng().fill_bytes(&mut lineage);
+    let lineage = hex::encode(lineage);
+    let created = meta
+        .transaction(|m| {
+            if m.get(META_SCHEMA)?.is_some() {
+                return Ok(false);
+            }
+            m.insert(META_SCHEMA, SCHEMA_VERSION.to_string().as_bytes())?;
+            m.insert(META_LINEAGE, lineage.as_bytes())?;
+            m.insert(META_SERIAL, &b"0"[..])?;
+            Ok(true)
+        })
+        .map_err(|e| tx_error(e, dir))?;
+    if created {
+        db.flush().map_err(|e| sled_error(e, dir))?;
+    }
+    let found = read_meta(meta, dir)?.schema_version;
+    if found > SCHEMA_VERSION {
+        return Err(StateError::Schema {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
+fn read_meta(meta: &sled::Tree, dir: &Path) -> Result<Meta, StateError> {
+    let get = |k: &[u8]| -> Result<String, StateError> {
+        let v = meta
+            .get(k)
+            .map_err(|e| sled_error(e, dir))?
+            .ok_or_else(|| meta_corrupt(k, "missing"))?;
+        String::from_utf8(v.to_vec()).map_err(|_| meta_corrupt(k, "not UTF-8"))
+    };
+    Ok(Meta {
+        schema_version: get(META_SCHEMA)?
+            .parse()
+            .map_err(|_| meta_corrupt(META_SCHEMA, "not a number"))?,
+        lineage: get(META_LINEAGE)?,
+        serial: get(META_SERIAL)?
+            .parse()
+            .map_err(|_| meta_corrupt(META_SERIAL, "not a number"))?,
+    })
+}
+
+fn tx_error(e: TransactionError<StateError>, dir: &Path) -> StateError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => sled_error(e, dir),
+    }
+}
+
+/// A [`Record`] as stored and exported: every [`Value`] as JSON with secrets sealed.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredRecord {
+    address: Address,
+    kind: Kind,
+    spec_hash: String,
+    spec: J,
+    connection: J,
+    outputs: BTreeMap<String, J>,
+    private: BTreeMap<String, J>,
+    status: Status,
+    last_error: Option<String>,
+    prevent_destroy: bool,
+    depends_on: Vec<Address>,
+    created_at: u64,
+    updated_at: u64,
+    generation: u64,
+}
+
+impl StoredRecord {
+    /// Replace every sealed secret with `(sensitive)`, for an export without secrets.
+    fn omit_secrets(&mut self) {
+        omit(&mut self.spec);
+        omit(&mut self.connection);
+        self.outputs.values_mut().for_each(omit);
+        self.private.values_mut().for_each(omit);
+    }
+}
+
+fn omit(j: &mut J) {
+    match j {
+        J::Object(o) if is_sealed(o) => *j = J::String(SENSITIVE.to_owned()),
+        J::Object(o) => o.values_mut().for_each(omit),
+        J::Array(a) => a.iter_mut().for_each(omit),
+        _ => {}
+    }
+}
+
+fn is_sealed(o: &serde_json::Map<String, J>) -> bool {
+    o.len() == 1 && o.get(ENC).is_some_and(J::is_string)
+}
+
+/// A value as stored JSON. Errors (a reason, for [`StateError::Corrupt`]) on values that must
+/// never be stored: unknowns and non-finite floats.
+fn encode(v: &Value, key: &StateKey, path: &str) -> Result<J, String> {
+    Ok(match v {
+        Value::Null => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(i) => J::from(*i),
+        Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(J::Number)
+            .ok_or_else(|| format!("`{path}` is {f}, which state cannot hold"))?,
+        Value::Str(s) => J::String(s.clone()),
+        Value::Secret(s) => {
+            let mut o = serde_json::Map::new();
+            o.insert(ENC.to_owned(), J::String(key.encrypt(s.expose())));
+            J::Object(o)
+        }
+        Value::Unknown => {
+            return Err(format!(
+                "`{path}` is not known yet (known after apply); unknown values are never stored"
+            ));
+        }
+        Value::List(l) => J::Array(
+            l.iter()
+                .enumerate()
+                .map(|(i, v)| encode(v, key, &format!("{path}.{i}")))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Map(m) => J::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    // `$…` keys are escaped as `$$…` so a user map is never taken for a secret.
+                    let stored = if k.starts_with('$') {
+                        format!("${k}")
+                    } else {
+                        k.clone()
+                    };
+                    Ok((stored, encode(v, key, &format!("{path}.{k}"))?))
+                })
+                .collect::<Result<_, String>>()?,
+        ),
+    })
+}
+
+/// Stored JSON back to a value, decrypting secrets.
+fn decode(j: &J, key: &StateKey, entry: &str) -> Result<Value, StateError> {
+    let corrupt = |reason: String| StateError::Corrupt {
+        key: entry.to_owned(),
+        reason,
+    };
+    Ok(match j {
+        J::Null => Value::Null,
+        J::Bool(b) => Value::Bool(*b),
+        J::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Value::Int(i),
+            (None, Some(f)) if n.is_f64() => Value::Float(f),
+            _ => return Err(corrupt(format!("number {n} is out of range"))),
+        },
+        J::String(s) => Value::Str(s.clone()),
+        J::Array(a) => Value::List(
+            a.iter()
+                .map(|v| decode(v, key, entry))
+                .collect::<Result<_, _>>()?,
+        ),
+        J::Object(o) => {
+            if let Some(sealed) = o.get(ENC) {
+                return match (o.len(), sealed.as_str()) {
+                    (1, Some(s)) => Ok(Value::Secret(Sensitive::new(key.decrypt(s)?))),
+                    _ => Err(corrupt(format!("malformed `{ENC}` object"))),
+                };
+            }
+            let mut m = BTreeMap::new();
+            for (k, v) in o {
+                let k = match k.strip_prefix('$') {
+                    Some(rest) if rest.starts_with('$') => rest.to_owned(),
+                    Some(_) => return Err(corrupt(format!("unknown marker key `{k}`"))),
+                    None => k.clone(),
+                };
+                m.insert(k, decode(v, key, entry)?);
+            }
+            Value::Map(m)
+        }
+    })
+}
+
+fn parse_stored(key: &[u8], bytes: &[u8]) -> Result<StoredRecord, StateError> {
+    let entry = String::from_utf8_lossy(key).into_owned();
+    let stored: StoredRecord = serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt {
+        key: entry.clone(),
+        reason: e.to_string(),
+    })?;
+    if stored.address.to_string() != entry {
+        return Err(StateError::Corrupt {
+            reason: format!("holds the record of {}", stored.address),
+            key: entry,
+        });
+    }
+    Ok(stored)
+}
+
+fn parse_run(key: &[u8], bytes: &[u8]) -> Result<Run, StateError> {
+    serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt {
+        key: format!("run {}", String::from_utf8_lossy(key)),
+        reason: e.to_string(),
+    })
+}
+
+/// The serial inside a transaction; a malformed serial aborts it.
+fn tx_serial(meta: &TransactionalTree) -> Result<u64, ConflictableTransactionError<StateError>> {
+    let raw = meta
+        .get(META_SERIAL)?
+        .ok_or_else(|| ConflictableTransactionError::Abort(meta_corrupt(META_SERIAL, "missing")))?;
+    std::str::from_utf8(&raw)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            ConflictableTransactionError::Abort(meta_corrupt(META_SERIAL, "not a number"))
+        })
+}
+
+fn meta_corrupt(key: &[u8], reason: &str) -> StateError {
+    StateError::Corrupt {
+        key: format!("meta {}", String::from_utf8_lossy(key)),
+        reason: reason.to_owned(),
+    }
+}
+
+/// How long [`open_db`] keeps trying a locked store before reporting [`StateError::Locked`].
+/// sled 0.34 releases its file lock from background threads a moment after the last handle
+/// drops (spacejam/sled#1234), so closing and reopening, in one process or right after another
+/// exits, would otherwise fail at random. A live holder (a daemon) still fails, a second later.
+const LOCK_GRACE: Duration = Duration::from_secs(1);
+
+/// Open sled in `<state_dir>/db`, retrying a held lock for [`LOCK_GRACE`].
+fn open_db(state_dir: &Path) -> Result<sled::Db, StateError> {
+    let deadline = Instant::now() + LOCK_GRACE;
+    loop {
+        match sled::Config::new().path(state_dir.join("db")).open() {
+            Ok(db) => return Ok(db),
+            Err(e) => match sled_error(e, state_dir) {
+                StateError::Locked(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                e => return Err(e),
+            },
+        }
+    }
+}
+
+/// Map a sled error; its file-lock failure (another process holds the store) is
+/// [`StateError::Locked`]. sled 0.34.7 reports that only as an `Other` I/O error whose message
+/// begins "could not acquire lock", so the message is what identifies it (the version is
+/// pinned, and `second_open_reports_locked` guards the text).
+fn sled_error(e: sled::Error, dir: &Path) -> StateError {
+    match e {
+        sled::Error::Io(io)
+            if io.kind() == io::ErrorKind::Other
+                && io.to_string().starts_with("could not acquire lock") =>
+        {
+            StateError::Locked(dir.display().to_string())
+        }
+        sled::Error::Io(io) => StateError::Io(io),
+        other => StateError::Sled(other.to_string()),
+    }
+}
+
+/// Replace `path` with `bytes` so that a crash leaves the old file or the new one, never a
+/// mix: write a temporary file beside it (0600), fsync, rename over, fsync the directory.
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut suffix = [0u8; 8];
+    rand::rng().fill_bytes(&mut suffix);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", hex::encode(suffix)));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        // Best effort: the temporary file may not exist or may already be renamed.
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{ResourceResult, Trigger};
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+
+    const SECRET: &str = "s3cret-Zebra-Quokka-91";
+
+    fn addr(name: &str) -> Address {
+        Address::new(Kind::PostgresDatabase, name)
+    }
+
+    fn secret(s: &str) -> Value {
+        Value::Secret(Sensitive::new(s))
+    }
+
+    /// A record with a secret in every place one can be.
+    fn sample(name: &str) -> Record {
+        let mut r = Record::new(addr(name), 1_700_000_000_000);
+        r.spec_hash = "abc123".to_owned();
+        r.spec.insert("owner", Value::Str("app".to_owned()));
+        r.spec.insert("password", secret(SECRET));
+        r.spec.insert(
+            "extensions",
+            Value::List(vec![Value::Str("pgcrypto".to_owned()), Value::Int(3)]),
+        );
+        r.spec.insert("ratio", Value::Float(1.0));
+        r.spec.insert("null", Value::Null);
+        r.spec.insert("flag", Value::Bool(true));
+        r.connection
+            .insert("host", Value::Str("db.local".to_owned()));
+        r.connection
+            .insert("password", secret(&format!("{SECRET}-conn")));
+        r.outputs
+            .insert("url".to_owned(), secret(&format!("{SECRET}-url")));
+        r.outputs
+            .insert("name".to_owned(), Value::Str(name.to_owned()));
+        r.private.insert(
+            "rotation".to_owned(),
+            Value::Map(BTreeMap::from([(
+                "previous".to_owned(),
+                secret(&format!("{SECRET}-old")),
+            )])),
+        );
+        r.status = Status::Ready;
+        r.last_error = Some("none".to_owned());
+        r.prevent_destroy = true;
+        r.depends_on = vec![Address::new(Kind::PostgresServer, "main")];
+        r.generation = 4;
+        r
+    }
+
+    fn run(id: &str) -> Run {
+        Run {
+            id: id.to_owned(),
+            trigger: Trigger::Cli,
+            summary: "Plan: 1 to add, 0 to change, 0 to destroy.".to_owned(),
+            results: vec![ResourceResult {
+                address: "PostgresDatabase.a".to_owned(),
+                action: "create".to_owned(),
+                outcome: "applied".to_owned(),
+                detail: None,
+                elapsed_ms: 12,
+            }],
+            output_tail: vec!["ok".to_owned()],
+            exit_code: 0,
+            started_at: 1,
+            ended_at: 2,
+            revision: Some("deadbeef".to_owned()),
+        }
+    }
+
+    fn open(dir: &Path) -> SledStore {
+        SledStore::open(dir).expect("open store")
+    }
+
+    /// Every file under `dir` that contains `needle`.
+    fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+        let mut hits = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            for entry in fs::read_dir(&d).expect("read dir") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    let bytes = fs::read(&path).expect("read file");
+                    if bytes.windows(needle.len()).any(|w| w == needle) {
+                        hits.push(path);
+                    }
+                }
+            }
+        }
+        hits
+    }
+
+    /// Spawn this test binary running only [`child_process`] in `mode` on `dir`.
+    fn spawn_child(mode: &str, dir: &Path) -> std::process::Child {
+        Command::new(std::env::current_exe().expect("current exe"))
+            .args([
+                "state::store::tests::child_process",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("TEND_STORE_TEST_CHILD", mode)
+            .env("TEND_STORE_TEST_DIR", dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn child")
+    }
+
+    /// Not a test: the other process for the lock and crash tests (does nothing when run
+    /// directly).
+    #[test]
+    #[ignore = "helper run by other tests in a child process"]
+    fn child_process() {
+        let (Some(mode), Some(dir)) = (
+            std::env::var_os("TEND_STORE_TEST_CHILD"),
+            std::env::var_os("TEND_STORE_TEST_DIR"),
+        ) else {
+            return;
+        };
+        let store = open(Path::new(&dir));
+        match mode.to_str() {
+            Some("hold") => {
+                println!("CHILD READY");
+                io::stdout().flush().expect("flush stdout");
+                // Hold the store until the parent closes our stdin.
+                let _ = io::copy(&mut io::stdin(), &mut io::sink());
+            }
+            Some("crash") => {
+                store.put(&sample("a")).expect("put a");
+                store.put(&sample("b")).expect("put b");
+                store.remove(&addr("b")).expect("remove b");
+                store.put_run(&run("00001")).expect("put run");
+                // Die without destructors or sled's shutdown flush: only what `put` made
+                // durable survives.
+                std::process::abort();
+            }
+            _ => panic!("unknown child mode"),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_with_their_secrets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let r = sample("a");
+        store.put(&r).expect("put");
+        let got = store.get(&r.address).expect("get").expect("present");
+        assert_eq!(got, r);
+        assert_eq!(
+            got.spec.get("password").and_then(Value::as_str),
+            Some(SECRET)
+        );
+        assert!(matches!(got.spec.get("ratio"), Some(Value::Float(f)) if *f == 1.0));
+        assert_eq!(store.get(&addr("missing")).expect("get"), None);
+    }
+
+    #[test]
+    fn raw_store_bytes_never_contain_a_secret() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = open(dir.path());
+            for name in ["a", "b", "c"] {
+                store.put(&sample(name)).expect("put");
+            }
+            store.remove(&addr("b")).expect("remove");
+            store.put_run(&run("00001")).expect("put run");
+            store.write_backup().expect("backup");
+            let exported = store.export(true).expect("export").to_string();
+            assert!(!exported.contains(SECRET));
+            let hidden = store.export(false).expect("export").to_string();
+            assert!(!hidden.contains(SECRET));
+            assert!(files_containing(dir.path(), SECRET.as_bytes()).is_empty());
+        }
+        // Including whatever sled writes when it shuts down.
+        assert!(files_containing(dir.path(), SECRET.as_bytes()).is_empty());
+        // The scan does find plain text, so the empty result means something.
+        assert!(!files_containing(dir.path(), b"db.local").is_empty());
+    }
+
+    #[test]
+    fn every_write_is_durable_across_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lineage = {
+            let store = open(dir.path());
+            store.put(&sample("a")).expect("put");
+            store.put(&sample("b")).expect("put");
+            store.remove(&addr("b")).expect("remove");
+            store.put_run(&run("00001")).expect("run");
+            store.meta().expect("meta").lineage
+        };
+        let store = open(dir.path());
+        assert_eq!(store.list().expect("list"), vec![sample("a")]);
+        assert_eq!(store.run("00001").expect("run"), Some(run("00001")));
+        let meta = store.meta().expect("meta");
+        assert_eq!(meta.lineage, lineage);
+        assert_eq!(meta.serial, 3);
+    }
+
+    #[test]
+    fn every_write_is_durable_when_the_process_dies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = spawn_child("crash", dir.path()).wait().expect("wait child");
+        assert!(!status.success(), "the child aborts");
+        let store = open(dir.path());
+        assert_eq!(store.list().expect("list"), vec![sample("a")]);
+        assert_eq!(store.run("00001").expect("run"), Some(run("00001")));
+        assert_eq!(store.meta().expect("meta").serial, 3);
+    }
+
+    #[test]
+    fn new_store_has_schema_lineage_and_serial_zero() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = open(dir.path()).meta().expect("meta");
+        assert_eq!(meta.schema_version, SCHEMA_VERSION);
+        assert_eq!(meta.serial, 0);
+        assert_eq!(meta.lineage.len(), 32);
+        assert!(meta.lineage.bytes().all(|b| b.is_ascii_hexdigit()));
+        let other = tempfile::tempdir().expect("tempdir");
+        assert_ne!(
+            open(other.path()).meta().expect("meta").lineage,
+            meta.lineage
+        );
+    }
+
+    #[test]
+    fn serial_bumps_on_resource_changes_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let serial = || store.meta().expect("meta").serial;
+        store.put(&sample("a")).expect("put");
+        assert_eq!(serial(), 1);
+        store.put(&sample("a")).expect("put again");
+        assert_eq!(serial(), 2);
+        store.put_run(&run("00001")).expect("run");
+        assert_eq!(serial(), 2, "runs are not resources");
+        store.remove(&addr("missing")).expect("remove absent");
+        assert_eq!(serial(), 2, "removing nothing changes nothing");
+        store.remove(&addr("a")).expect("remove");
+        assert_eq!(serial(), 3);
+        assert_eq!(store.get(&addr("a")).expect("get"), None);
+    }
+
+    #[test]
+    fn second_open_reports_locked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = open(dir.path());
+        let err = SledStore::open(dir.path()).expect_err("second open in one process");
+        assert!(matches!(&err, StateError::Locked(p) if p == &dir.path().display().to_string()));
+        drop(first);
+        open(dir.path());
+    }
+
+    #[test]
+    fn second_open_from_another_process_reports_locked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = spawn_child("hold", dir.path());
+        let mut stdout = BufReader::new(child.stdout.take().expect("child stdout"));
+        let ready = (&mut stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("CHILD READY"));
+        assert!(ready, "child opened the store");
+
+        let err = SledStore::open(dir.path()).expect_err("held by the child");
+        assert!(matches!(err, StateError::Locked(_)), "{err}");
+        assert!(err.to_string().contains("locked by another tend process"));
+
+        drop(child.stdin.take());
+        // Keep reading so the child's test harness can report without a broken pipe.
+        io::copy(&mut stdout, &mut io::sink()).expect("drain child stdout");
+        assert!(child.wait().expect("wait child").success());
+        open(dir.path());
+    }
+
+    #[test]
+    fn unknown_values_are_never_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let mut r = sample("a");
+        r.outputs.insert(
+            "later".to_owned(),
+            Value::List(vec![Value::Int(1), Value::Unknown]),
+        );
+        let err = store.put(&r).expect_err("unknown refused");
+        assert!(err.to_string().contains("outputs.later.1"), "{err}");
+        let mut r = sample("a");
+        r.spec.insert("nan", Value::Float(f64::NAN));
+        store.put(&r).expect_err("NaN refused");
+        assert_eq!(store.list().expect("list"), vec![]);
+        assert_eq!(store.meta().expect("meta").serial, 0);
+    }
+
+    #[test]
+    fn map_keys_that_look_like_markers_round_trip_as_plain_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let mut r = sample("a");
+        r.spec.insert(
+            "tricky",
+            Value::Map(BTreeMap::from([
+                ("$enc".to_owned(), Value::Str("not a secret".to_owned())),
+                ("$$x".to_owned(), Value::Int(1)),
+            ])),
+        );
+        r.private
+            .insert("$enc".to_owned(), Value::Str("plain".to_owned()));
+        store.put(&r).expect("put");
+        assert_eq!(store.get(&r.address).expect("get"), Some(r));
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = open(dir.path());
+            store.meta.insert(META_SCHEMA, &b"2"[..]).expect("insert");
+            store.flush().expect("flush");
+        }
+        let err = SledStore::open(dir.path()).expect_err("newer schema");
+        assert!(matches!(
+            err,
+            StateError::Schema {
+                found: 2,
+                supported: 1
+            }
+        ));
+    }
+
+    #[test]
+    fn list_is_sorted_by_address() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let addrs = [
+            Address::new(Kind::PostgresDatabase, "b"),
+            Address::new(Kind::PostgresServer, "z"),
+            Address::new(Kind::PostgresDatabase, "a"),
+            Address::new(Kind::Credential, "c"),
+        ];
+        for a in &addrs {
+            store.put(&Record::new(a.clone(), 1)).expect("put");
+        }
+        let mut want = addrs.to_vec();
+        want.sort();
+        let got: Vec<_> = store
+            .list()
+            .expect("list")
+            .into_iter()
+            .map(|r| r.address)
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn runs_are_newest_first_and_limited() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        for id in [
+            "0001700000000002-0",
+            "0001700000000001-0",
+            "0001700000000003-0",
+        ] {
+            store.put_run(&run(id)).expect("put run");
+        }
+        let ids = |runs: Vec<Run>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.runs(10).expect("runs")),
+            [
+                "0001700000000003-0",
+                "0001700000000002-0",
+                "0001700000000001-0"
+            ]
+        );
+        assert_eq!(ids(store.runs(1).expect("runs")), ["0001700000000003-0"]);
+        assert_eq!(store.runs(0).expect("runs"), vec![]);
+        let mut replaced = run("0001700000000001-0");
+        replaced.exit_code = 1;
+        store.put_run(&replaced).expect("replace run");
+        assert_eq!(
+            store.run("0001700000000001-0").expect("run"),
+            Some(replaced)
+        );
+        assert_eq!(store.run("nope").expect("run"), None);
+    }
+
+    #[test]
+    fn export_without_secrets_hides_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        store.put(&sample("a")).expect("put");
+        let doc = store.export(false).expect("export");
+        let text = doc.to_string();
+        assert!(!text.contains(SECRET));
+        assert!(!text.contains(ENC), "no ciphertext either");
+        assert_eq!(doc["secrets"], "omitted");
+        assert_eq!(doc["version"], 1);
+        assert_eq!(doc["serial"], 1);
+        assert_eq!(doc["lineage"], store.meta().expect("meta").lineage);
+        let r = &doc["resources"][0];
+        assert_eq!(r["address"], "PostgresDatabase.a");
+        assert_eq!(r["spec"]["password"], SENSITIVE);
+        assert_eq!(r["spec"]["owner"], "app");
+        assert_eq!(r["outputs"]["url"], SENSITIVE);
+        assert_eq!(r["private"]["rotation"]["previous"], SENSITIVE);
+        assert_eq!(r["connection"]["password"], SENSITIVE);
+    }
+
+    #[test]
+    fn export_with_secrets_keeps_them_encrypted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        store.put(&sample("a")).expect("put");
+        let doc = store.export(true).expect("export");
+        assert!(!doc.to_string().contains(SECRET));
+        assert_eq!(doc["secrets"], "encrypted");
+        let sealed = doc["resources"][0]["spec"]["password"][ENC]
+            .as_str()
+            .expect("sealed secret");
+        assert_eq!(store.key.decrypt(sealed).expect("decrypts"), SECRET);
+    }
+
+    #[test]
+    fn import_restores_backup() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        store.put(&sample("a")).expect("put");
+        store.put(&sample("b")).expect("put");
+        store.write_backup().expect("backup");
+        let before = store.meta().expect("meta");
+        let backup: J =
+            serde_json::from_slice(&fs::read(dir.path().join(BACKUP_FILE)).expect("read backup"))
+                .expect("backup is JSON");
+
+        // Lose the records (and, as after restoring onto a fresh store, the lineage).
+        store.remove(&addr("a")).expect("remove");
+        store.put(&sample("c")).expect("put");
+        store.import(&backup).expect("import");
+        assert_eq!(store.list().expect("list"), vec![sample("a"), sample("b")]);
+        let after = store.meta().expect("meta");
+        assert_eq!(after.lineage, before.lineage);
+        assert_eq!(after.serial, 5, "serial moves forward past both histories");
+        drop(store);
+
+        // A fresh state directory with the same key file takes the backup's lineage.
+        let fresh = tempfile::tempdir().expect("tempdir");
+        fs::copy(dir.path().join("tend.key"), fresh.path().join("tend.key")).expect("copy key");
+        let store = open(fresh.path());
+        store.import(&backup).expect("import into fresh store");
+        assert_eq!(store.list().expect("list"), vec![sample("a"), sample("b")]);
+        assert_eq!(store.meta().expect("meta").lineage, before.lineage);
+        assert_eq!(store.meta().expect("meta").serial, before.serial + 1);
+        drop(store);
+        let store = open(fresh.path());
+        assert_eq!(store.list().expect("list after reopen").len(), 2);
+    }
+
+    #[test]
+    fn import_refuses_an_export_without_secrets() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        store.put(&sample("a")).expect("put");
+        let doc = store.export(false).expect("export");
+        store.remove(&addr("a")).expect("remove");
+        let err = store.import(&doc).expect_err("refused");
+        assert!(err.to_string().contains("without secrets"), "{err}");
+        assert_eq!(store.list().expect("list"), vec![]);
+    }
+
+    #[test]
+    fn import_with_another_key_is_refused_and_changes_nothing() {
+        let one = tempfile::tempdir().expect("tempdir");
+        let two = tempfile::tempdir().expect("tempdir");
+        let doc = {
+            let store = open(one.path());
+            store.put(&sample("a")).expect("put");
+            store.export(true).expect("export")
+        };
+        let store = open(two.path());
+        store.put(&sample("z")).expect("put");
+        let before = store.meta().expect("meta");
+        assert!(matches!(store.import(&doc), Err(StateError::Decrypt)));
+        assert_eq!(store.list().expect("list"), vec![sample("z")]);
+        assert_eq!(store.meta().expect("meta"), before);
+
+        let mut newer = doc.clone();
+        newer["version"] = J::from(2);
+        assert!(matches!(
+            store.import(&newer),
+            Err(StateError::Schema { found: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn backup_is_replaced_atomically_and_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        store.put(&sample("a")).expect("put");
+        store.write_backup().expect("backup");
+        store.put(&sample("b")).expect("put");
+        store.write_backup().expect("backup again");
+        let path = dir.path().join(BACKUP_FILE);
+        let doc: J = serde_json::from_slice(&fs::read(&path).expect("read")).expect("json");
+        assert_eq!(doc["resources"].as_array().map(Vec::len), Some(2));
+        assert_eq!(doc["serial"], 2);
+        let mode = fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn state_dir_is_created_private() {
+        let parent = tempfile::tempdir().expect("tempdir");
+        let dir = parent.path().join("nested").join("state");
+        open(&dir);
+        let mode = fs::metadata(&dir).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert!(dir.join("db").is_dir());
+        assert!(dir.join("tend.key").is_file());
+    }
+
+    #[test]
+    fn a_lost_key_file_is_not_silently_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        open(dir.path()).put(&sample("a")).expect("put");
+        fs::remove_file(dir.path().join("tend.key")).expect("lose key");
+        let err = SledStore::open(dir.path()).expect_err("refused");
+        assert!(err.to_string().contains("tend.key"), "{err}");
+        assert!(!dir.path().join("tend.key").exists());
+    }
+
+    #[test]
+    fn digest_key_comes_from_the_key_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = open(dir.path()).digest_key().to_vec();
+        let b = open(dir.path()).digest_key().to_vec();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 32);
+        let root = fs::read(dir.path().join("tend.key")).expect("key");
+        assert_ne!(a, root);
+    }
+
+    #[test]
+    fn the_store_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<SledStore>();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Box<dyn StateStore> = Box::new(open(dir.path()));
+        assert_eq!(store.meta().expect("meta").serial, 0);
+    }
+}
