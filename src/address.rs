@@ -15,7 +15,11 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: &'static [Kind] = &[Kind::Credential, Kind::PostgresServer, Kind::PostgresDatabase];
+    pub const ALL: &'static [Kind] = &[
+        Kind::Credential,
+        Kind::PostgresServer,
+        Kind::PostgresDatabase,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -41,7 +45,11 @@ impl fmt::Display for Kind {
 impl FromStr for Kind {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        Kind::ALL.iter().copied().find(|k| k.as_str() == s).ok_or(())
+        Kind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.as_str() == s)
+            .ok_or(())
     }
 }
 

@@ -65,7 +65,10 @@ struct StoreJournal {
 
 impl StoreJournal {
     fn snapshot(&self) -> Record {
-        self.record.lock().map(|r| r.clone()).unwrap_or_else(|p| p.into_inner().clone())
+        self.record
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 }
 
@@ -73,7 +76,10 @@ impl StoreJournal {
 impl Journal for StoreJournal {
     async fn save_private(&self, private: BTreeMap<String, Value>) -> Result<(), ProviderError> {
         let rec = {
-            let mut r = self.record.lock().map_err(|_| ProviderError::permanent("state journal poisoned"))?;
+            let mut r = self
+                .record
+                .lock()
+                .map_err(|_| ProviderError::permanent("state journal poisoned"))?;
             r.private.extend(private);
             r.updated_at = now_ms();
             r.clone()
@@ -145,7 +151,11 @@ pub async fn apply(
                 .map(|r| r.address.clone())
                 .collect()
         } else {
-            let mut ancestors: Vec<Address> = graph.ancestors(a).into_iter().filter(|d| actions.contains_key(d)).collect();
+            let mut ancestors: Vec<Address> = graph
+                .ancestors(a)
+                .into_iter()
+                .filter(|d| actions.contains_key(d))
+                .collect();
             ancestors.sort();
             ancestors
         };
@@ -204,7 +214,10 @@ pub async fn apply(
     for (a, action, outcome, elapsed) in results {
         let (result, detail) = match &outcome {
             Outcome::Applied => ("applied", None),
-            Outcome::Unchanged => ("unchanged", Some("nothing to do once dependencies were known".to_owned())),
+            Outcome::Unchanged => (
+                "unchanged",
+                Some("nothing to do once dependencies were known".to_owned()),
+            ),
             Outcome::Failed(e) => ("failed", Some(e.clone())),
             Outcome::Blocked(root) => ("blocked", Some(format!("blocked by {root}"))),
         };
@@ -257,17 +270,24 @@ async fn run_one(shared: &Shared<'_>, a: &Address, action: Action) -> Outcome {
         loop {
             tick.tick().await;
             let verb = start_word.trim_end_matches("...").to_lowercase();
-            progress(format!("{a}: Still {verb} [{}s elapsed]", started.elapsed().as_secs()));
+            progress(format!(
+                "{a}: Still {verb} [{}s elapsed]",
+                started.elapsed().as_secs()
+            ));
         }
     };
     let work = async {
         let recorded = shared.records.lock().ok().and_then(|r| r.get(a).cloned());
         match action {
             Action::Delete => {
-                let Some(rec) = recorded else { return Ok(Outcome::Unchanged) };
+                let Some(rec) = recorded else {
+                    return Ok(Outcome::Unchanged);
+                };
                 destroy(shared, p.as_ref(), &rec).await?;
                 let addr = a.clone();
-                blocking(&shared.store, move |s| s.remove(&addr)).await.map_err(|e| e.to_string())?;
+                blocking(&shared.store, move |s| s.remove(&addr))
+                    .await
+                    .map_err(|e| e.to_string())?;
                 if let Ok(mut r) = shared.records.lock() {
                     r.remove(a);
                 }
@@ -300,7 +320,11 @@ fn unreachable_outcome() -> Outcome {
     Outcome::Failed("internal: heartbeat ended".into())
 }
 
-async fn system_permit(shared: &Shared<'_>, key: String, limit: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+async fn system_permit(
+    shared: &Shared<'_>,
+    key: String,
+    limit: usize,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
     let sem = shared
         .per_system
         .lock()
@@ -329,7 +353,10 @@ async fn destroy(shared: &Shared<'_>, p: &dyn Provider, rec: &Record) -> Result<
     match tokio::time::timeout(timeout, p.destroy(rec)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.message),
-        Err(_) => Err(format!("timed out after {}", humantime::format_duration(timeout))),
+        Err(_) => Err(format!(
+            "timed out after {}",
+            humantime::format_duration(timeout)
+        )),
     }
 }
 
@@ -342,18 +369,33 @@ async fn converge(
     fresh: bool,
 ) -> Result<Outcome, String> {
     let desired = {
-        let records = shared.records.lock().map_err(|_| "internal: records poisoned".to_owned())?.clone();
-        let outputs = |t: &Address| records.get(t).filter(|r| r.status == Status::Ready).map(|r| r.outputs.clone());
+        let records = shared
+            .records
+            .lock()
+            .map_err(|_| "internal: records poisoned".to_owned())?
+            .clone();
+        let outputs = |t: &Address| {
+            records
+                .get(t)
+                .filter(|r| r.status == Status::Ready)
+                .map(|r| r.outputs.clone())
+        };
         let mut resolver = Resolver::new(shared.set);
-        resolver.desired(a, &outputs).ok_or_else(|| format!("{a} has no manifest"))?
+        resolver
+            .desired(a, &outputs)
+            .ok_or_else(|| format!("{a} has no manifest"))?
     };
     if !desired.spec.is_known() || !desired.connection.is_known() {
-        return Err("a value it depends on is still unknown after its dependencies were applied".into());
+        return Err(
+            "a value it depends on is still unknown after its dependencies were applied".into(),
+        );
     }
     let hash = desired.spec.digest(&shared.key);
     let recorded = if fresh { None } else { recorded };
     let now = now_ms();
-    let mut rec = recorded.clone().unwrap_or_else(|| Record::new(a.clone(), now));
+    let mut rec = recorded
+        .clone()
+        .unwrap_or_else(|| Record::new(a.clone(), now));
     if rec.generation == 0 {
         // Keep what a destroy would need even if this first attempt never finishes.
         rec.spec = desired.spec.clone();
@@ -363,7 +405,9 @@ async fn converge(
     rec.status = Status::Applying;
     rec.updated_at = now;
     let marked = rec.clone();
-    blocking(&shared.store, move |s| s.put(&marked)).await.map_err(|e| e.to_string())?;
+    blocking(&shared.store, move |s| s.put(&marked))
+        .await
+        .map_err(|e| e.to_string())?;
 
     let journal = StoreJournal {
         store: Arc::clone(&shared.store),
@@ -371,7 +415,11 @@ async fn converge(
     };
     let (key, limit) = p.concurrency(&desired);
     let _permit = system_permit(shared, key, limit).await;
-    let result = tokio::time::timeout(desired.timeout, p.apply(&journal, &desired, recorded.as_ref())).await;
+    let result = tokio::time::timeout(
+        desired.timeout,
+        p.apply(&journal, &desired, recorded.as_ref()),
+    )
+    .await;
     let mut rec = journal.snapshot();
     rec.updated_at = now_ms();
     let outcome = match result {
@@ -394,14 +442,19 @@ async fn converge(
             Err(e.message)
         }
         Err(_) => {
-            let msg = format!("timed out after {}", humantime::format_duration(desired.timeout));
+            let msg = format!(
+                "timed out after {}",
+                humantime::format_duration(desired.timeout)
+            );
             rec.status = Status::Failed;
             rec.last_error = Some(msg.clone());
             Err(msg)
         }
     };
     let saved = rec.clone();
-    blocking(&shared.store, move |s| s.put(&saved)).await.map_err(|e| e.to_string())?;
+    blocking(&shared.store, move |s| s.put(&saved))
+        .await
+        .map_err(|e| e.to_string())?;
     if let Ok(mut r) = shared.records.lock() {
         r.insert(a.clone(), rec);
     }

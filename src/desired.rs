@@ -110,7 +110,11 @@ impl<'a> Resolver<'a> {
                 spec = postgres_server(spec, cred.map(|c| &c.data));
             }
             Kind::PostgresDatabase => {
-                let server = m.spec.get("server").and_then(|n| n.as_str()).unwrap_or_default();
+                let server = m
+                    .spec
+                    .get("server")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or_default();
                 if let Some(s) = self.memo.get(&Address::new(Kind::PostgresServer, server)) {
                     connection = s.spec.clone();
                 }
@@ -143,10 +147,10 @@ pub fn timeout_of(m: &Manifest) -> Duration {
 }
 
 fn or_insert(spec: &mut Value, key: &str, v: impl FnOnce() -> Value) {
-    if let Value::Map(m) = spec {
-        if matches!(m.get(key), None | Some(Value::Null)) {
-            m.insert(key.to_owned(), v());
-        }
+    if let Value::Map(m) = spec
+        && matches!(m.get(key), None | Some(Value::Null))
+    {
+        m.insert(key.to_owned(), v());
     }
 }
 
@@ -193,16 +197,28 @@ mod tests {
     #[test]
     fn a_database_gets_defaults_and_its_server_connection_from_the_credential() {
         let text = "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: pg}\nspec: {provider: postgres, data: {host: db.internal, user: admin}}\n---\napiVersion: tend/v1\nkind: PostgresServer\nmetadata: {name: main}\nspec: {port: \"6432\"}\n---\napiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {name: org-1}\nspec: {server: main, timeout: 30s, lifecycle: {prevent_destroy: true}}\n";
-        let set = load_files(Path::new("/m"), vec![(PathBuf::from("a.yaml"), Ok(text.into()))]).expect("loads");
+        let set = load_files(
+            Path::new("/m"),
+            vec![(PathBuf::from("a.yaml"), Ok(text.into()))],
+        )
+        .expect("loads");
         let mut r = Resolver::new(&set);
-        let d = r.desired(&"PostgresDatabase.org-1".parse().expect("addr"), &|_| None).expect("desired");
+        let d = r
+            .desired(&"PostgresDatabase.org-1".parse().expect("addr"), &|_| None)
+            .expect("desired");
         assert_eq!(d.spec.get("database"), Some(&Value::Str("org-1".into())));
         assert_eq!(d.spec.get("owner"), Some(&Value::Str("org-1".into())));
         assert_eq!(d.spec.get("timeout"), None);
         assert_eq!(d.timeout, Duration::from_secs(30));
         assert!(d.prevent_destroy);
-        assert_eq!(d.connection.get("host"), Some(&Value::Str("db.internal".into())));
+        assert_eq!(
+            d.connection.get("host"),
+            Some(&Value::Str("db.internal".into()))
+        );
         assert_eq!(d.connection.get("port"), Some(&Value::Int(6432)));
-        assert_eq!(d.connection.get("sslmode"), Some(&Value::Str("prefer".into())));
+        assert_eq!(
+            d.connection.get("sslmode"),
+            Some(&Value::Str("prefer".into()))
+        );
     }
 }

@@ -93,7 +93,10 @@ pub async fn plan(
     let mut waves: BTreeMap<usize, Vec<Address>> = BTreeMap::new();
     for m in set.managed() {
         if in_scope(&m.address) {
-            waves.entry(level[&m.address]).or_default().push(m.address.clone());
+            waves
+                .entry(level[&m.address])
+                .or_default()
+                .push(m.address.clone());
         }
     }
 
@@ -104,8 +107,12 @@ pub async fn plan(
         let mut items = Vec::new();
         for a in wave {
             let outputs = |t: &Address| planned_outputs(t, &decided, &records, providers);
-            let Some(desired) = resolver.desired(&a, &outputs) else { continue };
-            let Some(p) = provider::for_kind(providers, a.kind) else { continue };
+            let Some(desired) = resolver.desired(&a, &outputs) else {
+                continue;
+            };
+            let Some(p) = provider::for_kind(providers, a.kind) else {
+                continue;
+            };
             items.push((desired, p));
         }
         let observed: Vec<(Desired, Arc<dyn Provider>, Observation)> = stream::iter(items)
@@ -136,16 +143,24 @@ pub async fn plan(
             .collect()
             .await;
         for (desired, p, obs) in observed {
-            if let Observation::NotRefreshed = obs {
-                if opts.refresh && records.contains_key(&desired.address) && desired.connection.is_known() {
-                    plan.warnings.push(format!(
-                        "could not refresh {}: planned from state alone (see the log for the error)",
-                        desired.address
-                    ));
-                }
+            if let Observation::NotRefreshed = obs
+                && opts.refresh
+                && records.contains_key(&desired.address)
+                && desired.connection.is_known()
+            {
+                plan.warnings.push(format!(
+                    "could not refresh {}: planned from state alone (see the log for the error)",
+                    desired.address
+                ));
             }
             let hash = desired.spec.digest(&key);
-            let change = plan::decide(p.as_ref(), &desired, &hash, records.get(&desired.address), &obs);
+            let change = plan::decide(
+                p.as_ref(),
+                &desired,
+                &hash,
+                records.get(&desired.address),
+                &obs,
+            );
             if change.action == Action::Replace && desired.prevent_destroy {
                 plan.errors.push(format!(
                     "{} has lifecycle.prevent_destroy set, but this plan would replace it",

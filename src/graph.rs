@@ -34,10 +34,10 @@ impl Graph {
             let to = index[&m.address];
             let mut seen = BTreeSet::new();
             for d in &m.deps {
-                if let Some(&from) = index.get(&d.target) {
-                    if seen.insert(&d.target) {
-                        graph.add_edge(from, to, d.clone());
-                    }
+                if let Some(&from) = index.get(&d.target)
+                    && seen.insert(&d.target)
+                {
+                    graph.add_edge(from, to, d.clone());
                 }
             }
         }
@@ -122,7 +122,11 @@ impl Graph {
             .collect();
         edges.sort();
         for (from, to, via) in edges {
-            let _ = writeln!(s, "  \"{from}\" -> \"{to}\" [label=\"{}\"];", via.replace('"', "'"));
+            let _ = writeln!(
+                s,
+                "  \"{from}\" -> \"{to}\" [label=\"{}\"];",
+                via.replace('"', "'")
+            );
         }
         s.push_str("}\n");
         s
@@ -148,7 +152,14 @@ impl Graph {
 fn stable_topo(graph: &DiGraph<Address, Dep>) -> Vec<Address> {
     let mut indegree: BTreeMap<NodeIndex, usize> = graph
         .node_indices()
-        .map(|n| (n, graph.neighbors_directed(n, petgraph::Direction::Incoming).count()))
+        .map(|n| {
+            (
+                n,
+                graph
+                    .neighbors_directed(n, petgraph::Direction::Incoming)
+                    .count(),
+            )
+        })
         .collect();
     let mut ready: BTreeSet<(Address, NodeIndex)> = indegree
         .iter()
@@ -172,9 +183,17 @@ fn stable_topo(graph: &DiGraph<Address, Dep>) -> Vec<Address> {
 }
 
 /// Find one cycle inside a strongly connected component and describe it edge by edge.
-fn cycle_diagnostic(graph: &DiGraph<Address, Dep>, scc: &[NodeIndex], set: &ManifestSet) -> Diagnostic {
+fn cycle_diagnostic(
+    graph: &DiGraph<Address, Dep>,
+    scc: &[NodeIndex],
+    set: &ManifestSet,
+) -> Diagnostic {
     let members: BTreeSet<NodeIndex> = scc.iter().copied().collect();
-    let start = scc.iter().copied().min_by_key(|n| graph[*n].clone()).unwrap_or(scc[0]);
+    let start = scc
+        .iter()
+        .copied()
+        .min_by_key(|n| graph[*n].clone())
+        .unwrap_or(scc[0]);
     // Walk "reads" edges (dependent → dependency) inside the component until a node repeats.
     let mut path = vec![start];
     let mut edges_used: Vec<Dep> = Vec::new();
@@ -186,7 +205,9 @@ fn cycle_diagnostic(graph: &DiGraph<Address, Dep>, scc: &[NodeIndex], set: &Mani
             .map(|e| (graph[e.source()].clone(), e.source(), e.weight().clone()))
             .collect();
         next.sort_by(|a, b| a.0.cmp(&b.0));
-        let Some((_, n, dep)) = next.into_iter().next() else { break };
+        let Some((_, n, dep)) = next.into_iter().next() else {
+            break;
+        };
         edges_used.push(dep);
         if let Some(i) = path.iter().position(|p| *p == n) {
             path.push(n);
@@ -214,7 +235,12 @@ fn cycle_diagnostic(graph: &DiGraph<Address, Dep>, scc: &[NodeIndex], set: &Mani
         );
     }
     let pos = edges_used.first().map_or(first.pos, |d| d.pos);
-    Diagnostic::new(&first.file, pos, format!("dependency cycle: {}", names.join(" → "))).with_help(help)
+    Diagnostic::new(
+        &first.file,
+        pos,
+        format!("dependency cycle: {}", names.join(" → ")),
+    )
+    .with_help(help)
 }
 
 #[cfg(test)]
@@ -232,7 +258,8 @@ mod tests {
     #[test]
     fn a_cycle_names_every_resource_on_it_and_each_edge() {
         let text = [server("a", "b"), server("b", "c"), server("c", "a")].concat();
-        let set = load_files(Path::new("/m"), vec![(PathBuf::from("s.yaml"), Ok(text))]).expect("loads");
+        let set =
+            load_files(Path::new("/m"), vec![(PathBuf::from("s.yaml"), Ok(text))]).expect("loads");
         let err = Graph::build(&set).expect_err("cycle");
         assert_eq!(err.len(), 1);
         assert_eq!(
@@ -240,16 +267,28 @@ mod tests {
             "dependency cycle: PostgresServer.a → PostgresServer.b → PostgresServer.c → PostgresServer.a"
         );
         let help = err[0].help.clone().unwrap_or_default();
-        assert!(help.contains("PostgresServer.a → PostgresServer.b (${PostgresServer.b.spec.host} at s.yaml:5:"), "{help}");
-        assert!(help.contains("PostgresServer.c → PostgresServer.a"), "{help}");
+        assert!(
+            help.contains(
+                "PostgresServer.a → PostgresServer.b (${PostgresServer.b.spec.host} at s.yaml:5:"
+            ),
+            "{help}"
+        );
+        assert!(
+            help.contains("PostgresServer.c → PostgresServer.a"),
+            "{help}"
+        );
     }
 
     #[test]
     fn order_puts_dependencies_first() {
         let text = [server("a", "b"), server("b", "c"), "---\napiVersion: tend/v1\nkind: PostgresServer\nmetadata: {name: c}\nspec: {host: h, user: u}\n".to_owned()].concat();
-        let set = load_files(Path::new("/m"), vec![(PathBuf::from("s.yaml"), Ok(text))]).expect("loads");
+        let set =
+            load_files(Path::new("/m"), vec![(PathBuf::from("s.yaml"), Ok(text))]).expect("loads");
         let g = Graph::build(&set).expect("acyclic");
         let order: Vec<String> = g.order().iter().map(ToString::to_string).collect();
-        assert_eq!(order, ["PostgresServer.c", "PostgresServer.b", "PostgresServer.a"]);
+        assert_eq!(
+            order,
+            ["PostgresServer.c", "PostgresServer.b", "PostgresServer.a"]
+        );
     }
 }

@@ -8,7 +8,9 @@ use util::Workspace;
 const CRED: &str = "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: pg}\nspec:\n  provider: postgres\n  data: {host: localhost, user: admin, password: {fromEnv: TEND_CLI_TEST_PW}}\n---\napiVersion: tend/v1\nkind: PostgresServer\nmetadata: {name: main}\nspec: {}\n";
 
 fn db(name: &str) -> String {
-    format!("---\napiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {{name: {name}}}\nspec: {{server: main}}\n")
+    format!(
+        "---\napiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {{name: {name}}}\nspec: {{server: main}}\n"
+    )
 }
 
 fn ws() -> Workspace {
@@ -18,20 +20,57 @@ fn ws() -> Workspace {
 }
 
 fn tend(w: &Workspace, args: &[&str]) -> util::Run {
-    util::Run::from(w.cmd(args).env("TEND_CLI_TEST_PW", "pw-not-for-output").output().expect("runs"))
+    util::Run::from(
+        w.cmd(args)
+            .env("TEND_CLI_TEST_PW", "pw-not-for-output")
+            .output()
+            .expect("runs"),
+    )
 }
 
 #[test]
 fn each_kind_of_bad_input_is_a_located_error_with_exit_1() {
     let cases: &[(&str, &str, &str)] = &[
-        ("syntax.yaml", "apiVersion: tend/v1\nkind: [unclosed\n", "syntax.yaml:"),
-        ("kind.yaml", "apiVersion: tend/v1\nkind: PostgresDatabse\nmetadata: {name: a}\n", "kind.yaml:2:7"),
-        ("field.yaml", "apiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {name: a}\nspec: {server: main, ownr: x}\n", "field.yaml:4:22"),
-        ("name.yaml", "apiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {name: Not_A_Label}\nspec: {server: main}\n", "name.yaml:3:18"),
-        ("ref.yaml", "apiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {name: a}\nspec: {server: main, owner: \"${PostgresDatabase.nope.status.outputs.username}\"}\n", "ref.yaml:4:29"),
-        ("field-ref.yaml", "apiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {name: a}\nspec: {server: main, owner: \"${PostgresServer.main.status.outputs.user}\"}\n", "field-ref.yaml:4:29"),
-        ("secret.yaml", "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: other}\nspec: {provider: digitalocean, data: {token: dop_v1_plaintext}}\n", "secret.yaml:4:46"),
-        ("env.yaml", "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: other}\nspec: {provider: nomad, data: {token: {fromEnv: TEND_SURELY_UNSET}}}\n", "env.yaml:4:49"),
+        (
+            "syntax.yaml",
+            "apiVersion: tend/v1\nkind: [unclosed\n",
+            "syntax.yaml:",
+        ),
+        (
+            "kind.yaml",
+            "apiVersion: tend/v1\nkind: PostgresDatabse\nmetadata: {name: a}\n",
+            "kind.yaml:2:7",
+        ),
+        (
+            "field.yaml",
+            "apiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {name: a}\nspec: {server: main, ownr: x}\n",
+            "field.yaml:4:22",
+        ),
+        (
+            "name.yaml",
+            "apiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {name: Not_A_Label}\nspec: {server: main}\n",
+            "name.yaml:3:18",
+        ),
+        (
+            "ref.yaml",
+            "apiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {name: a}\nspec: {server: main, owner: \"${PostgresDatabase.nope.status.outputs.username}\"}\n",
+            "ref.yaml:4:29",
+        ),
+        (
+            "field-ref.yaml",
+            "apiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {name: a}\nspec: {server: main, owner: \"${PostgresServer.main.status.outputs.user}\"}\n",
+            "field-ref.yaml:4:29",
+        ),
+        (
+            "secret.yaml",
+            "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: other}\nspec: {provider: digitalocean, data: {token: dop_v1_plaintext}}\n",
+            "secret.yaml:4:46",
+        ),
+        (
+            "env.yaml",
+            "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: other}\nspec: {provider: nomad, data: {token: {fromEnv: TEND_SURELY_UNSET}}}\n",
+            "env.yaml:4:49",
+        ),
     ];
     for (file, text, location) in cases {
         let w = ws();
@@ -39,8 +78,16 @@ fn each_kind_of_bad_input_is_a_located_error_with_exit_1() {
         for cmd in ["validate", "plan"] {
             let r = tend(&w, &[cmd]);
             assert_eq!(r.code, 1, "{file} {cmd}: {}", r.all());
-            assert!(r.stderr.contains(location), "{file} {cmd}: expected {location} in:\n{}", r.stderr);
-            assert!(!r.stdout.contains("will be"), "{file}: planned something:\n{}", r.stdout);
+            assert!(
+                r.stderr.contains(location),
+                "{file} {cmd}: expected {location} in:\n{}",
+                r.stderr
+            );
+            assert!(
+                !r.stdout.contains("will be"),
+                "{file}: planned something:\n{}",
+                r.stdout
+            );
         }
         assert!(!tend(&w, &["validate"]).all().contains("dop_v1_plaintext"));
     }
@@ -54,9 +101,21 @@ fn duplicate_addresses_name_both_files_and_unknown_fields_suggest() {
     w.write("c.yaml", "apiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {name: y}\nspec: {server: main, databse: y}\n");
     let r = tend(&w, &["validate"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("duplicate resource PostgresDatabase.x"), "{}", r.stderr);
-    assert!(r.stderr.contains("a.yaml:4:18") && r.stderr.contains("b.yaml:4:18"), "{}", r.stderr);
-    assert!(r.stderr.contains("did you mean `database`?"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("duplicate resource PostgresDatabase.x"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("a.yaml:4:18") && r.stderr.contains("b.yaml:4:18"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("did you mean `database`?"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("3 errors in manifests"), "{}", r.stderr);
 }
 
@@ -64,12 +123,19 @@ fn duplicate_addresses_name_both_files_and_unknown_fields_suggest() {
 fn a_cycle_is_printed_whole() {
     let w = ws();
     let s = |n: &str, other: &str| {
-        format!("---\napiVersion: tend/v1\nkind: PostgresServer\nmetadata: {{name: {n}}}\nspec: {{host: \"${{PostgresServer.{other}.spec.host}}\"}}\n")
+        format!(
+            "---\napiVersion: tend/v1\nkind: PostgresServer\nmetadata: {{name: {n}}}\nspec: {{host: \"${{PostgresServer.{other}.spec.host}}\"}}\n"
+        )
     };
     w.write("cycle.yaml", &[s("a", "b"), s("b", "a")].concat());
     let r = tend(&w, &["plan"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("dependency cycle: PostgresServer.a → PostgresServer.b → PostgresServer.a"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("dependency cycle: PostgresServer.a → PostgresServer.b → PostgresServer.a"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -78,7 +144,12 @@ fn plan_without_state_shows_creates_and_detailed_exitcode_says_2() {
     w.write("dbs.yaml", &[db("one"), db("two")].concat());
     let r = tend(&w, &["plan", "--detailed-exitcode"]);
     assert_eq!(r.code, 2, "{}", r.all());
-    assert!(r.stdout.contains("Plan: 2 to add, 0 to change, 0 to destroy."), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("Plan: 2 to add, 0 to change, 0 to destroy."),
+        "{}",
+        r.stdout
+    );
     assert!(!r.all().contains("pw-not-for-output"));
 
     let r = tend(&w, &["plan", "--json"]).ok();
@@ -119,7 +190,17 @@ fn graph_prints_text_and_dot() {
     let w = ws();
     w.write("dbs.yaml", &db("one"));
     let r = tend(&w, &["graph"]).ok();
-    assert!(r.stdout.contains("PostgresDatabase.one <- PostgresServer.main"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("PostgresDatabase.one <- PostgresServer.main"),
+        "{}",
+        r.stdout
+    );
     let r = tend(&w, &["graph", "--format", "dot"]).ok();
-    assert!(r.stdout.contains("\"PostgresDatabase.one\" -> \"PostgresServer.main\""), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("\"PostgresDatabase.one\" -> \"PostgresServer.main\""),
+        "{}",
+        r.stdout
+    );
 }

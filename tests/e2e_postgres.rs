@@ -35,7 +35,10 @@ async fn exists(kind: &str, name: &str) -> bool {
 async fn owner_of(db: &str) -> String {
     let admin = pg().admin().await;
     admin
-        .query_one("SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1", &[&db])
+        .query_one(
+            "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
+            &[&db],
+        )
         .await
         .expect("owner")
         .get(0)
@@ -46,10 +49,23 @@ async fn apply_converges_and_a_second_plan_has_no_changes() {
     let w = Workspace::new();
     let (db, role) = (unique("tend_db_"), unique("tend_user_"));
     w.write("server.yaml", &server_yaml());
-    w.write("db.yaml", &database_yaml("a", &db, &role, "  connection_limit: 5\n"));
+    w.write(
+        "db.yaml",
+        &database_yaml("a", &db, &role, "  connection_limit: 5\n"),
+    );
     let r = w.run(&["apply", "--auto-approve"]).ok();
-    assert!(r.stdout.contains("PostgresDatabase.a: Creation complete after"), "{}", r.stdout);
-    assert!(r.stdout.contains("Apply complete! Resources: 1 added, 0 changed, 0 destroyed."), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("PostgresDatabase.a: Creation complete after"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("Apply complete! Resources: 1 added, 0 changed, 0 destroyed."),
+        "{}",
+        r.stdout
+    );
     assert!(exists("role", &role).await && exists("db", &db).await);
     assert_eq!(owner_of(&db).await, role);
 
@@ -62,12 +78,23 @@ async fn apply_converges_and_a_second_plan_has_no_changes() {
     // The generated password works for the tenant role on its own database.
     let pw = password_in_state(&w, "a");
     assert_eq!(pw.len(), 32);
-    pg().connect_as(&role, &pw, &db).await.expect("tenant login");
+    pg().connect_as(&role, &pw, &db)
+        .await
+        .expect("tenant login");
 
     let r = w.run(&["state", "list"]).ok();
-    assert!(r.stdout.contains("PostgresDatabase.a") && r.stdout.contains("ready"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("PostgresDatabase.a") && r.stdout.contains("ready"),
+        "{}",
+        r.stdout
+    );
     let r = w.run(&["runs", "list"]).ok();
-    assert_eq!(r.stdout.lines().count(), 1, "one run recorded: {}", r.stdout);
+    assert_eq!(
+        r.stdout.lines().count(),
+        1,
+        "one run recorded: {}",
+        r.stdout
+    );
 }
 
 #[tokio::test]
@@ -81,7 +108,12 @@ async fn drift_is_planned_and_repaired() {
 
     // Owner changed by hand.
     let intruder = unique("tend_intruder_");
-    admin.batch_execute(&format!("CREATE ROLE {intruder}; ALTER DATABASE {db} OWNER TO {intruder}")).await.expect("drift owner");
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {intruder}; ALTER DATABASE {db} OWNER TO {intruder}"
+        ))
+        .await
+        .expect("drift owner");
     let r = w.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stdout.contains("owner"), "{}", r.stdout);
@@ -89,21 +121,34 @@ async fn drift_is_planned_and_repaired() {
     assert_eq!(owner_of(&db).await, role);
 
     // Password changed by hand.
-    admin.batch_execute(&format!("ALTER ROLE {role} PASSWORD 'changed-by-hand'")).await.expect("drift password");
+    admin
+        .batch_execute(&format!("ALTER ROLE {role} PASSWORD 'changed-by-hand'"))
+        .await
+        .expect("drift password");
     let r = w.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stdout.contains("password"), "{}", r.stdout);
     w.run(&["apply", "--auto-approve"]).ok();
-    pg().connect_as(&role, &password_in_state(&w, "a"), &db).await.expect("password repaired");
+    pg().connect_as(&role, &password_in_state(&w, "a"), &db)
+        .await
+        .expect("password repaired");
 
     // Database and role dropped by hand.
-    admin.batch_execute(&format!("DROP DATABASE {db}")).await.expect("drop database by hand");
-    admin.batch_execute(&format!("DROP ROLE {role}")).await.expect("drop role by hand");
+    admin
+        .batch_execute(&format!("DROP DATABASE {db}"))
+        .await
+        .expect("drop database by hand");
+    admin
+        .batch_execute(&format!("DROP ROLE {role}"))
+        .await
+        .expect("drop role by hand");
     let r = w.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(r.code, 2, "{}", r.all());
     w.run(&["apply", "--auto-approve"]).ok();
     assert!(exists("role", &role).await && exists("db", &db).await);
-    pg().connect_as(&role, &password_in_state(&w, "a"), &db).await.expect("recreated with the recorded password");
+    pg().connect_as(&role, &password_in_state(&w, "a"), &db)
+        .await
+        .expect("recreated with the recorded password");
     let r = w.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(r.code, 0, "{}", r.all());
 }
@@ -111,18 +156,42 @@ async fn drift_is_planned_and_repaired() {
 #[tokio::test]
 async fn tenants_are_isolated_from_each_other() {
     let w = Workspace::new();
-    let (db_a, role_a, db_b, role_b) = (unique("tend_db_"), unique("tend_user_"), unique("tend_db_"), unique("tend_user_"));
+    let (db_a, role_a, db_b, role_b) = (
+        unique("tend_db_"),
+        unique("tend_user_"),
+        unique("tend_db_"),
+        unique("tend_user_"),
+    );
     w.write("server.yaml", &server_yaml());
-    w.write("db.yaml", &[database_yaml("a", &db_a, &role_a, ""), database_yaml("b", &db_b, &role_b, "")].concat());
+    w.write(
+        "db.yaml",
+        &[
+            database_yaml("a", &db_a, &role_a, ""),
+            database_yaml("b", &db_b, &role_b, ""),
+        ]
+        .concat(),
+    );
     w.run(&["apply", "--auto-approve"]).ok();
     let pw_a = password_in_state(&w, "a");
-    pg().connect_as(&role_a, &pw_a, &db_a).await.expect("a reaches its own database");
-    let err = pg().connect_as(&role_a, &pw_a, &db_b).await.expect_err("a must not reach b");
-    assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
+    pg().connect_as(&role_a, &pw_a, &db_a)
+        .await
+        .expect("a reaches its own database");
+    let err = pg()
+        .connect_as(&role_a, &pw_a, &db_b)
+        .await
+        .expect_err("a must not reach b");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{err}"
+    );
     let admin = pg().admin().await;
     for db in [&db_a, &db_b] {
         let public: bool = admin
-            .query_one("SELECT has_database_privilege('public', $1, 'CONNECT')", &[db])
+            .query_one(
+                "SELECT has_database_privilege('public', $1, 'CONNECT')",
+                &[db],
+            )
             .await
             .expect("acl")
             .get(0);
@@ -139,7 +208,11 @@ async fn secrets_never_reach_output_logs_run_records_or_state_bytes() {
     let mut seen = String::new();
     let trace = |args: &[&str]| {
         let out = w.cmd(args).env("RUST_LOG", "trace").output().expect("run");
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     };
     seen += &trace(&["apply", "--auto-approve"]);
     seen += &trace(&["plan"]);
@@ -147,17 +220,31 @@ async fn secrets_never_reach_output_logs_run_records_or_state_bytes() {
     seen += &trace(&["state", "export"]);
     seen += &trace(&["state", "export", "--include-secrets"]);
     seen += &trace(&["runs", "list"]);
-    let run_id = w.run(&["runs", "list"]).stdout.split_whitespace().next().unwrap_or_default().to_owned();
+    let run_id = w
+        .run(&["runs", "list"])
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     seen += &trace(&["runs", "show", &run_id]);
     let generated = password_in_state(&w, "a");
     let admin_pw = pg().password;
-    assert!(seen.contains("PostgresDatabase.a"), "the commands ran: {seen}");
+    assert!(
+        seen.contains("PostgresDatabase.a"),
+        "the commands ran: {seen}"
+    );
     assert!(seen.contains("(sensitive)"), "secrets are shown masked");
     for secret in [&generated, &admin_pw] {
-        assert!(!seen.contains(secret.as_str()), "a secret leaked into output");
+        assert!(
+            !seen.contains(secret.as_str()),
+            "a secret leaked into output"
+        );
         let bytes = w.state_bytes();
         assert!(
-            !bytes.windows(secret.len()).any(|win| win == secret.as_bytes()),
+            !bytes
+                .windows(secret.len())
+                .any(|win| win == secret.as_bytes()),
             "a secret is in the state directory in plain text"
         );
     }
@@ -171,33 +258,71 @@ async fn rotation_changes_the_password() {
     w.write("db.yaml", &database_yaml("a", &db, &role, ""));
     w.run(&["apply", "--auto-approve"]).ok();
     let old = password_in_state(&w, "a");
-    w.write("db.yaml", &database_yaml("a", &db, &role, "  rotation: 1\n"));
+    w.write(
+        "db.yaml",
+        &database_yaml("a", &db, &role, "  rotation: 1\n"),
+    );
     let r = w.run(&["apply", "--auto-approve"]).ok();
     assert!(r.stdout.contains("~ rotation"), "{}", r.stdout);
     let new = password_in_state(&w, "a");
     assert_ne!(old, new);
-    pg().connect_as(&role, &new, &db).await.expect("new password works");
-    assert!(pg().connect_as(&role, &old, &db).await.is_err(), "old password still works");
+    pg().connect_as(&role, &new, &db)
+        .await
+        .expect("new password works");
+    assert!(
+        pg().connect_as(&role, &old, &db).await.is_err(),
+        "old password still works"
+    );
 }
 
 #[tokio::test]
 async fn delete_honours_on_delete_and_prevent_destroy() {
     let w = Workspace::new();
-    let names: Vec<(String, String)> = (0..3).map(|_| (unique("tend_db_"), unique("tend_user_"))).collect();
+    let names: Vec<(String, String)> = (0..3)
+        .map(|_| (unique("tend_db_"), unique("tend_user_")))
+        .collect();
     w.write("server.yaml", &server_yaml());
-    w.write("keep.yaml", &database_yaml("keep", &names[0].0, &names[0].1, ""));
-    w.write("drop.yaml", &database_yaml("gone", &names[1].0, &names[1].1, "  on_delete: drop\n"));
-    w.write("guard.yaml", &database_yaml("guard", &names[2].0, &names[2].1, "  lifecycle: {prevent_destroy: true}\n"));
+    w.write(
+        "keep.yaml",
+        &database_yaml("keep", &names[0].0, &names[0].1, ""),
+    );
+    w.write(
+        "drop.yaml",
+        &database_yaml("gone", &names[1].0, &names[1].1, "  on_delete: drop\n"),
+    );
+    w.write(
+        "guard.yaml",
+        &database_yaml(
+            "guard",
+            &names[2].0,
+            &names[2].1,
+            "  lifecycle: {prevent_destroy: true}\n",
+        ),
+    );
     w.run(&["apply", "--auto-approve"]).ok();
 
     // A tenant session is connected while its database is dropped.
-    let session = pg().connect_as(&names[1].1, &password_in_state(&w, "gone"), &names[1].0).await.expect("tenant session");
+    let session = pg()
+        .connect_as(&names[1].1, &password_in_state(&w, "gone"), &names[1].0)
+        .await
+        .expect("tenant session");
     w.remove("keep.yaml");
     w.remove("drop.yaml");
     let r = w.run(&["apply", "--auto-approve"]).ok();
-    assert!(r.stdout.contains("Plan: 0 to add, 0 to change, 2 to destroy."), "{}", r.stdout);
-    assert!(exists("db", &names[0].0).await && exists("role", &names[0].1).await, "retained");
-    assert!(!exists("db", &names[1].0).await && !exists("role", &names[1].1).await, "dropped");
+    assert!(
+        r.stdout
+            .contains("Plan: 0 to add, 0 to change, 2 to destroy."),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        exists("db", &names[0].0).await && exists("role", &names[0].1).await,
+        "retained"
+    );
+    assert!(
+        !exists("db", &names[1].0).await && !exists("role", &names[1].1).await,
+        "dropped"
+    );
     drop(session);
 
     w.remove("guard.yaml");
@@ -206,7 +331,10 @@ async fn delete_honours_on_delete_and_prevent_destroy() {
     assert!(r.stdout.contains("prevent_destroy"), "{}", r.stdout);
     let r = w.run(&["apply", "--auto-approve"]);
     assert_eq!(r.code, 1);
-    assert!(exists("db", &names[2].0).await, "protected database survived");
+    assert!(
+        exists("db", &names[2].0).await,
+        "protected database survived"
+    );
 }
 
 #[tokio::test]
@@ -221,19 +349,40 @@ async fn a_failure_blocks_only_its_dependents() {
         &[
             database_yaml("ok", &db_ok, &role_ok, ""),
             database_yaml("bad", &db_bad, "pg_reserved_name", ""),
-            database_yaml("child", &db_child, "\"${PostgresDatabase.bad.status.outputs.username}\"", ""),
+            database_yaml(
+                "child",
+                &db_child,
+                "\"${PostgresDatabase.bad.status.outputs.username}\"",
+                "",
+            ),
         ]
         .concat(),
     );
     let r = w.run(&["apply", "--auto-approve"]);
     assert_eq!(r.code, 1, "{}", r.all());
-    assert!(r.all().contains("blocked PostgresDatabase.child: blocked by PostgresDatabase.bad"), "{}", r.all());
-    assert!(exists("db", &db_ok).await, "the independent database was created");
+    assert!(
+        r.all()
+            .contains("blocked PostgresDatabase.child: blocked by PostgresDatabase.bad"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        exists("db", &db_ok).await,
+        "the independent database was created"
+    );
     assert!(!exists("db", &db_child).await);
     let store = SledStore::open(&w.state).expect("state");
-    let bad = store.get(&"PostgresDatabase.bad".parse().expect("addr")).expect("read").expect("recorded");
+    let bad = store
+        .get(&"PostgresDatabase.bad".parse().expect("addr"))
+        .expect("read")
+        .expect("recorded");
     assert_eq!(bad.status, Status::Failed);
-    assert!(store.get(&"PostgresDatabase.child".parse().expect("addr")).expect("read").is_none());
+    assert!(
+        store
+            .get(&"PostgresDatabase.child".parse().expect("addr"))
+            .expect("read")
+            .is_none()
+    );
     let run = &store.runs(1).expect("runs")[0];
     assert_eq!(run.exit_code, 1);
 }
@@ -245,7 +394,14 @@ async fn kill_9_during_apply_never_loses_a_password_or_leaves_a_duplicate() {
     let prefix = unique("tend_crash_");
     w.write("server.yaml", &server_yaml());
     let docs: Vec<String> = (0..50)
-        .map(|i| database_yaml(&format!("t{i}"), &format!("{prefix}_db_{i}"), &format!("{prefix}_user_{i}"), ""))
+        .map(|i| {
+            database_yaml(
+                &format!("t{i}"),
+                &format!("{prefix}_db_{i}"),
+                &format!("{prefix}_user_{i}"),
+                "",
+            )
+        })
         .collect();
     w.write("dbs.yaml", &docs.concat());
     let mut rng = rand::rng();
@@ -265,8 +421,22 @@ async fn kill_9_during_apply_never_loses_a_password_or_leaves_a_duplicate() {
 
     let admin = pg().admin().await;
     let like = format!("{prefix}\\_%");
-    let dbs: i64 = admin.query_one("SELECT count(*) FROM pg_database WHERE datname LIKE $1", &[&like]).await.expect("q").get(0);
-    let roles: i64 = admin.query_one("SELECT count(*) FROM pg_roles WHERE rolname LIKE $1", &[&like]).await.expect("q").get(0);
+    let dbs: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE $1",
+            &[&like],
+        )
+        .await
+        .expect("q")
+        .get(0);
+    let roles: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolname LIKE $1",
+            &[&like],
+        )
+        .await
+        .expect("q")
+        .get(0);
     assert_eq!((dbs, roles), (50, 50), "no duplicate, no orphan");
     let store = SledStore::open(&w.state).expect("state");
     let records = store.list().expect("list");
@@ -274,9 +444,23 @@ async fn kill_9_during_apply_never_loses_a_password_or_leaves_a_duplicate() {
     for rec in records {
         assert_eq!(rec.status, Status::Ready, "{}", rec.address);
         let i = rec.address.name.trim_start_matches('t');
-        let pw = rec.private.get("password").and_then(|v| v.as_str()).expect("password").to_owned();
-        pg().connect_as(&format!("{prefix}_user_{i}"), &pw, &format!("{prefix}_db_{i}"))
-            .await
-            .unwrap_or_else(|e| panic!("{}: the password in state does not authenticate: {e}", rec.address));
+        let pw = rec
+            .private
+            .get("password")
+            .and_then(|v| v.as_str())
+            .expect("password")
+            .to_owned();
+        pg().connect_as(
+            &format!("{prefix}_user_{i}"),
+            &pw,
+            &format!("{prefix}_db_{i}"),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: the password in state does not authenticate: {e}",
+                rec.address
+            )
+        });
     }
 }

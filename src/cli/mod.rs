@@ -26,10 +26,19 @@ use crate::value::Reveal;
 use output::Printer;
 
 #[derive(Parser, Debug)]
-#[command(name = "tend", version, about = "Declarative reconciler: YAML manifests in, converged PostgreSQL out")]
+#[command(
+    name = "tend",
+    version,
+    about = "Declarative reconciler: YAML manifests in, converged PostgreSQL out"
+)]
 struct Cli {
     /// Directory of manifests.
-    #[arg(long, global = true, env = "TEND_MANIFESTS", default_value = "manifests")]
+    #[arg(
+        long,
+        global = true,
+        env = "TEND_MANIFESTS",
+        default_value = "manifests"
+    )]
     manifests: PathBuf,
     /// State directory (sled store, key file, backups).
     #[arg(long, global = true, env = "TEND_STATE", default_value = "state")]
@@ -151,7 +160,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let printer = Printer::new(cli.no_color);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             printer.err(&format!("error: cannot start the runtime: {e}"));
@@ -208,7 +220,9 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<u8> {
     let providers = provider::registry();
     match cli.command {
         Command::Validate => {
-            let Some((set, _)) = load(&cli.manifests, &printer) else { return Ok(1) };
+            let Some((set, _)) = load(&cli.manifests, &printer) else {
+                return Ok(1);
+            };
             printer.out(&format!(
                 "Success! {} manifests in {} are valid.",
                 set.manifests.len(),
@@ -217,7 +231,9 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Graph { format } => {
-            let Some((_, graph)) = load(&cli.manifests, &printer) else { return Ok(1) };
+            let Some((_, graph)) = load(&cli.manifests, &printer) else {
+                return Ok(1);
+            };
             printer.out(&match format {
                 GraphFormat::Text => graph.to_text(),
                 GraphFormat::Dot => graph.to_dot(),
@@ -225,7 +241,9 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Plan(args) => {
-            let Some((set, graph)) = load(&cli.manifests, &printer) else { return Ok(1) };
+            let Some((set, graph)) = load(&cli.manifests, &printer) else {
+                return Ok(1);
+            };
             let store = open_store(&cli.state)?;
             let plan = plan(&set, &graph, &store, &providers, &plan_options(&args.flags)).await?;
             if args.json {
@@ -244,7 +262,11 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<u8> {
                 };
                 write_private(path, &serde_json::to_vec_pretty(&file)?)?;
                 if !args.json {
-                    printer.out(&format!("Saved the plan to {}. Apply it with: tend apply {}", path.display(), path.display()));
+                    printer.out(&format!(
+                        "Saved the plan to {}. Apply it with: tend apply {}",
+                        path.display(),
+                        path.display()
+                    ));
                 }
             }
             Ok(if !plan.errors.is_empty() {
@@ -255,7 +277,9 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<u8> {
                 0
             })
         }
-        Command::Apply(args) => apply_cmd(&cli.manifests, &cli.state, args, &providers, printer).await,
+        Command::Apply(args) => {
+            apply_cmd(&cli.manifests, &cli.state, args, &providers, printer).await
+        }
         Command::State(cmd) => state_cmd(&cli.state, cmd, printer).await,
         Command::Runs(cmd) => runs_cmd(&cli.state, cmd, printer).await,
     }
@@ -290,12 +314,16 @@ async fn apply_cmd(
     providers: &[Arc<dyn provider::Provider>],
     printer: Printer,
 ) -> anyhow::Result<u8> {
-    let Some((set, graph)) = load(manifests, &printer) else { return Ok(1) };
+    let Some((set, graph)) = load(manifests, &printer) else {
+        return Ok(1);
+    };
     let store = open_store(state)?;
     let plan = match &args.planfile {
         Some(path) => {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read plan file {}", path.display()))?;
-            let file: PlanFile = serde_json::from_slice(&bytes).with_context(|| format!("{} is not a tend plan file", path.display()))?;
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read plan file {}", path.display()))?;
+            let file: PlanFile = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a tend plan file", path.display()))?;
             let meta = blocking(&store, |s| s.meta()).await?;
             if file.lineage != meta.lineage || file.serial != meta.serial {
                 printer.err("error: the saved plan is stale: state changed since it was made (run `tend plan --out` again)");
@@ -359,7 +387,11 @@ async fn apply_cmd(
             "\nApply finished with errors. Resources: {added} added, {changed} changed, {destroyed} destroyed. (run {})\n",
             run.id
         );
-        for r in run.results.iter().filter(|r| r.outcome == "failed" || r.outcome == "blocked") {
+        for r in run
+            .results
+            .iter()
+            .filter(|r| r.outcome == "failed" || r.outcome == "blocked")
+        {
             s.push_str(&format!(
                 "  {} {}: {}\n",
                 r.outcome,
@@ -384,7 +416,11 @@ async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Resul
                     Status::Failed => "failed",
                     Status::Applying => "applying",
                 };
-                s.push_str(&format!("{:<50} {status:<9} gen {}\n", r.address.to_string(), r.generation));
+                s.push_str(&format!(
+                    "{:<50} {status:<9} gen {}\n",
+                    r.address.to_string(),
+                    r.generation
+                ));
             }
             printer.out(&s);
         }
@@ -394,9 +430,12 @@ async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Resul
                 printer.err(&format!("error: {address} is not in state"));
                 return Ok(1);
             };
-            let json = |m: &std::collections::BTreeMap<String, crate::value::Value>| -> serde_json::Value {
-                m.iter().map(|(k, v)| (k.clone(), v.to_json(Reveal::No))).collect()
-            };
+            let json =
+                |m: &std::collections::BTreeMap<String, crate::value::Value>| -> serde_json::Value {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.to_json(Reveal::No)))
+                        .collect()
+                };
             let doc = serde_json::json!({
                 "address": r.address.to_string(),
                 "status": r.status,
@@ -424,15 +463,19 @@ async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Resul
                 printer.err(&format!("error: {address} is not in state"));
                 return Ok(1);
             }
-            printer.out(&format!("Removed {address} from state (the real object was not touched)."));
+            printer.out(&format!(
+                "Removed {address} from state (the real object was not touched)."
+            ));
         }
         StateCmd::Export { include_secrets } => {
             let doc = blocking(&store, move |s| s.export(include_secrets)).await?;
             printer.out(&serde_json::to_string_pretty(&doc)?);
         }
         StateCmd::Import { file } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let doc: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", file.display()))?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let doc: serde_json::Value = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not JSON", file.display()))?;
             blocking(&store, move |s| {
                 s.import(&doc)?;
                 s.write_backup()
@@ -451,7 +494,11 @@ async fn runs_cmd(dir: &Path, cmd: RunsCmd, printer: Printer) -> anyhow::Result<
             let runs = blocking(&store, move |s| s.runs(limit)).await?;
             let mut s = String::new();
             for r in runs {
-                let failed = r.results.iter().filter(|x| x.outcome != "applied" && x.outcome != "unchanged").count();
+                let failed = r
+                    .results
+                    .iter()
+                    .filter(|x| x.outcome != "applied" && x.outcome != "unchanged")
+                    .count();
                 s.push_str(&format!(
                     "{}  exit {}  {:>5}ms  {} resources, {failed} not applied  {}\n",
                     r.id,

@@ -67,7 +67,11 @@ pub fn read_data(
     let mut out = BTreeMap::new();
     let Some(data) = data else { return out };
     let Some(entries) = data.as_map() else {
-        diags.push(Diagnostic::new(file, data.pos, "spec.data must be a mapping"));
+        diags.push(Diagnostic::new(
+            file,
+            data.pos,
+            "spec.data must be a mapping",
+        ));
         return out;
     };
     let allowed = keys(provider);
@@ -77,13 +81,19 @@ pub fn read_data(
             let help = suggest(&key.name, names.clone())
                 .map(|s| format!("did you mean `{s}`?"))
                 .unwrap_or_else(|| {
-                    format!("a {provider} credential holds: {}", names.collect::<Vec<_>>().join(", "))
+                    format!(
+                        "a {provider} credential holds: {}",
+                        names.collect::<Vec<_>>().join(", ")
+                    )
                 });
             diags.push(
                 Diagnostic::new(
                     file,
                     key.pos,
-                    format!("unknown key `{}` in {provider} credential `{name}`", key.name),
+                    format!(
+                        "unknown key `{}` in {provider} credential `{name}`",
+                        key.name
+                    ),
                 )
                 .with_help(help),
             );
@@ -131,13 +141,17 @@ fn read_source(ctx: &Source<'_>, node: &Node, is_secret: bool) -> Result<Value, 
                 Ok(s) => Ok(wrap(s)),
                 Err(_) => Err(err(
                     v.pos,
-                    format!("credential `{name}`: environment variable `{arg}` for `{key}` is not set"),
+                    format!(
+                        "credential `{name}`: environment variable `{arg}` for `{key}` is not set"
+                    ),
                 )),
             },
             "fromFile" => read_file(ctx, arg, v.pos).map(wrap),
             other => Err(err(
                 k.pos,
-                format!("credential `{name}`: `{other}` is not a source (use `fromEnv` or `fromFile`)"),
+                format!(
+                    "credential `{name}`: `{other}` is not a source (use `fromEnv` or `fromFile`)"
+                ),
             )),
         };
     }
@@ -147,7 +161,9 @@ fn read_source(ctx: &Source<'_>, node: &Node, is_secret: bool) -> Result<Value, 
             node.pos,
             format!("credential `{name}`: `{key}` is a secret and cannot be written in plain text"),
         )
-        .with_help(format!("use `{key}: {{fromEnv: VAR}}` or `{key}: {{fromFile: path}}`"));
+        .with_help(format!(
+            "use `{key}: {{fromEnv: VAR}}` or `{key}: {{fromFile: path}}`"
+        ));
         d.redact = match &node.value {
             NodeValue::Str(s) => Some(s.clone()),
             NodeValue::Int(i) => Some(i.to_string()),
@@ -161,7 +177,9 @@ fn read_source(ctx: &Source<'_>, node: &Node, is_secret: bool) -> Result<Value, 
         NodeValue::Bool(b) => Ok(Value::Bool(*b)),
         _ => Err(err(
             node.pos,
-            format!("credential `{name}`: `{key}` must be a value, `{{fromEnv: VAR}}` or `{{fromFile: path}}`"),
+            format!(
+                "credential `{name}`: `{key}` must be a value, `{{fromEnv: VAR}}` or `{{fromFile: path}}`"
+            ),
         )),
     }
 }
@@ -232,8 +250,15 @@ pub fn pick<'a>(
                 _ => Err(format!(
                     "{} {provider} credentials and {} of them marked `default: true`: name one with `credential:` (candidates: {})",
                     many.len(),
-                    if defaults.is_empty() { "none".to_owned() } else { defaults.len().to_string() },
-                    many.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                    if defaults.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        defaults.len().to_string()
+                    },
+                    many.iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )),
             }
         }

@@ -89,14 +89,18 @@ mod tests {
 
     #[test]
     fn suggests_the_nearest_field() {
-        assert_eq!(suggest("databse", ["server", "database", "owner"]), Some("database"));
+        assert_eq!(
+            suggest("databse", ["server", "database", "owner"]),
+            Some("database")
+        );
         assert_eq!(suggest("zzz", ["server", "database"]), None);
     }
 
     #[test]
     fn renders_file_line_col_and_caret() {
         let file = Arc::new(PathBuf::from("a.yaml"));
-        let mut d = vec![Diagnostic::new(&file, Pos { line: 2, col: 3 }, "bad").with_help("fix it")];
+        let mut d =
+            vec![Diagnostic::new(&file, Pos { line: 2, col: 3 }, "bad").with_help("fix it")];
         attach_source(&mut d, "x: 1\n  y: 2\n");
         let r = d[0].render();
         assert!(r.contains("a.yaml:2:3"), "{r}");

@@ -30,7 +30,10 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
-        let hidden = entry.file_name().to_str().is_none_or(|n| n.starts_with('.'));
+        let hidden = entry
+            .file_name()
+            .to_str()
+            .is_none_or(|n| n.starts_with('.'));
         let ty = entry.file_type()?;
         if ty.is_dir() {
             if !hidden {
@@ -87,33 +90,35 @@ pub fn load_files(
             let mut diags = Vec::new();
             let (mut manifests, mut creds) = (Vec::new(), Vec::new());
             match text {
-                Err(e) => diags.push(Diagnostic::new(&file, Pos::default(), format!("cannot read file: {e}"))),
-                Ok(text) => {
-                    match parse_documents(text) {
-                        Ok(docs) => {
-                            for doc in docs {
-                                if let Some((m, c)) = check_document(&file, doc, &mut diags) {
-                                    if let Some(c) = c {
-                                        creds.push(c);
-                                    }
-                                    manifests.push(m);
+                Err(e) => diags.push(Diagnostic::new(
+                    &file,
+                    Pos::default(),
+                    format!("cannot read file: {e}"),
+                )),
+                Ok(text) => match parse_documents(text) {
+                    Ok(docs) => {
+                        for doc in docs {
+                            if let Some((m, c)) = check_document(&file, doc, &mut diags) {
+                                if let Some(c) = c {
+                                    creds.push(c);
                                 }
+                                manifests.push(m);
                             }
                         }
-                        Err(e) => {
-                            let pos = e
-                                .location()
-                                .map(|l| Pos {
-                                    line: u32::try_from(l.line()).unwrap_or(0),
-                                    col: u32::try_from(l.column()).unwrap_or(0),
-                                })
-                                .unwrap_or_default();
-                            let msg = e.without_snippet().to_string();
-                            let msg = msg.lines().next().unwrap_or("invalid YAML").to_owned();
-                            diags.push(Diagnostic::new(&file, pos, format!("invalid YAML: {msg}")));
-                        }
                     }
-                }
+                    Err(e) => {
+                        let pos = e
+                            .location()
+                            .map(|l| Pos {
+                                line: u32::try_from(l.line()).unwrap_or(0),
+                                col: u32::try_from(l.column()).unwrap_or(0),
+                            })
+                            .unwrap_or_default();
+                        let msg = e.without_snippet().to_string();
+                        let msg = msg.lines().next().unwrap_or("invalid YAML").to_owned();
+                        diags.push(Diagnostic::new(&file, pos, format!("invalid YAML: {msg}")));
+                    }
+                },
             }
             (manifests, diags, creds)
         })
@@ -150,7 +155,14 @@ pub fn load_files(
     // Credentials: read their sources.
     let mut credentials = BTreeMap::new();
     for c in cred_docs {
-        let data = credential::read_data(&c.name, &c.provider, c.data.as_ref(), root, &c.file, &mut diags);
+        let data = credential::read_data(
+            &c.name,
+            &c.provider,
+            c.data.as_ref(),
+            root,
+            &c.file,
+            &mut diags,
+        );
         credentials.insert(
             c.name.clone(),
             Credential {
@@ -214,7 +226,11 @@ fn check_document(
     }
     let before = diags.len();
     let Some(entries) = doc.as_map() else {
-        diags.push(Diagnostic::new(file, doc.pos, format!("a manifest must be a mapping, found {}", doc.type_name())));
+        diags.push(Diagnostic::new(
+            file,
+            doc.pos,
+            format!("a manifest must be a mapping, found {}", doc.type_name()),
+        ));
         return None;
     };
     const TOP: [&str; 4] = ["apiVersion", "kind", "metadata", "spec"];
@@ -230,9 +246,14 @@ fn check_document(
     match doc.get("apiVersion") {
         Some(v) if v.as_str() == Some("tend/v1") => {}
         Some(v) => diags.push(
-            Diagnostic::new(file, v.pos, "unsupported apiVersion").with_help("use `apiVersion: tend/v1`"),
+            Diagnostic::new(file, v.pos, "unsupported apiVersion")
+                .with_help("use `apiVersion: tend/v1`"),
         ),
-        None => diags.push(Diagnostic::new(file, doc.pos, "missing `apiVersion: tend/v1`")),
+        None => diags.push(Diagnostic::new(
+            file,
+            doc.pos,
+            "missing `apiVersion: tend/v1`",
+        )),
     }
     let kind = match doc.get("kind") {
         Some(k) => match k.as_str().map(str::parse::<Kind>) {
@@ -244,7 +265,9 @@ fn check_document(
                     Some(s) => format!("did you mean `{s}`?"),
                     None => format!("known kinds: {}", names.collect::<Vec<_>>().join(", ")),
                 };
-                diags.push(Diagnostic::new(file, k.pos, format!("unknown kind `{got}`")).with_help(help));
+                diags.push(
+                    Diagnostic::new(file, k.pos, format!("unknown kind `{got}`")).with_help(help),
+                );
                 None
             }
         },
@@ -282,8 +305,15 @@ fn check_document(
         .collect();
     let cred = (kind == Kind::Credential).then(|| CredDoc {
         name: name.clone(),
-        provider: spec.get("provider").and_then(Node::as_str).unwrap_or_default().to_owned(),
-        default: matches!(spec.get("default").map(|n| &n.value), Some(NodeValue::Bool(true))),
+        provider: spec
+            .get("provider")
+            .and_then(Node::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        default: matches!(
+            spec.get("default").map(|n| &n.value),
+            Some(NodeValue::Bool(true))
+        ),
         data: spec.get("data").cloned(),
         file: Arc::clone(file),
     });
@@ -307,11 +337,19 @@ fn check_metadata(
 ) -> (Option<String>, Pos, BTreeMap<String, String>) {
     let mut labels = BTreeMap::new();
     let Some(meta) = doc.get("metadata") else {
-        diags.push(Diagnostic::new(file, doc.pos, "missing `metadata` with a `name`"));
+        diags.push(Diagnostic::new(
+            file,
+            doc.pos,
+            "missing `metadata` with a `name`",
+        ));
         return (None, doc.pos, labels);
     };
     let Some(entries) = meta.as_map() else {
-        diags.push(Diagnostic::new(file, meta.pos, "`metadata` must be a mapping"));
+        diags.push(Diagnostic::new(
+            file,
+            meta.pos,
+            "`metadata` must be a mapping",
+        ));
         return (None, meta.pos, labels);
     };
     let mut name = None;
@@ -346,7 +384,11 @@ fn check_metadata(
         }
     }
     if name.is_none() && !entries.iter().any(|(k, _)| k.name == "name") {
-        diags.push(Diagnostic::new(file, meta.pos, "`metadata` is missing `name`"));
+        diags.push(Diagnostic::new(
+            file,
+            meta.pos,
+            "`metadata` is missing `name`",
+        ));
     }
     (name, pos, labels)
 }
@@ -400,7 +442,10 @@ fn edges(
                     expr: None,
                 });
             } else {
-                let same_kind = all.keys().filter(|a| a.kind == kind).map(|a| a.name.as_str());
+                let same_kind = all
+                    .keys()
+                    .filter(|a| a.kind == kind)
+                    .map(|a| a.name.as_str());
                 let mut diag = Diagnostic::new(&m.file, v.pos, format!("{target} does not exist"));
                 if let Some(s) = suggest(name, same_kind) {
                     diag = diag.with_help(format!("did you mean `{s}`?"));
@@ -420,7 +465,11 @@ fn edges(
                 expr: None,
             }),
             Ok(None) => {}
-            Err(msg) => diags.push(Diagnostic::new(&m.file, named.map_or(m.pos, |n| n.pos), msg)),
+            Err(msg) => diags.push(Diagnostic::new(
+                &m.file,
+                named.map_or(m.pos, |n| n.pos),
+                msg,
+            )),
         }
     }
     deps.sort_by(|a, b| (a.pos, &a.target).cmp(&(b.pos, &b.target)));
@@ -444,12 +493,16 @@ fn check_ref(
 ) -> Result<Address, RefError> {
     let shown = format!("{}.{}.{}", r.kind, r.name, r.path_text());
     let kind: Kind = r.kind.parse().map_err(|()| {
-        let help = suggest(&r.kind, Kind::ALL.iter().map(|k| k.as_str())).map(|s| format!("did you mean `{s}`?"));
+        let help = suggest(&r.kind, Kind::ALL.iter().map(|k| k.as_str()))
+            .map(|s| format!("did you mean `{s}`?"));
         (format!("unknown kind `{}` in ref `{shown}`", r.kind), help)
     })?;
     let target = Address::new(kind, r.name.clone());
     if !all.contains_key(&target) {
-        let same = all.keys().filter(|a| a.kind == kind).map(|a| a.name.as_str());
+        let same = all
+            .keys()
+            .filter(|a| a.kind == kind)
+            .map(|a| a.name.as_str());
         let help = suggest(&r.name, same).map(|s| format!("did you mean `{s}`?"));
         return Err((format!("ref to {target}, which does not exist"), help));
     }
@@ -457,15 +510,24 @@ fn check_ref(
     let schema = schema::of(kind);
     match path.as_slice() {
         ["spec", "data", key] if kind == Kind::Credential => {
-            let has = credentials.get(&r.name).is_some_and(|c| c.data.contains_key(*key));
+            let has = credentials
+                .get(&r.name)
+                .is_some_and(|c| c.data.contains_key(*key));
             if !has {
-                return Err((format!("credential `{}` has no data key `{key}`", r.name), None));
+                return Err((
+                    format!("credential `{}` has no data key `{key}`", r.name),
+                    None,
+                ));
             }
         }
         ["spec", field, ..] => {
             if schema.field(field).is_none() {
-                let help = suggest(field, schema.fields.iter().map(|f| f.name)).map(|s| format!("did you mean `spec.{s}`?"));
-                return Err((format!("{kind} has no field `spec.{field}` (in ref `{shown}`)"), help));
+                let help = suggest(field, schema.fields.iter().map(|f| f.name))
+                    .map(|s| format!("did you mean `spec.{s}`?"));
+                return Err((
+                    format!("{kind} has no field `spec.{field}` (in ref `{shown}`)"),
+                    help,
+                ));
             }
         }
         ["status", "outputs", name] => {
@@ -473,13 +535,21 @@ fn check_ref(
                 let outputs: Vec<&str> = schema.outputs.iter().map(|o| o.name).collect();
                 let help = suggest(name, outputs.iter().copied())
                     .map(|s| format!("did you mean `status.outputs.{s}`?"))
-                    .or_else(|| (!outputs.is_empty()).then(|| format!("{kind} outputs: {}", outputs.join(", "))));
-                return Err((format!("{kind} has no output `{name}` (in ref `{shown}`)"), help));
+                    .or_else(|| {
+                        (!outputs.is_empty())
+                            .then(|| format!("{kind} outputs: {}", outputs.join(", ")))
+                    });
+                return Err((
+                    format!("{kind} has no output `{name}` (in ref `{shown}`)"),
+                    help,
+                ));
             }
         }
         _ => {
             return Err((
-                format!("ref `{shown}`: field_path must be `spec.<field>` or `status.outputs.<name>`"),
+                format!(
+                    "ref `{shown}`: field_path must be `spec.<field>` or `status.outputs.<name>`"
+                ),
                 None,
             ));
         }
@@ -496,7 +566,11 @@ mod tests {
             .iter()
             .map(|(p, t)| (PathBuf::from(p), Ok((*t).to_owned())))
             .collect();
-        load_files(Path::new("/m"), files).map_err(|e| e.0.iter().map(|d| format!("{} {}", d.location(), d.message)).collect())
+        load_files(Path::new("/m"), files).map_err(|e| {
+            e.0.iter()
+                .map(|d| format!("{} {}", d.location(), d.message))
+                .collect()
+        })
     }
 
     const SERVER: &str = "apiVersion: tend/v1\nkind: PostgresServer\nmetadata: {name: main}\nspec: {host: localhost, user: admin, password: \"${Credential.pg.spec.data.password}\"}\n---\napiVersion: tend/v1\nkind: Credential\nmetadata: {name: pg}\nspec:\n  provider: postgres\n  data: {password: {fromEnv: PATH}}\n";
@@ -520,29 +594,46 @@ mod tests {
         let doc = "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: pg}\nspec: {provider: postgres}\n";
         let err = load_files(
             Path::new("/m"),
-            vec![(PathBuf::from("a.yaml"), Ok(doc.into())), (PathBuf::from("b.yaml"), Ok(doc.into()))],
+            vec![
+                (PathBuf::from("a.yaml"), Ok(doc.into())),
+                (PathBuf::from("b.yaml"), Ok(doc.into())),
+            ],
         )
         .expect_err("duplicate");
         assert_eq!(err.0[0].location(), "b.yaml:3:18");
-        assert!(err.0[0].help.as_deref().unwrap_or("").contains("a.yaml:3:18"));
+        assert!(
+            err.0[0]
+                .help
+                .as_deref()
+                .unwrap_or("")
+                .contains("a.yaml:3:18")
+        );
     }
 
     #[test]
     fn refs_become_edges_and_bad_refs_are_located() {
         let set = load_str(&[("s.yaml", SERVER)]).expect("valid");
-        let server = set.get(&"PostgresServer.main".parse().expect("address")).expect("server");
+        let server = set
+            .get(&"PostgresServer.main".parse().expect("address"))
+            .expect("server");
         let targets: Vec<String> = server.deps.iter().map(|d| d.target.to_string()).collect();
         assert!(targets.contains(&"Credential.pg".to_owned()), "{targets:?}");
 
         let bad = SERVER.replace("spec.data.password", "spec.data.pasword");
         let errs = load_str(&[("s.yaml", &bad)]).expect_err("bad ref");
-        assert_eq!(errs, ["s.yaml:4:48 credential `pg` has no data key `pasword`"]);
+        assert_eq!(
+            errs,
+            ["s.yaml:4:48 credential `pg` has no data key `pasword`"]
+        );
 
         let db = "apiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {name: d}\nspec: {server: mian, owner: \"${PostgresDatabase.e.status.outputs.host}\"}\n";
         let errs = load_str(&[("s.yaml", SERVER), ("d.yaml", db)]).expect_err("bad refs");
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert_eq!(errs[0], "d.yaml:4:16 PostgresServer.mian does not exist");
-        assert_eq!(errs[1], "d.yaml:4:29 ref to PostgresDatabase.e, which does not exist");
+        assert_eq!(
+            errs[1],
+            "d.yaml:4:29 ref to PostgresDatabase.e, which does not exist"
+        );
     }
 
     #[test]
@@ -550,7 +641,10 @@ mod tests {
         let doc = "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: pg}\nspec:\n  provider: postgres\n  data:\n    password: hunter2\n    user: {fromEnv: TEND_TEST_SURELY_UNSET_VAR}\n";
         let errs = load_str(&[("c.yaml", doc)]).expect_err("invalid");
         assert_eq!(errs.len(), 2, "{errs:?}");
-        assert!(errs[0].contains("c.yaml:7:15 credential `pg`: `password` is a secret"), "{errs:?}");
+        assert!(
+            errs[0].contains("c.yaml:7:15 credential `pg`: `password` is a secret"),
+            "{errs:?}"
+        );
         assert!(errs[1].contains("TEND_TEST_SURELY_UNSET_VAR"), "{errs:?}");
         assert!(!errs.iter().any(|e| e.contains("hunter2")));
     }

@@ -73,7 +73,9 @@ pub struct ManifestSet {
 impl ManifestSet {
     /// Managed resources (those a provider converges), in address order.
     pub fn managed(&self) -> impl Iterator<Item = &Manifest> {
-        self.manifests.values().filter(|m| m.address.kind.is_managed())
+        self.manifests
+            .values()
+            .filter(|m| m.address.kind.is_managed())
     }
 
     pub fn get(&self, a: &Address) -> Option<&Manifest> {

@@ -52,7 +52,10 @@ pub fn form(node: &Node) -> Form<'_> {
 
 fn parse_ref_object(node: &Node) -> Result<RefExpr, (Pos, String)> {
     let Some(entries) = node.as_map() else {
-        return Err((node.pos, "`ref` must be a mapping with kind, name and field_path".into()));
+        return Err((
+            node.pos,
+            "`ref` must be a mapping with kind, name and field_path".into(),
+        ));
     };
     let (mut kind, mut name, mut path) = (None, None, None);
     for (k, v) in entries {
@@ -178,7 +181,10 @@ mod tests {
     fn double_dollar_escapes() {
         let p = parse_template("a$${PostgresDatabase.x.spec.database}b", Pos::default())
             .expect("parses");
-        assert_eq!(p, vec![Piece::Lit("a${PostgresDatabase.x.spec.database}b".into())]);
+        assert_eq!(
+            p,
+            vec![Piece::Lit("a${PostgresDatabase.x.spec.database}b".into())]
+        );
     }
 
     #[test]

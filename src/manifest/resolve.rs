@@ -16,7 +16,9 @@ pub fn resolve(node: &Node, lookup: &mut dyn FnMut(&RefExpr) -> Value) -> Value 
         Form::Ref(Err(_)) => Value::Null,
         Form::Plain => match &node.value {
             NodeValue::Str(s) => interpolate(s, node, lookup),
-            NodeValue::Seq(items) => Value::List(items.iter().map(|n| resolve(n, lookup)).collect()),
+            NodeValue::Seq(items) => {
+                Value::List(items.iter().map(|n| resolve(n, lookup)).collect())
+            }
             NodeValue::Map(entries) => Value::Map(
                 entries
                     .iter()
@@ -89,12 +91,18 @@ mod tests {
 
     #[test]
     fn a_whole_string_ref_keeps_the_type() {
-        assert_eq!(run("p: \"${Xy.a.spec.port}\"", Value::Int(5432)).get("p"), Some(&Value::Int(5432)));
+        assert_eq!(
+            run("p: \"${Xy.a.spec.port}\"", Value::Int(5432)).get("p"),
+            Some(&Value::Int(5432))
+        );
     }
 
     #[test]
     fn secrets_and_unknowns_taint_interpolated_strings() {
-        let v = run("u: \"postgres://a:${Xy.a.spec.pw}@h\"", Value::Secret(Sensitive::new("pw")));
+        let v = run(
+            "u: \"postgres://a:${Xy.a.spec.pw}@h\"",
+            Value::Secret(Sensitive::new("pw")),
+        );
         assert!(matches!(v.get("u"), Some(Value::Secret(s)) if s.expose() == "postgres://a:pw@h"));
         let v = run("u: \"h=${Xy.a.status.outputs.host}\"", Value::Unknown);
         assert_eq!(v.get("u"), Some(&Value::Unknown));
@@ -102,7 +110,10 @@ mod tests {
 
     #[test]
     fn value_form_is_literal_and_foreign_syntax_passes() {
-        let v = run("a: {value: \"${Xy.a.spec.b}\"}\nb: \"${NOMAD_TASK_DIR}/x\"", Value::Int(1));
+        let v = run(
+            "a: {value: \"${Xy.a.spec.b}\"}\nb: \"${NOMAD_TASK_DIR}/x\"",
+            Value::Int(1),
+        );
         assert_eq!(v.get("a"), Some(&Value::Str("${Xy.a.spec.b}".into())));
         assert_eq!(v.get("b"), Some(&Value::Str("${NOMAD_TASK_DIR}/x".into())));
     }

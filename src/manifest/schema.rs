@@ -194,7 +194,10 @@ impl Checker<'_> {
     /// Check a mapping against a list of fields. `what` names it in messages.
     pub fn check_fields(&mut self, node: &Node, fields: &'static [Field], what: &str) {
         let Some(entries) = node.as_map() else {
-            self.err(node.pos, format!("{what} must be a mapping, found {}", node.type_name()));
+            self.err(
+                node.pos,
+                format!("{what} must be a mapping, found {}", node.type_name()),
+            );
             return;
         };
         for (key, value) in entries {
@@ -216,7 +219,10 @@ impl Checker<'_> {
         }
         for field in fields.iter().filter(|f| f.required) {
             if !entries.iter().any(|(k, _)| k.name == field.name) {
-                self.err(node.pos, format!("{what} is missing required field `{}`", field.name));
+                self.err(
+                    node.pos,
+                    format!("{what} is missing required field `{}`", field.name),
+                );
             }
         }
     }
@@ -314,7 +320,10 @@ impl Checker<'_> {
                 Ty::Enum(_) => "a string",
                 _ => "a value",
             };
-            self.err(node.pos, format!("{what} must be {want}, found {}", node.type_name()));
+            self.err(
+                node.pos,
+                format!("{what} must be {want}, found {}", node.type_name()),
+            );
         }
     }
 
@@ -356,9 +365,18 @@ mod tests {
         (
             diags
                 .iter()
-                .map(|d| format!("{} {} {}", d.location(), d.message, d.help.clone().unwrap_or_default()))
+                .map(|d| {
+                    format!(
+                        "{} {} {}",
+                        d.location(),
+                        d.message,
+                        d.help.clone().unwrap_or_default()
+                    )
+                })
                 .collect(),
-            refs.iter().map(|r| format!("{}.{}.{}", r.kind, r.name, r.path_text())).collect(),
+            refs.iter()
+                .map(|r| format!("{}.{}.{}", r.kind, r.name, r.path_text()))
+                .collect(),
         )
     }
 
@@ -369,9 +387,18 @@ mod tests {
             "server: main\ndatabse: x\non_delete: dorp\nrotation: many\n",
         );
         assert_eq!(errs.len(), 3, "{errs:?}");
-        assert!(errs[0].contains("t.yaml:2:1 unknown field `databse` in spec did you mean `database`?"), "{errs:?}");
-        assert!(errs[1].contains("`dorp` is not a valid value did you mean `drop`?"), "{errs:?}");
-        assert!(errs[2].contains("spec.rotation must be an integer"), "{errs:?}");
+        assert!(
+            errs[0].contains("t.yaml:2:1 unknown field `databse` in spec did you mean `database`?"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].contains("`dorp` is not a valid value did you mean `drop`?"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[2].contains("spec.rotation must be an integer"),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -381,18 +408,33 @@ mod tests {
             "host: {ref: {kind: X, name: a, field_path: status.outputs.host}}\nuser: {value: admin}\npassword: \"${Credential.pg.spec.data.password}\"\n",
         );
         assert!(errs.is_empty(), "{errs:?}");
-        assert_eq!(refs, ["X.a.status.outputs.host", "Credential.pg.spec.data.password"]);
+        assert_eq!(
+            refs,
+            [
+                "X.a.status.outputs.host",
+                "Credential.pg.spec.data.password"
+            ]
+        );
     }
 
     #[test]
     fn fixed_fields_reject_refs() {
-        let (errs, _) = check(Kind::PostgresDatabase, "server: \"${PostgresServer.a.spec.host}\"\n");
-        assert!(errs[0].contains("spec.server cannot contain a ref"), "{errs:?}");
+        let (errs, _) = check(
+            Kind::PostgresDatabase,
+            "server: \"${PostgresServer.a.spec.host}\"\n",
+        );
+        assert!(
+            errs[0].contains("spec.server cannot contain a ref"),
+            "{errs:?}"
+        );
     }
 
     #[test]
     fn missing_required_fields_are_named() {
         let (errs, _) = check(Kind::PostgresDatabase, "database: x\n");
-        assert!(errs[0].contains("missing required field `server`"), "{errs:?}");
+        assert!(
+            errs[0].contains("missing required field `server`"),
+            "{errs:?}"
+        );
     }
 }

@@ -171,7 +171,9 @@ pub fn decide(
         change.action = Action::Create;
         change.fields = field_changes(None, Some(&desired.spec), &[]);
         if let Observation::Present(_) = observed {
-            change.reasons.push("already exists: it will be adopted".into());
+            change
+                .reasons
+                .push("already exists: it will be adopted".into());
         }
         return change;
     };
@@ -193,7 +195,11 @@ pub fn decide(
         let immutable = provider.immutable_fields(desired.address.kind);
         change.fields = field_changes(Some(&rec.spec), Some(&desired.spec), immutable);
         let forced = change.fields.iter().any(|f| f.forces_replacement);
-        change.action = if forced { Action::Replace } else { Action::Update };
+        change.action = if forced {
+            Action::Replace
+        } else {
+            Action::Update
+        };
         if change.fields.is_empty() {
             change.reasons.push("the resolved spec changed".into());
         }
@@ -263,7 +269,11 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
     match v {
         Value::Map(m) if !m.is_empty() => {
             for (k, x) in m {
-                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&p, x, out);
             }
         }
@@ -279,7 +289,11 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
 }
 
 /// Field-by-field differences between two specs.
-pub fn field_changes(before: Option<&Value>, after: Option<&Value>, immutable: &[&str]) -> Vec<FieldChange> {
+pub fn field_changes(
+    before: Option<&Value>,
+    after: Option<&Value>,
+    immutable: &[&str],
+) -> Vec<FieldChange> {
     let (mut b, mut a) = (BTreeMap::new(), BTreeMap::new());
     if let Some(v) = before {
         flatten("", v, &mut b);

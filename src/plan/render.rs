@@ -49,7 +49,11 @@ fn headline(c: &ResourceChange) -> String {
 /// The human plan.
 pub fn text(plan: &Plan, style: Style) -> String {
     let mut s = String::new();
-    let changed: Vec<&ResourceChange> = plan.changes.iter().filter(|c| c.action != Action::NoOp).collect();
+    let changed: Vec<&ResourceChange> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::NoOp)
+        .collect();
     if changed.is_empty() && plan.errors.is_empty() {
         s.push_str("No changes. Your infrastructure matches the manifests.\n");
     } else if !changed.is_empty() {
@@ -102,11 +106,16 @@ fn resource(s: &mut String, c: &ResourceChange, style: Style) {
 }
 
 fn is_multiline(f: &FieldChange) -> bool {
-    f.before.as_deref().is_some_and(|v| v.contains("\\n")) || f.after.as_deref().is_some_and(|v| v.contains("\\n"))
+    f.before.as_deref().is_some_and(|v| v.contains("\\n"))
+        || f.after.as_deref().is_some_and(|v| v.contains("\\n"))
 }
 
 fn field(s: &mut String, f: &FieldChange, width: usize, style: Style) {
-    let note = if f.forces_replacement { style.paint("31", " # forces replacement") } else { String::new() };
+    let note = if f.forces_replacement {
+        style.paint("31", " # forces replacement")
+    } else {
+        String::new()
+    };
     if is_multiline(f) {
         // Multi-line strings as a unified diff of their lines.
         let unquote = |v: &Option<String>| {
@@ -115,7 +124,12 @@ fn field(s: &mut String, f: &FieldChange, width: usize, style: Style) {
                 .unwrap_or_default()
         };
         let (b, a) = (unquote(&f.before), unquote(&f.after));
-        let _ = writeln!(s, "      {} {} = <<-EOT{note}", style.action(Action::Update, "~"), f.path);
+        let _ = writeln!(
+            s,
+            "      {} {} = <<-EOT{note}",
+            style.action(Action::Update, "~"),
+            f.path
+        );
         let diff = TextDiff::from_lines(&b, &a);
         for line in diff.unified_diff().context_radius(3).to_string().lines() {
             if line.starts_with("@@") {
@@ -128,13 +142,28 @@ fn field(s: &mut String, f: &FieldChange, width: usize, style: Style) {
     }
     match (&f.before, &f.after) {
         (None, Some(a)) => {
-            let _ = writeln!(s, "      {} {:<width$} = {a}{note}", style.action(Action::Create, "+"), f.path);
+            let _ = writeln!(
+                s,
+                "      {} {:<width$} = {a}{note}",
+                style.action(Action::Create, "+"),
+                f.path
+            );
         }
         (Some(b), None) => {
-            let _ = writeln!(s, "      {} {:<width$} = {b} -> null{note}", style.action(Action::Delete, "-"), f.path);
+            let _ = writeln!(
+                s,
+                "      {} {:<width$} = {b} -> null{note}",
+                style.action(Action::Delete, "-"),
+                f.path
+            );
         }
         (Some(b), Some(a)) => {
-            let _ = writeln!(s, "      {} {:<width$} = {b} -> {a}{note}", style.action(Action::Update, "~"), f.path);
+            let _ = writeln!(
+                s,
+                "      {} {:<width$} = {b} -> {a}{note}",
+                style.action(Action::Update, "~"),
+                f.path
+            );
         }
         (None, None) => {}
     }
@@ -188,7 +217,11 @@ mod tests {
         fn immutable_fields(&self, _: Kind) -> &'static [&'static str] {
             &["database"]
         }
-        async fn observe(&self, _: &Desired, _: Option<&Record>) -> Result<Option<Observed>, ProviderError> {
+        async fn observe(
+            &self,
+            _: &Desired,
+            _: Option<&Record>,
+        ) -> Result<Option<Observed>, ProviderError> {
             Ok(None)
         }
         fn drift(&self, desired: &Desired, _: Option<&Record>, observed: &Observed) -> Vec<Drift> {
@@ -201,7 +234,12 @@ mod tests {
                 _ => Vec::new(),
             }
         }
-        async fn apply(&self, _: &dyn Journal, _: &Desired, _: Option<&Record>) -> Result<Applied, ProviderError> {
+        async fn apply(
+            &self,
+            _: &dyn Journal,
+            _: &Desired,
+            _: Option<&Record>,
+        ) -> Result<Applied, ProviderError> {
             Ok(Applied::default())
         }
         async fn destroy(&self, _: &Record) -> Result<(), ProviderError> {
@@ -210,7 +248,12 @@ mod tests {
     }
 
     fn spec(pairs: &[(&str, Value)]) -> Value {
-        Value::Map(pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect::<BTreeMap<_, _>>())
+        Value::Map(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect::<BTreeMap<_, _>>(),
+        )
     }
 
     fn desired(name: &str, spec: Value) -> Desired {
@@ -267,7 +310,11 @@ mod tests {
         let mut s = base();
         s.insert("admin_password", Value::Secret(Sensitive::new("hunter2")));
         s.insert("host", Value::Unknown);
-        let out = check(vec![(Some(desired("a", s)), None, Observation::NotRefreshed)]);
+        let out = check(vec![(
+            Some(desired("a", s)),
+            None,
+            Observation::NotRefreshed,
+        )]);
         assert!(!out.contains("hunter2"));
         insta::assert_snapshot!(out, @r#"
         tend will perform the following actions:
@@ -290,11 +337,21 @@ mod tests {
         let mut s = base();
         s.insert("connection_limit", Value::Int(20));
         let obs = Observed {
-            fields: [("owner".to_owned(), Value::Str("intruder".into()))].into_iter().collect(),
+            fields: [("owner".to_owned(), Value::Str("intruder".into()))]
+                .into_iter()
+                .collect(),
         };
         let out = check(vec![
-            (Some(desired("a", s)), Some(recorded("a", base())), Observation::NotRefreshed),
-            (Some(desired("b", base())), Some(recorded("b", base())), Observation::Present(obs)),
+            (
+                Some(desired("a", s)),
+                Some(recorded("a", base())),
+                Observation::NotRefreshed,
+            ),
+            (
+                Some(desired("b", base())),
+                Some(recorded("b", base())),
+                Observation::Present(obs),
+            ),
         ]);
         insta::assert_snapshot!(out, @r#"
         tend will perform the following actions:
@@ -317,7 +374,11 @@ mod tests {
     fn replace_names_the_field_that_forces_it() {
         let mut s = base();
         s.insert("database", Value::Str("org_2".into()));
-        let out = check(vec![(Some(desired("a", s)), Some(recorded("a", base())), Observation::NotRefreshed)]);
+        let out = check(vec![(
+            Some(desired("a", s)),
+            Some(recorded("a", base())),
+            Observation::NotRefreshed,
+        )]);
         insta::assert_snapshot!(out, @r#"
         tend will perform the following actions:
 
@@ -365,9 +426,17 @@ mod tests {
 
     #[test]
     fn no_op_and_object_deleted_outside_tend() {
-        let out = check(vec![(Some(desired("a", base())), Some(recorded("a", base())), Observation::Present(Observed::default()))]);
+        let out = check(vec![(
+            Some(desired("a", base())),
+            Some(recorded("a", base())),
+            Observation::Present(Observed::default()),
+        )]);
         insta::assert_snapshot!(out, @"No changes. Your infrastructure matches the manifests.");
-        let out = check(vec![(Some(desired("a", base())), Some(recorded("a", base())), Observation::Absent)]);
+        let out = check(vec![(
+            Some(desired("a", base())),
+            Some(recorded("a", base())),
+            Observation::Absent,
+        )]);
         insta::assert_snapshot!(out, @r#"
         tend will perform the following actions:
 
@@ -386,10 +455,20 @@ mod tests {
     #[test]
     fn multi_line_values_render_as_a_unified_diff() {
         let mut a = base();
-        a.insert("template", Value::Str("line one\nline two\nline three\n".into()));
+        a.insert(
+            "template",
+            Value::Str("line one\nline two\nline three\n".into()),
+        );
         let mut b = base();
-        b.insert("template", Value::Str("line one\nline 2\nline three\n".into()));
-        let out = check(vec![(Some(desired("a", b)), Some(recorded("a", a)), Observation::NotRefreshed)]);
+        b.insert(
+            "template",
+            Value::Str("line one\nline 2\nline three\n".into()),
+        );
+        let out = check(vec![(
+            Some(desired("a", b)),
+            Some(recorded("a", a)),
+            Observation::NotRefreshed,
+        )]);
         insta::assert_snapshot!(out, @r#"
         tend will perform the following actions:
 

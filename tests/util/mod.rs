@@ -95,7 +95,11 @@ impl From<Output> for Run {
 impl Run {
     #[track_caller]
     pub fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "tend failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "tend failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
     pub fn all(&self) -> String {
@@ -115,7 +119,9 @@ pub struct Pg {
 pub fn pg() -> Pg {
     let var = |k: &str| {
         std::env::var(k).unwrap_or_else(|_| {
-            panic!("{k} is not set: these tests need a real PostgreSQL; run them through scripts/test")
+            panic!(
+                "{k} is not set: these tests need a real PostgreSQL; run them through scripts/test"
+            )
         })
     };
     Pg {
@@ -127,9 +133,18 @@ pub fn pg() -> Pg {
 }
 
 impl Pg {
-    pub async fn connect_as(&self, user: &str, password: &str, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    pub async fn connect_as(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&self.host).port(self.port).user(user).password(password).dbname(db);
+        cfg.host(&self.host)
+            .port(self.port)
+            .user(user)
+            .password(password)
+            .dbname(db);
         let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
         tokio::spawn(async move {
             let _ = conn.await;
@@ -138,14 +153,20 @@ impl Pg {
     }
 
     pub async fn admin(&self) -> tokio_postgres::Client {
-        self.connect_as(&self.user, &self.password, "postgres").await.expect("admin connection")
+        self.connect_as(&self.user, &self.password, "postgres")
+            .await
+            .expect("admin connection")
     }
 }
 
 /// A name unique to this process and call, for objects on the shared server.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The credential + server manifests pointing at the test server.
