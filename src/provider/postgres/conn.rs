@@ -150,11 +150,8 @@ impl Pools {
         database: &str,
     ) -> Result<bool, ProviderError> {
         let config = config(server, role, Some(password), database);
-        match open(&config, self.tls(server.sslmode)?).await {
-            Ok(client) => {
-                drop(client);
-                Ok(true)
-            }
+        match log_in_and_out(&config, self.tls(server.sslmode)?).await {
+            Ok(()) => Ok(true),
             Err(e) if error::auth_failed(&e) => {
                 tracing::debug!(role, "the recorded password was rejected");
                 Ok(false)
@@ -310,6 +307,31 @@ async fn open(
             Ok(client)
         }
     }
+}
+
+/// Connect, then close at once and wait until the session's Terminate went out, so the
+/// check leaves no session behind on the tenant's database (a plain DROP DATABASE right after
+/// would fail with 55006).
+async fn log_in_and_out(
+    config: &Config,
+    tls: Option<MakeRustlsConnect>,
+) -> Result<(), tokio_postgres::Error> {
+    let closed = match tls {
+        None => {
+            let (client, connection) = config.connect(NoTls).await?;
+            drop(client);
+            connection.await
+        }
+        Some(tls) => {
+            let (client, connection) = config.connect(tls).await?;
+            drop(client);
+            connection.await
+        }
+    };
+    if let Err(e) = closed {
+        tracing::debug!(error = %error::describe(&e), "closing a password check's session failed");
+    }
+    Ok(())
 }
 
 /// Run a connection's I/O in the background until its client is dropped.
