@@ -20,7 +20,9 @@ fn main() {
     } else {
         (200, 1)
     };
+    let keep = std::env::var("BENCH_KEEP").is_ok();
     let tmp = tempfile::tempdir().expect("temp dir");
+    let tmp_path = tmp.path().to_path_buf();
     let manifests = support::write_databases(tmp.path(), n, "bench", SERVER);
     let state = tmp.path().join("state");
 
@@ -81,4 +83,8 @@ fn main() {
         support::median(times).as_secs_f64(),
         best.as_secs_f64()
     );
+    if keep {
+        let _ = tmp.keep();
+        eprintln!("kept {}", tmp_path.display());
+    }
 }

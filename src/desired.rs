@@ -7,6 +7,7 @@
 //! lazy, so resolving one resource touches only its ancestors.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::address::{Address, Kind};
@@ -26,7 +27,7 @@ const META_KEYS: [&str; 2] = ["timeout", "lifecycle"];
 /// Memoised resolution over one manifest set.
 pub struct Resolver<'a> {
     set: &'a ManifestSet,
-    memo: BTreeMap<Address, Desired>,
+    memo: BTreeMap<Address, Arc<Desired>>,
 }
 
 impl<'a> Resolver<'a> {
@@ -43,9 +44,9 @@ impl<'a> Resolver<'a> {
     }
 
     /// The desired state of `a`, resolving its ancestors first as needed.
-    pub fn desired(&mut self, a: &Address, outputs: &OutputsFn<'_>) -> Option<Desired> {
+    pub fn desired(&mut self, a: &Address, outputs: &OutputsFn<'_>) -> Option<Arc<Desired>> {
         if let Some(d) = self.memo.get(a) {
-            return Some(d.clone());
+            return Some(Arc::clone(d));
         }
         let m = self.set.get(a)?;
         for dep in &m.deps {
@@ -53,8 +54,8 @@ impl<'a> Resolver<'a> {
                 self.desired(&dep.target, outputs);
             }
         }
-        let d = self.build(m, outputs);
-        self.memo.insert(a.clone(), d.clone());
+        let d = Arc::new(self.build(m, outputs));
+        self.memo.insert(a.clone(), Arc::clone(&d));
         Some(d)
     }
 

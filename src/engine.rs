@@ -101,7 +101,7 @@ pub async fn plan(
     }
 
     let mut resolver = Resolver::new(set);
-    let mut decided: BTreeMap<Address, (ResourceChange, Desired)> = BTreeMap::new();
+    let mut decided: BTreeMap<Address, (ResourceChange, Arc<Desired>)> = BTreeMap::new();
     let mut plan = Plan::default();
     for (_, wave) in waves {
         let mut items = Vec::new();
@@ -115,7 +115,7 @@ pub async fn plan(
             };
             items.push((desired, p));
         }
-        let observed: Vec<(Desired, Arc<dyn Provider>, Observation)> = stream::iter(items)
+        let observed: Vec<(Arc<Desired>, Arc<dyn Provider>, Observation)> = stream::iter(items)
             .map(|(desired, p)| {
                 let rec = records.get(&desired.address);
                 let refresh = opts.refresh && desired.connection.is_known() && rec.is_some();
@@ -186,7 +186,7 @@ pub async fn plan(
 /// change, what the provider can tell from the spec otherwise.
 fn planned_outputs(
     a: &Address,
-    decided: &BTreeMap<Address, (ResourceChange, Desired)>,
+    decided: &BTreeMap<Address, (ResourceChange, Arc<Desired>)>,
     records: &BTreeMap<Address, Record>,
     providers: &[Arc<dyn Provider>],
 ) -> Option<BTreeMap<String, Value>> {

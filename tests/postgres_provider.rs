@@ -101,7 +101,7 @@ fn connection(admin: Option<(&str, &str)>, sslmode: &str) -> Value {
         Some((u, p)) => (u.to_owned(), Some(p.to_owned())),
         None => (pg.user.clone(), pg.password.clone()),
     };
-    let mut m = BTreeMap::from([
+    let mut m = tend::value::Fields::from_iter([
         ("host".to_owned(), Value::Str(pg.host.clone())),
         ("port".to_owned(), Value::Int(i64::from(pg.port))),
         ("user".to_owned(), Value::Str(user)),
@@ -145,15 +145,18 @@ fn tenant() -> Tenant {
 }
 
 fn desired(t: &Tenant, connection: Value, overrides: &[(&str, Value)]) -> Desired {
-    let mut spec = BTreeMap::from([
+    let mut spec = tend::value::Fields::from_iter([
         ("server".to_owned(), Value::Str("main".to_owned())),
         ("database".to_owned(), Value::Str(t.database.clone())),
         ("owner".to_owned(), Value::Str(t.owner.clone())),
         (
             "password".to_owned(),
-            Value::Map(BTreeMap::from([(
+            Value::Map(tend::value::Fields::from_iter([(
                 "generate".to_owned(),
-                Value::Map(BTreeMap::from([("length".to_owned(), Value::Int(32))])),
+                Value::Map(tend::value::Fields::from_iter([(
+                    "length".to_owned(),
+                    Value::Int(32),
+                )])),
             )])),
         ),
         ("rotation".to_owned(), Value::Int(0)),

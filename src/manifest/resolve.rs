@@ -2,8 +2,6 @@
 //! unknowns propagate through interpolation: a string built from a secret is a secret, a
 //! string built from an unknown is unknown. Pure.
 
-use std::collections::BTreeMap;
-
 use super::node::{Node, NodeValue};
 use super::refs::{Form, Piece, RefExpr, form, parse_template};
 use crate::value::{Sensitive, Value};
@@ -23,7 +21,7 @@ pub fn resolve(node: &Node, lookup: &mut dyn FnMut(&RefExpr) -> Value) -> Value 
                 entries
                     .iter()
                     .map(|(k, v)| (k.name.clone(), resolve(v, lookup)))
-                    .collect::<BTreeMap<_, _>>(),
+                    .collect::<crate::value::Fields>(),
             ),
             _ => literal(node),
         },

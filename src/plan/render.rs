@@ -192,7 +192,6 @@ mod tests {
     //! Plan rendering snapshots: one `check` helper builds a plan from desired × recorded ×
     //! observed through the pure `decide` with a fake provider, and renders it.
 
-    use std::collections::BTreeMap;
     use std::time::Duration;
 
     use async_trait::async_trait;
@@ -252,7 +251,7 @@ mod tests {
             pairs
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                .collect::<BTreeMap<_, _>>(),
+                .collect::<crate::value::Fields>(),
         )
     }
 

@@ -315,14 +315,13 @@ fn boolean(v: &Value, field: &str) -> Result<bool, ProviderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn map(pairs: &[(&str, Value)]) -> Value {
         Value::Map(
             pairs
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                .collect::<BTreeMap<_, _>>(),
+                .collect::<crate::value::Fields>(),
         )
     }
 
