@@ -460,3 +460,217 @@ async fn converge(
     }
     outcome
 }
+
+#[cfg(test)]
+mod tests {
+    //! Executor invariants with a fake provider over a real (temporary) state store.
+
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::address::Kind;
+    use crate::engine::{PlanOptions, plan};
+    use crate::provider::{Applied, Desired, Drift, Observed};
+    use crate::state::SledStore;
+
+    /// Sleeps `delay` per apply, fails resources whose owner is `fail`, and counts concurrency.
+    struct Slow {
+        delay: Duration,
+        running: AtomicUsize,
+        peak: AtomicUsize,
+        limit: usize,
+    }
+
+    #[async_trait]
+    impl Provider for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn kinds(&self) -> &'static [Kind] {
+            &[Kind::PostgresDatabase]
+        }
+        fn immutable_fields(&self, _: Kind) -> &'static [&'static str] {
+            &[]
+        }
+        fn concurrency(&self, _: &Desired) -> (String, usize) {
+            ("one-server".into(), self.limit)
+        }
+        async fn observe(
+            &self,
+            _: &Desired,
+            _: Option<&Record>,
+        ) -> Result<Option<Observed>, ProviderError> {
+            Ok(None)
+        }
+        fn drift(&self, _: &Desired, _: Option<&Record>, _: &Observed) -> Vec<Drift> {
+            Vec::new()
+        }
+        async fn apply(
+            &self,
+            _: &dyn Journal,
+            d: &Desired,
+            _: Option<&Record>,
+        ) -> Result<Applied, ProviderError> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            if d.spec.get("owner").and_then(Value::as_str) == Some("fail") {
+                return Err(ProviderError::permanent("told to fail"));
+            }
+            let mut a = Applied::default();
+            a.outputs.insert(
+                "username".into(),
+                d.spec.get("owner").cloned().unwrap_or(Value::Null),
+            );
+            Ok(a)
+        }
+        async fn destroy(&self, _: &Record) -> Result<(), ProviderError> {
+            Ok(())
+        }
+    }
+
+    const SERVER: &str = "apiVersion: tend/v1\nkind: PostgresServer\nmetadata: {name: main}\nspec: {host: h, user: u}\n";
+
+    fn db(name: &str, owner: &str) -> String {
+        format!(
+            "---\napiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {{name: {name}}}\nspec: {{server: main, owner: \"{owner}\"}}\n"
+        )
+    }
+
+    async fn run(
+        docs: &str,
+        provider: Arc<Slow>,
+        parallelism: usize,
+        heartbeat: Duration,
+    ) -> (Run, Vec<String>, tempfile::TempDir) {
+        let set = crate::manifest::load_files(
+            Path::new("/m"),
+            vec![(PathBuf::from("m.yaml"), Ok(format!("{SERVER}{docs}")))],
+        )
+        .expect("manifests");
+        let graph = Graph::build(&set).expect("graph");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn StateStore> = Arc::new(SledStore::open(dir.path()).expect("store"));
+        let providers: Vec<Arc<dyn Provider>> = vec![provider];
+        let plan = plan(&set, &graph, &store, &providers, &PlanOptions::default())
+            .await
+            .expect("plan");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        let opts = ApplyOptions {
+            parallelism,
+            trigger: Trigger::Cli,
+            progress: Arc::new(move |l| sink.lock().expect("lines").push(l)),
+            heartbeat,
+            revision: None,
+        };
+        let run = apply(&set, &graph, &plan, &store, &providers, opts)
+            .await
+            .expect("apply");
+        let lines = lines.lock().expect("lines").clone();
+        (run, lines, dir)
+    }
+
+    fn slow(delay_ms: u64, limit: usize) -> Arc<Slow> {
+        Arc::new(Slow {
+            delay: Duration::from_millis(delay_ms),
+            running: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_failure_blocks_its_dependents_and_nothing_else() {
+        let docs = [
+            db("bad", "fail"),
+            db("child", "${PostgresDatabase.bad.status.outputs.username}"),
+            db(
+                "grandchild",
+                "${PostgresDatabase.child.status.outputs.username}",
+            ),
+            db("free", "ok"),
+        ]
+        .concat();
+        let (run, _, _dir) = run(&docs, slow(1, 4), 10, Duration::from_secs(10)).await;
+        let outcome = |a: &str| {
+            run.results
+                .iter()
+                .find(|r| r.address == a)
+                .map(|r| (r.outcome.clone(), r.detail.clone().unwrap_or_default()))
+                .expect("result")
+        };
+        assert_eq!(outcome("PostgresDatabase.bad").0, "failed");
+        assert_eq!(
+            outcome("PostgresDatabase.child"),
+            ("blocked".into(), "blocked by PostgresDatabase.bad".into())
+        );
+        assert_eq!(
+            outcome("PostgresDatabase.grandchild"),
+            ("blocked".into(), "blocked by PostgresDatabase.bad".into())
+        );
+        assert_eq!(outcome("PostgresDatabase.free").0, "applied");
+        assert_eq!(run.exit_code, 1);
+    }
+
+    #[tokio::test]
+    async fn parallelism_and_the_per_system_limit_bound_concurrent_actions() {
+        let docs: String = (0..8).map(|i| db(&format!("d{i}"), "ok")).collect();
+        let p = slow(30, 3);
+        run(&docs, Arc::clone(&p), 10, Duration::from_secs(10)).await;
+        assert_eq!(p.peak.load(Ordering::SeqCst), 3, "per-system limit");
+        let p = slow(30, 8);
+        run(&docs, Arc::clone(&p), 2, Duration::from_secs(10)).await;
+        assert_eq!(p.peak.load(Ordering::SeqCst), 2, "--parallelism");
+    }
+
+    #[tokio::test]
+    async fn dependents_start_after_their_dependencies_with_real_outputs() {
+        let docs = [
+            db("parent", "alice"),
+            db(
+                "child",
+                "${PostgresDatabase.parent.status.outputs.username}",
+            ),
+        ]
+        .concat();
+        let (run, lines, dir) = run(&docs, slow(5, 4), 10, Duration::from_secs(10)).await;
+        assert_eq!(run.exit_code, 0, "{lines:?}");
+        let pos = |s: &str| lines.iter().position(|l| l == s).unwrap_or(usize::MAX);
+        assert!(
+            pos("PostgresDatabase.parent: Creating...")
+                < pos("PostgresDatabase.child: Creating...")
+        );
+        assert!(
+            lines
+                .iter()
+                .position(|l| l.starts_with("PostgresDatabase.parent: Creation complete"))
+                < Some(pos("PostgresDatabase.child: Creating..."))
+        );
+        let store = SledStore::open(dir.path()).expect("store");
+        let child = store
+            .get(&"PostgresDatabase.child".parse().expect("addr"))
+            .expect("get")
+            .expect("recorded");
+        assert_eq!(child.spec.get("owner"), Some(&Value::Str("alice".into())));
+        assert_eq!(child.status, Status::Ready);
+    }
+
+    #[tokio::test]
+    async fn long_actions_report_that_they_are_still_running() {
+        let (_, lines, _dir) = run(
+            &db("slow", "ok"),
+            slow(260, 4),
+            10,
+            Duration::from_millis(100),
+        )
+        .await;
+        let still: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("PostgresDatabase.slow: Still creating"))
+            .collect();
+        assert!(still.len() >= 2, "{lines:?}");
+    }
+}

@@ -204,3 +204,17 @@ fn graph_prints_text_and_dot() {
         r.stdout
     );
 }
+
+#[test]
+fn a_second_process_gets_a_clear_lock_error() {
+    let w = ws();
+    w.write("dbs.yaml", &db("one"));
+    let _held = tend::state::SledStore::open(&w.state).expect("hold the store");
+    let r = tend(&w, &["plan"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("locked by another tend process"),
+        "{}",
+        r.stderr
+    );
+}

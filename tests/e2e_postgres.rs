@@ -116,7 +116,10 @@ async fn drift_is_planned_and_repaired() {
         .expect("drift owner");
     let r = w.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(r.code, 2, "{}", r.all());
-    assert!(r.stdout.contains("owner"), "{}", r.stdout);
+    assert!(r.stdout.contains("owner (drift)"), "{}", r.stdout);
+    // Without refresh, tend trusts state and sees nothing.
+    let r = w.run(&["plan", "--refresh=false", "--detailed-exitcode"]);
+    assert_eq!(r.code, 0, "{}", r.all());
     w.run(&["apply", "--auto-approve"]).ok();
     assert_eq!(owner_of(&db).await, role);
 
@@ -248,6 +251,24 @@ async fn secrets_never_reach_output_logs_run_records_or_state_bytes() {
             "a secret is in the state directory in plain text"
         );
     }
+}
+
+#[tokio::test]
+async fn the_backup_restores_state_with_its_secrets() {
+    let w = Workspace::new();
+    let (db, role) = (unique("tend_db_"), unique("tend_user_"));
+    w.write("server.yaml", &server_yaml());
+    w.write("db.yaml", &database_yaml("a", &db, &role, ""));
+    w.run(&["apply", "--auto-approve"]).ok();
+    let before = password_in_state(&w, "a");
+    let backup = w.dir.path().join("backup.json");
+    std::fs::copy(w.state.join("backup.json"), &backup).expect("copy backup");
+    std::fs::remove_dir_all(w.state.join("db")).expect("lose the store");
+    w.run(&["state", "import", backup.to_str().expect("utf-8")])
+        .ok();
+    assert_eq!(password_in_state(&w, "a"), before);
+    let r = w.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(r.code, 0, "restored state converges: {}", r.all());
 }
 
 #[tokio::test]
