@@ -254,6 +254,65 @@ async fn secrets_never_reach_output_logs_run_records_or_state_bytes() {
 }
 
 #[tokio::test]
+async fn a_saved_plan_applies_and_a_terminal_yes_approves() {
+    let w = Workspace::new();
+    let (db, role, db2, role2) = (
+        unique("tend_db_"),
+        unique("tend_user_"),
+        unique("tend_db_"),
+        unique("tend_user_"),
+    );
+    w.write("server.yaml", &server_yaml());
+    w.write("db.yaml", &database_yaml("a", &db, &role, ""));
+    let file = w.dir.path().join("a.plan");
+    let file = file.to_str().expect("utf-8");
+    w.run(&["plan", "--out", file]).ok();
+    let saved = std::fs::read_to_string(file).expect("plan file");
+    assert!(
+        !saved.contains(&pg().password),
+        "the saved plan holds no credential"
+    );
+    let r = w.run(&["apply", file]).ok();
+    assert!(
+        r.stdout.contains("Apply complete! Resources: 1 added"),
+        "{}",
+        r.stdout
+    );
+    assert!(exists("db", &db).await);
+    // The same file again is stale: state moved on.
+    assert_eq!(w.run(&["apply", file]).code, 1);
+
+    w.write("db2.yaml", &database_yaml("b", &db2, &role2, ""));
+    let cmd = format!(
+        "{} --manifests {} --state {} apply",
+        env!("CARGO_BIN_EXE_tend"),
+        w.manifests.display(),
+        w.state.display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script(1)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"yes\n")
+        .expect("type yes");
+    let out = child.wait_with_output().expect("wait");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("Apply complete! Resources: 1 added"),
+        "{text}"
+    );
+    assert!(exists("db", &db2).await);
+}
+
+#[tokio::test]
 async fn the_backup_restores_state_with_its_secrets() {
     let w = Workspace::new();
     let (db, role) = (unique("tend_db_"), unique("tend_user_"));
