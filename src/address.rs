@@ -12,6 +12,7 @@ pub enum Kind {
     Credential,
     PostgresServer,
     PostgresDatabase,
+    NomadJob,
 }
 
 impl Kind {
@@ -26,13 +27,14 @@ impl Kind {
             Kind::Credential => "Credential",
             Kind::PostgresServer => "PostgresServer",
             Kind::PostgresDatabase => "PostgresDatabase",
+            Kind::NomadJob => "NomadJob",
         }
     }
 
     /// Whether the kind is converged by a provider (and so is planned, applied and recorded).
     /// Credentials and servers are configuration that other resources read.
     pub fn is_managed(self) -> bool {
-        matches!(self, Kind::PostgresDatabase)
+        matches!(self, Kind::PostgresDatabase | Kind::NomadJob)
     }
 }
 

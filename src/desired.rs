@@ -121,6 +121,15 @@ impl<'a> Resolver<'a> {
                 }
                 postgres_database_defaults(&mut spec, &m.address.name);
             }
+            Kind::NomadJob => {
+                let cred = m
+                    .deps
+                    .iter()
+                    .find(|d| d.via == "credential")
+                    .and_then(|d| self.set.credentials.get(&d.target.name));
+                connection = nomad_connection(cred.map(|c| &c.data));
+                nomad_job_defaults(&mut spec, &m.address.name);
+            }
             Kind::Credential => {}
         }
         let mut depends_on: Vec<Address> = m.deps.iter().map(|d| d.target.clone()).collect();
@@ -172,6 +181,31 @@ fn postgres_server(mut spec: Value, cred: Option<&BTreeMap<String, Value>>) -> V
         m.remove("credential");
     }
     spec
+}
+
+/// A Nomad cluster connection from the nomad credential; the address defaults to the local agent
+/// as Nomad's own CLI does.
+fn nomad_connection(cred: Option<&BTreeMap<String, Value>>) -> Value {
+    let mut conn = Value::map();
+    if let Some(c) = cred {
+        for (k, v) in c {
+            conn.insert(k.clone(), v.clone());
+        }
+    }
+    or_insert(&mut conn, "address", || {
+        Value::Str("http://127.0.0.1:4646".into())
+    });
+    conn
+}
+
+/// `job.ID` defaults to the resource name and `job.Name` to the ID.
+fn nomad_job_defaults(spec: &mut Value, name: &str) {
+    or_insert(spec, "purge_on_destroy", || Value::Bool(false));
+    let Value::Map(m) = spec else { return };
+    let Some(job) = m.get_mut("job") else { return };
+    or_insert(job, "ID", || Value::Str(name.to_owned()));
+    let id = job.get("ID").cloned().unwrap_or(Value::Null);
+    or_insert(job, "Name", || id);
 }
 
 fn postgres_database_defaults(spec: &mut Value, name: &str) {

@@ -153,6 +153,13 @@ pub async fn plan(
                     desired.address
                 ));
             }
+            if let Observation::Present(o) = &obs {
+                plan.warnings.extend(
+                    o.warnings
+                        .iter()
+                        .map(|w| format!("{}: {w}", desired.address)),
+                );
+            }
             let hash = desired.spec.digest(&key);
             let change = plan::decide(
                 p.as_ref(),

@@ -480,6 +480,7 @@ fn edges(
 pub fn credential_provider(kind: Kind) -> Option<&'static str> {
     match kind {
         Kind::PostgresServer => Some("postgres"),
+        Kind::NomadJob => Some("nomad"),
         Kind::Credential | Kind::PostgresDatabase => None,
     }
 }

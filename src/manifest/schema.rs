@@ -159,12 +159,38 @@ static POSTGRES_DATABASE: KindSchema = KindSchema {
     default_timeout: "2m",
 };
 
+static NOMAD_JOB: KindSchema = KindSchema {
+    kind: Kind::NomadJob,
+    fields: &[
+        Field {
+            name: "job",
+            ty: Ty::Any,
+            required: true,
+            refs: true,
+        },
+        fixed("credential", Ty::Str),
+        fixed("purge_on_destroy", Ty::Bool),
+        fixed("timeout", Ty::Duration),
+        fixed("lifecycle", Ty::Obj(LIFECYCLE)),
+    ],
+    outputs: &[
+        out("job_id"),
+        out("version"),
+        out("job_modify_index"),
+        out("status"),
+        out("allocs_running"),
+        out("allocs_desired"),
+    ],
+    default_timeout: "2m",
+};
+
 /// The schema of a kind.
 pub fn of(kind: Kind) -> &'static KindSchema {
     match kind {
         Kind::Credential => &CREDENTIAL,
         Kind::PostgresServer => &POSTGRES_SERVER,
         Kind::PostgresDatabase => &POSTGRES_DATABASE,
+        Kind::NomadJob => &NOMAD_JOB,
     }
 }
 

@@ -64,6 +64,9 @@ pub struct ResourceChange {
     pub drift: Vec<DriftItem>,
     /// Why, in words (e.g. `deleted outside tend`, `last apply did not finish`).
     pub reasons: Vec<String>,
+    /// What the outside system says about the change (e.g. Nomad's plan diff).
+    #[serde(default)]
+    pub details: Vec<String>,
 }
 
 /// Drift, as data that serialises.
@@ -160,13 +163,33 @@ pub fn decide(
     recorded: Option<&Record>,
     observed: &Observation,
 ) -> ResourceChange {
-    let mut change = ResourceChange {
+    let change = ResourceChange {
         address: desired.address.clone(),
         action: Action::NoOp,
         fields: Vec::new(),
         drift: Vec::new(),
         reasons: Vec::new(),
+        details: Vec::new(),
     };
+    let change = decide_inner(provider, desired, desired_hash, recorded, observed, change);
+    attach_details(change, observed)
+}
+
+fn attach_details(mut change: ResourceChange, observed: &Observation) -> ResourceChange {
+    if let (Observation::Present(o), true) = (observed, change.action != Action::NoOp) {
+        change.details = o.details.clone();
+    }
+    change
+}
+
+fn decide_inner(
+    provider: &dyn Provider,
+    desired: &Desired,
+    desired_hash: &str,
+    recorded: Option<&Record>,
+    observed: &Observation,
+    mut change: ResourceChange,
+) -> ResourceChange {
     let Some(rec) = recorded else {
         change.action = Action::Create;
         change.fields = field_changes(None, Some(&desired.spec), &[]);
@@ -244,6 +267,7 @@ pub fn decide_orphan(rec: &Record) -> (ResourceChange, Option<String>) {
         fields: field_changes(Some(&rec.spec), None, &[]),
         drift: Vec::new(),
         reasons: vec!["its manifest was removed".into()],
+        details: Vec::new(),
     };
     let error = rec.prevent_destroy.then(|| {
         format!(
@@ -288,7 +312,8 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
     }
 }
 
-/// Field-by-field differences between two specs.
+/// Field-by-field differences between two specs. `immutable` holds dotted paths (`database`,
+/// `job.ID`); a change at or below one forces replacement.
 pub fn field_changes(
     before: Option<&Value>,
     after: Option<&Value>,
@@ -312,12 +337,16 @@ pub fn field_changes(
         if same {
             continue;
         }
-        let top = k.split(['.', '[']).next().unwrap_or(k);
+        let forced = immutable.iter().any(|m| {
+            k.strip_prefix(m).is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with('.') || rest.starts_with('[')
+            })
+        });
         out.push(FieldChange {
             path: k.clone(),
             before: x.map(show),
             after: y.map(show),
-            forces_replacement: before.is_some() && after.is_some() && immutable.contains(&top),
+            forces_replacement: before.is_some() && after.is_some() && forced,
         });
     }
     out

@@ -103,6 +103,9 @@ fn resource(s: &mut String, c: &ResourceChange, style: Style) {
         );
     }
     s.push_str("    }\n");
+    for d in &c.details {
+        let _ = writeln!(s, "    # {d}");
+    }
 }
 
 fn is_multiline(f: &FieldChange) -> bool {
@@ -181,6 +184,7 @@ pub fn json(plan: &Plan) -> serde_json::Value {
             "fields": c.fields,
             "drift": c.drift,
             "reasons": c.reasons,
+            "details": c.details,
         })).collect::<Vec<_>>(),
         "errors": plan.errors,
         "warnings": plan.warnings,
@@ -339,6 +343,7 @@ mod tests {
             fields: [("owner".to_owned(), Value::Str("intruder".into()))]
                 .into_iter()
                 .collect(),
+            ..Observed::default()
         };
         let out = check(vec![
             (

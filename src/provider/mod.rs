@@ -42,6 +42,11 @@ pub struct Desired {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observed {
     pub fields: BTreeMap<String, Value>,
+    /// Lines the system itself says about the change (e.g. Nomad's plan diff), shown under the
+    /// resource when the plan changes it. Free of secrets.
+    pub details: Vec<String>,
+    /// Things the operator should know even if nothing changes (e.g. placement failures).
+    pub warnings: Vec<String>,
 }
 
 /// One difference between what should be and what is.

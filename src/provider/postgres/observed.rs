@@ -144,7 +144,10 @@ impl TenantState {
         if let Some(ok) = self.password_ok {
             f.insert(field::PASSWORD_OK.to_owned(), Value::Bool(ok));
         }
-        Observed { fields: f }
+        Observed {
+            fields: f,
+            ..Observed::default()
+        }
     }
 
     /// The inverse of [`TenantState::to_observed`]; missing or mistyped fields read as absent.
