@@ -3,6 +3,7 @@
 pub mod address;
 pub mod apply;
 pub mod cli;
+pub mod daemon;
 pub mod desired;
 pub mod engine;
 pub mod graph;

@@ -69,6 +69,39 @@ enum Command {
     /// Past applies.
     #[command(subcommand)]
     Runs(RunsCmd),
+    /// Watch the manifests, converge on every change, heal drift on a timer.
+    Daemon(DaemonArgs),
+}
+
+#[derive(Args, Debug)]
+struct DaemonArgs {
+    /// Re-plan with refresh this often to heal drift.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    resync: Duration,
+    /// Destroy resources whose manifests were removed (otherwise they are reported as orphaned).
+    #[arg(long)]
+    prune: bool,
+    /// With --prune, a reload that would destroy more than this waits for `tend apply`.
+    #[arg(long, default_value_t = 3)]
+    max_prune: usize,
+    /// `manual`: plans wait for `tend apply` instead of being applied.
+    #[arg(long, value_enum, default_value = "auto")]
+    approve: crate::daemon::Approve,
+    /// Concurrent actions.
+    #[arg(long, default_value_t = 10)]
+    parallelism: usize,
+    /// How long a running apply may finish after SIGTERM before it is cancelled.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    grace: Duration,
+    /// Log lines as text or JSON (journald takes either).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -158,7 +191,10 @@ struct PlanFile {
 /// Entry point: every outcome becomes an exit code here.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    match &cli.command {
+        Command::Daemon(d) => init_logging("info", d.log_format == LogFormat::Json),
+        _ => init_logging("warn", false),
+    }
     let printer = Printer::new(cli.no_color);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -179,14 +215,19 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(default: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .with_target(false);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Load manifests and the graph, or print every diagnostic.
@@ -282,6 +323,20 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<u8> {
         }
         Command::State(cmd) => state_cmd(&cli.state, cmd, printer).await,
         Command::Runs(cmd) => runs_cmd(&cli.state, cmd, printer).await,
+        Command::Daemon(args) => {
+            let store = open_store(&cli.state)?;
+            let opts = crate::daemon::Options {
+                manifests: cli.manifests.clone(),
+                resync: args.resync,
+                prune: args.prune,
+                max_prune: args.max_prune,
+                approve: args.approve,
+                parallelism: args.parallelism,
+                debounce: Duration::from_millis(200),
+                grace: args.grace,
+            };
+            crate::daemon::run(opts, store, providers).await
+        }
     }
 }
 

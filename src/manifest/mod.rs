@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use load::{load, load_files};
+pub use load::{is_manifest_path, load, load_files};
 
 use crate::address::{Address, Kind};
 use diag::Diagnostic;

@@ -124,6 +124,13 @@ impl Plan {
         s
     }
 
+    /// Take these resources' changes out of the plan, with the errors about them.
+    pub fn drop_changes(&mut self, addresses: &[Address]) {
+        self.changes.retain(|c| !addresses.contains(&c.address));
+        self.errors
+            .retain(|e| !addresses.iter().any(|a| e.starts_with(&format!("{a} "))));
+    }
+
     pub fn has_changes(&self) -> bool {
         self.changes.iter().any(|c| c.action != Action::NoOp)
     }

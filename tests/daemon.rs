@@ -1,0 +1,208 @@
+//! `tend daemon` as a child process against a real PostgreSQL: it converges on file changes,
+//! freezes on a bad file without destroying anything, heals drift at resync, never destroys
+//! without --prune, holds large prunes, reloads on SIGHUP and exits 0 on SIGTERM.
+
+mod util;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use util::{Workspace, database_yaml, pg, server_yaml, unique};
+
+struct Daemon {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(w: &Workspace, extra: &[&str]) -> Daemon {
+        let log = w.dir.path().join("daemon.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut args = vec!["daemon", "--resync", "1s"];
+        args.extend_from_slice(extra);
+        let child = w
+            .cmd(&args)
+            .stderr(Stdio::from(file))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn daemon");
+        Daemon { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// SIGTERM, then the exit code.
+    fn stop(mut self) -> i32 {
+        self.signal("-TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not stop on SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, d: &Daemon, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for: {what}\n--- daemon log ---\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn db_exists(name: &str) -> bool {
+    let admin = pg().admin().await;
+    let n: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = $1",
+            &[&name],
+        )
+        .await
+        .expect("query")
+        .get(0);
+    n == 1
+}
+
+async fn owner(db: &str) -> String {
+    let admin = pg().admin().await;
+    admin
+        .query_one(
+            "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
+            &[&db],
+        )
+        .await
+        .expect("owner")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_converges_freezes_on_bad_input_heals_drift_and_stops_cleanly() {
+    let w = Workspace::new();
+    let (a, ra, b, rb) = (
+        unique("tend_da_"),
+        unique("tend_ua_"),
+        unique("tend_db_"),
+        unique("tend_ub_"),
+    );
+    w.write("server.yaml", &server_yaml());
+    w.write("a.yaml", &database_yaml("a", &a, &ra, ""));
+    let d = Daemon::start(&w, &[]);
+    eventually("first load applies a", &d, || db_exists(&a)).await;
+
+    // A new manifest is applied.
+    w.write("b.yaml", &database_yaml("b", &b, &rb, ""));
+    eventually("b created", &d, || db_exists(&b)).await;
+
+    // A broken file freezes everything: removing a's manifest at the same time destroys nothing.
+    w.write("broken.yaml", "apiVersion: tend/v1\nkind: [oops\n");
+    w.remove("a.yaml");
+    eventually("the load error is logged with its place", &d, || {
+        let log = d.log();
+        async move { log.contains("broken.yaml:2:7") }
+    })
+    .await;
+    // Fixed: a is now an orphan, reported and kept (no --prune).
+    w.remove("broken.yaml");
+    eventually("the orphan is reported", &d, || {
+        let log = d.log();
+        async move { log.contains("orphaned") }
+    })
+    .await;
+    assert!(db_exists(&a).await, "a was destroyed without --prune");
+
+    // Drift is healed at the next resync.
+    let admin = pg().admin().await;
+    admin
+        .batch_execute(&format!("ALTER DATABASE {b} OWNER TO {}", pg().user))
+        .await
+        .expect("drift");
+    eventually("owner drift healed", &d, || {
+        let b = b.clone();
+        let rb = rb.clone();
+        async move { owner(&b).await == rb }
+    })
+    .await;
+
+    // SIGHUP reloads now.
+    d.signal("-HUP");
+    eventually("SIGHUP reload", &d, || {
+        let log = d.log();
+        async move { log.contains("SIGHUP") }
+    })
+    .await;
+
+    let log = d.log();
+    assert_eq!(d.stop(), 0, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_destroys_removed_resources_but_holds_a_large_prune() {
+    let w = Workspace::new();
+    let names: Vec<(String, String)> = (0..3)
+        .map(|_| (unique("tend_dp_"), unique("tend_up_")))
+        .collect();
+    w.write("server.yaml", &server_yaml());
+    for (i, (db, role)) in names.iter().enumerate() {
+        w.write(
+            &format!("{i}.yaml"),
+            &database_yaml(&format!("p{i}"), db, role, "  on_delete: drop\n"),
+        );
+    }
+    let d = Daemon::start(&w, &["--prune", "--max-prune", "1"]);
+    for (db, _) in &names {
+        eventually("created", &d, || db_exists(db)).await;
+    }
+    // Two at once is more than --max-prune 1: held.
+    w.remove("0.yaml");
+    w.remove("1.yaml");
+    eventually("the prune is held", &d, || {
+        let log = d.log();
+        async move { log.contains("holding the deletes") }
+    })
+    .await;
+    assert!(db_exists(&names[0].0).await && db_exists(&names[1].0).await);
+    // Back to one removal: pruned.
+    w.write(
+        "1.yaml",
+        &database_yaml("p1", &names[1].0, &names[1].1, "  on_delete: drop\n"),
+    );
+    eventually("p0 pruned", &d, || {
+        let db = names[0].0.clone();
+        async move { !db_exists(&db).await }
+    })
+    .await;
+    assert!(db_exists(&names[1].0).await && db_exists(&names[2].0).await);
+    assert_eq!(d.stop(), 0);
+}
