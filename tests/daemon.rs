@@ -206,3 +206,84 @@ async fn prune_destroys_removed_resources_but_holds_a_large_prune() {
     assert!(db_exists(&names[1].0).await && db_exists(&names[2].0).await);
     assert_eq!(d.stop(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_talks_to_a_running_daemon_through_its_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = Workspace::new();
+    let (db, role) = (unique("tend_dc_"), unique("tend_uc_"));
+    w.write("server.yaml", &server_yaml());
+    let d = Daemon::start(&w, &["--approve", "manual"]);
+    let socket = w.state.join("tend.sock");
+    eventually("the socket is up", &d, || {
+        let s = socket.clone();
+        async move { s.exists() }
+    })
+    .await;
+    assert_eq!(
+        std::fs::metadata(&socket)
+            .expect("socket")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    w.write("db.yaml", &database_yaml("a", &db, &role, ""));
+    eventually("the plan waits for approval", &d, || {
+        let r = w.run(&["status"]);
+        async move { r.stdout.contains("waiting for approval") }
+    })
+    .await;
+    assert!(!db_exists(&db).await, "--approve manual applied on its own");
+
+    // plan and apply go through the daemon (the store is locked by it).
+    let r = w.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stdout.contains("PostgresDatabase.a will be created"),
+        "{}",
+        r.stdout
+    );
+    let r = w.run(&["apply"]);
+    assert_eq!(r.code, 1, "no terminal, no --auto-approve: {}", r.all());
+    let r = w.run(&["apply", "--auto-approve"]).ok();
+    assert!(
+        r.stdout.contains("PostgresDatabase.a: Creation complete"),
+        "{}",
+        r.stdout
+    );
+    assert!(db_exists(&db).await);
+    let r = w.run(&["runs", "list"]).ok();
+    assert!(r.stdout.contains("daemon"), "{}", r.stdout);
+    let r = w.run(&["status"]).ok();
+    assert!(r.stdout.contains("in sync"), "{}", r.stdout);
+    assert!(r.stdout.contains("1 ready"), "{}", r.stdout);
+
+    // Another user is refused by the socket's mode.
+    let r = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--", "sh", "-c"])
+        .arg(format!(
+            "exec 3<>/dev/null; ls -l {} >/dev/null 2>&1; echo probe",
+            socket.display()
+        ))
+        .output();
+    if let Ok(out) = r {
+        assert!(out.status.success(), "runuser works here");
+        let nobody = std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--", "python3", "-c"])
+            .arg(format!(
+                "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n  s.connect('{}')\n  print('connected')\nexcept OSError as e:\n  print('refused', e.errno)\n",
+                socket.display()
+            ))
+            .output()
+            .expect("run as nobody");
+        let text = String::from_utf8_lossy(&nobody.stdout);
+        assert!(
+            text.contains("refused"),
+            "another user reached the socket: {text}"
+        );
+    }
+    assert_eq!(d.stop(), 0);
+    assert!(!socket.exists(), "the socket is removed on exit");
+}

@@ -43,6 +43,9 @@ struct Cli {
     /// State directory (sled store, key file, backups).
     #[arg(long, global = true, env = "TEND_STATE", default_value = "state")]
     state: PathBuf,
+    /// The daemon's control socket [default: <state>/tend.sock].
+    #[arg(long, global = true, env = "TEND_SOCKET")]
+    socket: Option<PathBuf>,
     /// Turn colour off (also `NO_COLOR`; off anyway when stdout is not a terminal).
     #[arg(long, global = true)]
     no_color: bool,
@@ -71,6 +74,8 @@ enum Command {
     Runs(RunsCmd),
     /// Watch the manifests, converge on every change, heal drift on a timer.
     Daemon(DaemonArgs),
+    /// What the daemon is doing (or, with no daemon, what state holds).
+    Status,
 }
 
 #[derive(Args, Debug)]
@@ -259,6 +264,13 @@ fn open_store(dir: &Path) -> anyhow::Result<Arc<dyn StateStore>> {
 
 async fn run(cli: Cli, printer: Printer) -> anyhow::Result<u8> {
     let providers = provider::registry();
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(|| crate::daemon::control::default_socket(&cli.state));
+    if let Some(code) = through_daemon(&cli, &socket, printer).await? {
+        return Ok(code);
+    }
     match cli.command {
         Command::Validate => {
             let Some((set, _)) = load(&cli.manifests, &printer) else {
@@ -323,9 +335,42 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<u8> {
         }
         Command::State(cmd) => state_cmd(&cli.state, cmd, printer).await,
         Command::Runs(cmd) => runs_cmd(&cli.state, cmd, printer).await,
+        Command::Status => {
+            let store = open_store(&cli.state)?;
+            let records = blocking(&store, |s| s.list()).await?;
+            let runs = blocking(&store, |s| s.runs(1)).await?;
+            let mut counts = std::collections::BTreeMap::new();
+            for r in &records {
+                *counts
+                    .entry(format!("{:?}", r.status).to_lowercase())
+                    .or_insert(0usize) += 1;
+            }
+            let mut out = format!(
+                "No daemon is running (no answer on {}).\n",
+                socket.display()
+            );
+            out.push_str(&format!("Resources in state: {}\n", counts_line(&counts)));
+            if let Some(run) = runs.first() {
+                out.push_str(&format!(
+                    "Last run: {} (exit {}) {}\n",
+                    run.id, run.exit_code, run.summary
+                ));
+            }
+            for r in records.iter().filter(|r| r.status != Status::Ready) {
+                out.push_str(&format!(
+                    "  {} {:?}: {}\n",
+                    r.address,
+                    r.status,
+                    r.last_error.as_deref().unwrap_or("")
+                ));
+            }
+            printer.out(&out);
+            Ok(0)
+        }
         Command::Daemon(args) => {
             let store = open_store(&cli.state)?;
             let opts = crate::daemon::Options {
+                socket: socket.clone(),
                 manifests: cli.manifests.clone(),
                 resync: args.resync,
                 prune: args.prune,
@@ -399,18 +444,8 @@ async fn apply_cmd(
     if !plan.has_changes() {
         return Ok(0);
     }
-    if args.planfile.is_none() && !args.auto_approve {
-        if !std::io::stdin().is_terminal() {
-            printer.err("error: refusing to apply without confirmation: stdin is not a terminal (use --auto-approve)");
-            return Ok(1);
-        }
-        printer.out("Do you want to perform these actions?\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if answer.trim() != "yes" {
-            printer.out("Apply cancelled.");
-            return Ok(1);
-        }
+    if args.planfile.is_none() && !args.auto_approve && !confirm(printer)? {
+        return Ok(1);
     }
     printer.out("");
     let progress_printer = printer;
@@ -457,6 +492,144 @@ async fn apply_cmd(
         printer.err(&s);
         Ok(1)
     }
+}
+
+fn counts_line(counts: &std::collections::BTreeMap<String, usize>) -> String {
+    if counts.is_empty() {
+        return "none".into();
+    }
+    counts
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Ask the daemon, when one answers on the socket, for the commands it serves. `Ok(None)`:
+/// no daemon (or a command it does not serve); go on locally.
+async fn through_daemon(cli: &Cli, socket: &Path, printer: Printer) -> anyhow::Result<Option<u8>> {
+    use crate::daemon::control::{ApplyReply, PlanReply, StatusReply, request};
+    let (method, path) = match &cli.command {
+        Command::Status => ("GET", "/v1/status".to_owned()),
+        Command::Plan(_) => ("POST", "/v1/plan".to_owned()),
+        Command::Apply(a) if a.planfile.is_none() => ("POST", "/v1/plan".to_owned()),
+        Command::Runs(RunsCmd::List { limit }) => ("GET", format!("/v1/runs?limit={limit}")),
+        Command::Runs(RunsCmd::Show { id }) => ("GET", format!("/v1/runs/{id}")),
+        _ => return Ok(None),
+    };
+    let Some((status, body)) = request(socket, method, &path).await? else {
+        return Ok(None);
+    };
+    if status != 200 {
+        printer.err(&format!(
+            "error: the daemon answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
+        return Ok(Some(1));
+    }
+    match &cli.command {
+        Command::Status => {
+            let s: StatusReply = serde_json::from_slice(&body)?;
+            let d = &s.daemon;
+            let mut out = format!(
+                "tend daemon (pid {}) watching {}\n{}: {}\n",
+                d.pid, d.manifests, d.phase, d.summary
+            );
+            out.push_str(&format!(
+                "Resources in state: {}\n",
+                counts_line(&s.resources)
+            ));
+            if let Some(run) = &d.last_run {
+                out.push_str(&format!("Last run: {run}\n"));
+            }
+            for o in &d.orphans {
+                out.push_str(&format!(
+                    "Orphaned (manifest removed, kept without --prune): {o}\n"
+                ));
+            }
+            for h in &d.held {
+                out.push_str(&format!("Delete held for approval (`tend apply`): {h}\n"));
+            }
+            for e in &d.load_errors {
+                out.push_str(e);
+            }
+            printer.out(&out);
+            Ok(Some(0))
+        }
+        Command::Plan(args) => {
+            if args.out.is_some() || !args.flags.targets.is_empty() || !args.flags.refresh {
+                printer.err("error: a daemon holds the state: --out, --target and --refresh=false are not available through it");
+                return Ok(Some(1));
+            }
+            let p: PlanReply = serde_json::from_slice(&body)?;
+            if args.json {
+                printer.out(&serde_json::to_string_pretty(&p.json)?);
+            } else {
+                printer.out(&p.text);
+            }
+            Ok(Some(if p.has_errors {
+                1
+            } else if args.detailed_exitcode && p.has_changes {
+                2
+            } else {
+                0
+            }))
+        }
+        Command::Apply(args) => {
+            let p: PlanReply = serde_json::from_slice(&body)?;
+            printer.out(&p.text);
+            if p.has_errors {
+                return Ok(Some(1));
+            }
+            if !p.has_changes {
+                return Ok(Some(0));
+            }
+            if !args.auto_approve && !confirm(printer)? {
+                return Ok(Some(1));
+            }
+            let Some((status, body)) = request(socket, "POST", "/v1/apply").await? else {
+                printer.err("error: the daemon went away");
+                return Ok(Some(1));
+            };
+            if status != 200 {
+                printer.err(&format!(
+                    "error: the daemon answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                ));
+                return Ok(Some(1));
+            }
+            let a: ApplyReply = serde_json::from_slice(&body)?;
+            printer.out(&a.text);
+            Ok(Some(a.exit_code))
+        }
+        Command::Runs(RunsCmd::List { .. }) => {
+            let runs: Vec<crate::state::Run> = serde_json::from_slice(&body)?;
+            printer.out(&runs_table(&runs));
+            Ok(Some(0))
+        }
+        Command::Runs(RunsCmd::Show { .. }) => {
+            let run: serde_json::Value = serde_json::from_slice(&body)?;
+            printer.out(&serde_json::to_string_pretty(&run)?);
+            Ok(Some(0))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Ask on a terminal; refuse without one. `Ok(true)` to go ahead.
+fn confirm(printer: Printer) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        printer.err("error: refusing to apply without confirmation: stdin is not a terminal (use --auto-approve)");
+        return Ok(false);
+    }
+    printer.out("Do you want to perform these actions?\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if answer.trim() != "yes" {
+        printer.out("Apply cancelled.");
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Result<u8> {
@@ -542,28 +715,33 @@ async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Resul
     Ok(0)
 }
 
+fn runs_table(runs: &[crate::state::Run]) -> String {
+    let mut s = String::new();
+    for r in runs {
+        let failed = r
+            .results
+            .iter()
+            .filter(|x| x.outcome != "applied" && x.outcome != "unchanged")
+            .count();
+        s.push_str(&format!(
+            "{}  {:<6} exit {}  {:>5}ms  {} resources, {failed} not applied  {}\n",
+            r.id,
+            format!("{:?}", r.trigger).to_lowercase(),
+            r.exit_code,
+            r.ended_at.saturating_sub(r.started_at),
+            r.results.len(),
+            r.summary
+        ));
+    }
+    s
+}
+
 async fn runs_cmd(dir: &Path, cmd: RunsCmd, printer: Printer) -> anyhow::Result<u8> {
     let store = open_store(dir)?;
     match cmd {
         RunsCmd::List { limit } => {
             let runs = blocking(&store, move |s| s.runs(limit)).await?;
-            let mut s = String::new();
-            for r in runs {
-                let failed = r
-                    .results
-                    .iter()
-                    .filter(|x| x.outcome != "applied" && x.outcome != "unchanged")
-                    .count();
-                s.push_str(&format!(
-                    "{}  exit {}  {:>5}ms  {} resources, {failed} not applied  {}\n",
-                    r.id,
-                    r.exit_code,
-                    r.ended_at.saturating_sub(r.started_at),
-                    r.results.len(),
-                    r.summary
-                ));
-            }
-            printer.out(&s);
+            printer.out(&runs_table(&runs));
         }
         RunsCmd::Show { id } => {
             let i = id.clone();

@@ -8,22 +8,26 @@
 //! would destroy more than `--max-prune` waits. It holds the state store for its lifetime.
 //! It must not print to the terminal directly: it logs through `tracing`.
 
+pub mod control;
 mod watch;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use crate::address::Address;
+use crate::apply::now_ms;
 use crate::apply::{ApplyOptions, apply};
 use crate::engine::{PlanOptions, plan};
 use crate::graph::Graph;
 use crate::manifest;
-use crate::plan::{Action, Plan};
+use crate::manifest::ManifestSet;
+use crate::plan::{Action, Plan, render};
 use crate::provider::Provider;
 use crate::state::{StateStore, Trigger};
+use control::{ApplyReply, Control, DaemonStatus, PlanReply};
 
 /// Whether plans are applied as they come or wait for an operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -45,6 +49,8 @@ pub struct Options {
     pub debounce: Duration,
     /// How long a running apply may finish after SIGTERM before it is cancelled.
     pub grace: Duration,
+    /// The control socket.
+    pub socket: PathBuf,
 }
 
 /// Everything that can wake the loop.
@@ -60,6 +66,8 @@ pub enum Event {
     Reload,
     /// SIGTERM or SIGINT.
     Shutdown,
+    /// A client on the control socket.
+    Control(Control),
 }
 
 /// The daemon's memory between reloads.
@@ -71,6 +79,9 @@ struct Daemon {
     last_good: Option<String>,
     failures: u32,
     retry_at: Option<tokio::time::Instant>,
+    status: Arc<Mutex<DaemonStatus>>,
+    /// A trigger that arrived during an apply, run right after it.
+    pending: Option<&'static str>,
 }
 
 /// Run until SIGTERM. Returns the exit code.
@@ -83,6 +94,23 @@ pub async fn run(
     let _watcher = watch::start(&opts.manifests, tx.clone())?;
     spawn_signals(tx.clone())?;
     let watchdog = spawn_watchdog();
+    let status = Arc::new(Mutex::new(DaemonStatus {
+        pid: std::process::id(),
+        manifests: opts.manifests.display().to_string(),
+        phase: "starting".into(),
+        ..DaemonStatus::default()
+    }));
+    let server = control::serve(
+        &opts.socket,
+        Arc::clone(&status),
+        Arc::clone(&store),
+        tx.clone(),
+    )?;
+    let socket = opts.socket.clone();
+    let _cleanup = scopeguard(move || {
+        server.abort();
+        let _ = std::fs::remove_file(&socket);
+    });
 
     let mut d = Daemon {
         opts,
@@ -91,6 +119,8 @@ pub async fn run(
         last_good: None,
         failures: 0,
         retry_at: None,
+        status,
+        pending: None,
     };
     tracing::info!(manifests = %d.opts.manifests.display(), resync = ?d.opts.resync, prune = d.opts.prune, "tend daemon starting");
     let mut resync = tokio::time::interval(d.opts.resync);
@@ -102,6 +132,12 @@ pub async fn run(
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     loop {
+        if let Some(why) = d.pending.take() {
+            if d.reconcile(why, &mut rx).await == Flow::Stop {
+                return Ok(stop(watchdog));
+            }
+            continue;
+        }
         let retry = async {
             match d.retry_at {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -124,6 +160,18 @@ pub async fn run(
             Event::Resync => "resync",
             Event::RetryDue => "retry",
             Event::Reload => "SIGHUP",
+            Event::Control(Control::Plan(reply)) => {
+                let _ = reply.send(d.plan_for_client().await);
+                continue;
+            }
+            Event::Control(Control::Apply(reply)) => {
+                let (flow, result) = d.apply_for_client(&mut rx).await;
+                let _ = reply.send(result);
+                if flow == Flow::Stop {
+                    return Ok(stop(watchdog));
+                }
+                continue;
+            }
         };
         if d.reconcile(why, &mut rx).await == Flow::Stop {
             return Ok(stop(watchdog));
@@ -189,40 +237,59 @@ fn spawn_watchdog() -> tokio::task::JoinHandle<()> {
     })
 }
 
-fn status(line: &str) {
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(line)]);
+/// Run `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
-/// Remove what the daemon may not destroy on its own from a plan, saying why.
-fn hold_back_deletes(plan: &mut Plan, prune: bool, max_prune: usize) -> Vec<Address> {
-    let deletes: Vec<Address> = plan
-        .changes
-        .iter()
-        .filter(|c| c.action == Action::Delete)
-        .map(|c| c.address.clone())
-        .collect();
-    if deletes.is_empty() {
-        return deletes;
-    }
-    if !prune {
-        tracing::warn!(orphans = ?deletes.iter().map(ToString::to_string).collect::<Vec<_>>(), "resources whose manifests were removed are orphaned (run with --prune to destroy them)");
-    } else if deletes.len() > max_prune {
-        tracing::warn!(
-            count = deletes.len(),
-            max_prune,
-            "this reload would destroy more than --max-prune resources: holding the deletes until approved with `tend apply`"
-        );
-    } else {
-        return Vec::new();
-    }
-    plan.drop_changes(&deletes);
-    deletes
+/// What a reload found: a plan, or nothing to act on.
+struct Prepared {
+    set: ManifestSet,
+    graph: Graph,
+    plan: Plan,
 }
 
 impl Daemon {
-    /// Load, plan and (unless held) apply. Shutdown during an apply waits up to the grace
-    /// period, then cancels.
-    async fn reconcile(&mut self, why: &str, rx: &mut mpsc::UnboundedReceiver<Event>) -> Flow {
+    fn update(&self, f: impl FnOnce(&mut DaemonStatus)) {
+        if let Ok(mut s) = self.status.lock() {
+            f(&mut s);
+            let line = s.summary.clone();
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&line)]);
+        }
+    }
+
+    fn phase(&self, phase: &str, summary: String) {
+        let phase = phase.to_owned();
+        self.update(move |s| {
+            s.phase = phase;
+            s.summary = summary;
+        });
+    }
+
+    fn frozen(&self, summary: String, errors: Vec<String>) {
+        self.update(move |s| {
+            s.phase = "frozen".into();
+            s.summary = summary;
+            s.load_errors = errors;
+            s.last_reload_at = Some(now_ms());
+        });
+    }
+
+    /// Load and plan. Errors are logged and shown in the status; `Ok(None)` when
+    /// `skip_unchanged` and the files hash as the last good load did.
+    async fn prepare(
+        &mut self,
+        why: &str,
+        skip_unchanged: bool,
+    ) -> Result<Option<Prepared>, String> {
         let set = match manifest::load(&self.opts.manifests) {
             Ok(set) => set,
             Err(errors) => {
@@ -232,8 +299,12 @@ impl Daemon {
                     errors = errors.0.len(),
                     "manifests failed to load; keeping the last good state and acting on nothing\n{errors}"
                 );
-                status(&format!("frozen: {} manifest errors", errors.0.len()));
-                return Flow::Continue;
+                let rendered = errors.0.iter().map(|d| d.render()).collect();
+                self.frozen(
+                    format!("frozen: {} manifest errors", errors.0.len()),
+                    rendered,
+                );
+                return Err(errors.to_string());
             }
         };
         let graph = match Graph::build(&set) {
@@ -245,43 +316,70 @@ impl Daemon {
                     reason = why,
                     "manifests failed to load; keeping the last good state and acting on nothing\n{e}"
                 );
-                status("frozen: dependency cycle");
-                return Flow::Continue;
+                self.frozen("frozen: dependency cycle".into(), vec![e.to_string()]);
+                return Err(e.to_string());
             }
         };
-        if why == "manifests changed" && self.last_good.as_deref() == Some(set.digest.as_str()) {
+        if skip_unchanged && self.last_good.as_deref() == Some(set.digest.as_str()) {
             tracing::debug!("manifests unchanged after rescan");
-            return Flow::Continue;
+            return Ok(None);
         }
-        self.last_good = Some(set.digest.clone());
+        let digest = set.digest.clone();
+        self.update(|s| {
+            s.load_errors.clear();
+            s.manifests_digest = Some(digest);
+            s.last_reload_at = Some(now_ms());
+            s.last_good_reload_at = s.last_reload_at;
+        });
         let opts = PlanOptions {
             refresh: true,
             targets: Vec::new(),
             parallelism: self.opts.parallelism,
         };
-        let mut plan = match plan(&set, &graph, &self.store, &self.providers, &opts).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(reason = why, error = %format!("{e:#}"), "planning failed");
-                self.schedule_retry();
-                return Flow::Continue;
+        match plan(&set, &graph, &self.store, &self.providers, &opts).await {
+            Ok(plan) => {
+                for w in &plan.warnings {
+                    tracing::warn!("{w}");
+                }
+                Ok(Some(Prepared { set, graph, plan }))
             }
-        };
-        let held = hold_back_deletes(&mut plan, self.opts.prune, self.opts.max_prune);
-        for w in &plan.warnings {
-            tracing::warn!("{w}");
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::error!(reason = why, error = %msg, "planning failed");
+                self.phase("degraded", format!("planning failed: {msg}"));
+                self.schedule_retry();
+                Err(msg)
+            }
         }
-        if !plan.errors.is_empty() {
-            for e in &plan.errors {
+    }
+
+    /// A reload from a trigger: plan, hold back what needs approval, apply the rest.
+    async fn reconcile(&mut self, why: &str, rx: &mut mpsc::UnboundedReceiver<Event>) -> Flow {
+        // A rescan that finds the same files as the last good load changes nothing.
+        let unchanged_is_noop = why == "manifests changed";
+        let Ok(Some(mut p)) = self.prepare(why, unchanged_is_noop).await else {
+            return Flow::Continue;
+        };
+        self.last_good = Some(p.set.digest.clone());
+        let (orphans, held) = hold_back_deletes(&mut p.plan, self.opts.prune, self.opts.max_prune);
+        self.update(|s| {
+            s.orphans = orphans.iter().map(ToString::to_string).collect();
+            s.held = held.iter().map(ToString::to_string).collect();
+        });
+        if !p.plan.errors.is_empty() {
+            for e in &p.plan.errors {
                 tracing::error!("{e}");
             }
-            status("error: the plan cannot be applied");
+            self.phase("degraded", "error: the plan cannot be applied".into());
             return Flow::Continue;
         }
-        let summary = plan.summary().line();
-        if !plan.has_changes() {
-            tracing::info!(reason = why, held = held.len(), "no changes");
-            status(&format!("in sync ({} resources)", set.managed().count()));
+        let summary = p.plan.summary().line();
+        if !p.plan.has_changes() {
+            tracing::info!(reason = why, "no changes");
+            self.phase(
+                "in sync",
+                format!("in sync ({} resources)", p.set.managed().count()),
+            );
             self.failures = 0;
             self.retry_at = None;
             return Flow::Continue;
@@ -291,24 +389,97 @@ impl Daemon {
                 reason = why,
                 "{summary} Waiting for approval (--approve manual)"
             );
-            status(&format!("waiting for approval: {summary}"));
+            self.phase(
+                "waiting for approval",
+                format!("waiting for approval: {summary}"),
+            );
             return Flow::Continue;
         }
         tracing::info!(reason = why, "{summary}");
-        status(&format!("applying: {summary}"));
+        let (flow, _) = self.execute(p, rx, None).await;
+        flow
+    }
+
+    /// Plan for `tend plan` through the socket: the full plan, nothing held back, nothing done.
+    async fn plan_for_client(&mut self) -> Result<PlanReply, String> {
+        let p = self
+            .prepare("tend plan", false)
+            .await?
+            .ok_or("nothing to plan")?;
+        Ok(PlanReply {
+            text: render::text(&p.plan, render::Style { color: false }),
+            json: render::json(&p.plan),
+            has_changes: p.plan.has_changes(),
+            has_errors: !p.plan.errors.is_empty(),
+        })
+    }
+
+    /// `tend apply` through the socket: the operator's approval, so held deletes and
+    /// `--approve manual` plans go ahead.
+    async fn apply_for_client(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+    ) -> (Flow, Result<ApplyReply, String>) {
+        let p = match self.prepare("tend apply", false).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return (Flow::Continue, Err("nothing to apply".into())),
+            Err(e) => return (Flow::Continue, Err(e)),
+        };
+        self.last_good = Some(p.set.digest.clone());
+        let mut text = render::text(&p.plan, render::Style { color: false });
+        if !p.plan.errors.is_empty() {
+            return (Flow::Continue, Ok(ApplyReply { text, exit_code: 1 }));
+        }
+        if !p.plan.has_changes() {
+            return (Flow::Continue, Ok(ApplyReply { text, exit_code: 0 }));
+        }
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (flow, code) = self.execute(p, rx, Some(Arc::clone(&lines))).await;
+        text.push('\n');
+        if let Ok(l) = lines.lock() {
+            for line in l.iter() {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        (
+            flow,
+            Ok(ApplyReply {
+                text,
+                exit_code: code,
+            }),
+        )
+    }
+
+    /// Apply a prepared plan. Shutdown during the apply waits up to the grace period, then
+    /// cancels. Returns the flow and the run's exit code.
+    async fn execute(
+        &mut self,
+        p: Prepared,
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+        echo: Option<Arc<Mutex<Vec<String>>>>,
+    ) -> (Flow, u8) {
+        self.phase("applying", format!("applying: {}", p.plan.summary().line()));
+        let sink = echo;
         let apply_opts = ApplyOptions {
             parallelism: self.opts.parallelism,
             trigger: Trigger::Daemon,
-            progress: Arc::new(|line| tracing::info!("{line}")),
+            progress: Arc::new(move |line| {
+                tracing::info!("{line}");
+                if let Some(mut v) = sink.as_ref().and_then(|s| s.lock().ok()) {
+                    v.push(line);
+                }
+            }),
             heartbeat: Duration::from_secs(10),
             revision: None,
         };
         let (store, providers) = (Arc::clone(&self.store), self.providers.clone());
-        let run = apply(&set, &graph, &plan, &store, &providers, apply_opts);
+        let run = apply(&p.set, &p.graph, &p.plan, &store, &providers, apply_opts);
         tokio::pin!(run);
+        let mut deferred = Vec::new();
         let result = loop {
             tokio::select! {
-                r = &mut run => break Some(r),
+                r = &mut run => break r,
                 e = rx.recv() => match e {
                     None | Some(Event::Shutdown) => {
                         tracing::info!(grace = ?self.opts.grace, "shutting down: letting the running apply finish");
@@ -319,26 +490,48 @@ impl Daemon {
                             }
                             Err(_) => tracing::warn!("grace period over: cancelling the running apply (its resources stay `applying` and are refreshed at the next start)"),
                         }
-                        return Flow::Stop;
+                        return (Flow::Stop, 1);
                     }
-                    // Other events during an apply are folded into the next reconcile.
-                    Some(_) => {}
+                    // Clients asking during an apply are answered after it; other triggers
+                    // run one reconcile right after it.
+                    Some(Event::Control(c)) => deferred.push(c),
+                    Some(Event::Reload) => self.pending = Some("SIGHUP"),
+                    Some(Event::ManifestsChanged) => {
+                        if self.pending != Some("SIGHUP") {
+                            self.pending = Some("manifests changed after an apply");
+                        }
+                    }
+                    Some(Event::Resync | Event::RetryDue) => {
+                        self.pending.get_or_insert("resync");
+                    }
                 },
             }
         };
-        if let Some(r) = result {
-            self.log_run(r);
+        let code = self.log_run(result);
+        for c in deferred {
+            match c {
+                Control::Plan(reply) => {
+                    let _ = reply.send(self.plan_for_client().await);
+                }
+                Control::Apply(reply) => {
+                    let _ = reply.send(Err(
+                        "another apply was running; run `tend apply` again".into()
+                    ));
+                }
+            }
         }
-        Flow::Continue
+        (Flow::Continue, code)
     }
 
-    fn log_run(&mut self, r: anyhow::Result<crate::state::Run>) {
+    fn log_run(&mut self, r: anyhow::Result<crate::state::Run>) -> u8 {
         match r {
             Ok(run) if run.exit_code == 0 => {
-                tracing::info!(run = %run.id, "{}", "apply complete");
-                status(&format!("in sync (run {})", run.id));
+                tracing::info!(run = %run.id, "apply complete");
+                self.phase("in sync", format!("in sync (run {})", run.id));
+                self.update(|s| s.last_run = Some(run.id.clone()));
                 self.failures = 0;
                 self.retry_at = None;
+                0
             }
             Ok(run) => {
                 let failed: Vec<String> = run
@@ -348,16 +541,23 @@ impl Daemon {
                     .map(|r| format!("{} ({})", r.address, r.detail.clone().unwrap_or_default()))
                     .collect();
                 tracing::error!(run = %run.id, failed = ?failed, "apply finished with failures");
-                status(&format!(
-                    "degraded: {} resources failed (run {})",
-                    failed.len(),
-                    run.id
-                ));
+                self.phase(
+                    "degraded",
+                    format!(
+                        "degraded: {} resources failed (run {})",
+                        failed.len(),
+                        run.id
+                    ),
+                );
+                self.update(|s| s.last_run = Some(run.id.clone()));
                 self.schedule_retry();
+                1
             }
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "apply failed");
+                self.phase("degraded", format!("apply failed: {e:#}"));
                 self.schedule_retry();
+                1
             }
         }
     }
@@ -377,5 +577,37 @@ impl Daemon {
             "retrying failed resources later"
         );
         self.retry_at = Some(tokio::time::Instant::now() + delay);
+        let at = now_ms() + u64::try_from(delay.as_millis()).unwrap_or(0);
+        self.update(|s| s.next_retry_at = Some(at));
+    }
+}
+
+/// Take out of a plan what the daemon may not destroy on its own: orphans without `--prune`,
+/// and every delete when there are more than `--max-prune`. Returns (orphans, held).
+fn hold_back_deletes(
+    plan: &mut Plan,
+    prune: bool,
+    max_prune: usize,
+) -> (Vec<Address>, Vec<Address>) {
+    let deletes: Vec<Address> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Delete)
+        .map(|c| c.address.clone())
+        .collect();
+    if deletes.is_empty() || (prune && deletes.len() <= max_prune) {
+        return (Vec::new(), Vec::new());
+    }
+    plan.drop_changes(&deletes);
+    if !prune {
+        tracing::warn!(orphans = ?deletes.iter().map(ToString::to_string).collect::<Vec<_>>(), "resources whose manifests were removed are orphaned (run with --prune to destroy them)");
+        (deletes, Vec::new())
+    } else {
+        tracing::warn!(
+            count = deletes.len(),
+            max_prune,
+            "this reload would destroy more than --max-prune resources: holding the deletes until approved with `tend apply`"
+        );
+        (Vec::new(), deletes)
     }
 }

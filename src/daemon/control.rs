@@ -1,0 +1,370 @@
+//! The daemon's control API: HTTP over a Unix socket (mode 0600, and a peer of another user is
+//! refused), for `tend status`, `runs`, `plan` and `apply`. Reads (status, resources, runs) are
+//! answered from shared state; plan and apply are requests into the daemon's event loop, so the
+//! loop stays the only writer.
+//!
+//! Also [`request`], the client the CLI uses. Must not touch manifests or providers itself.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::Event;
+use crate::engine::blocking;
+use crate::state::{Run, StateStore, Status};
+
+/// What the daemon is doing, kept up to date by the event loop.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub manifests: String,
+    /// Digest of the manifests last loaded successfully.
+    pub manifests_digest: Option<String>,
+    /// `starting`, `in sync`, `applying`, `frozen`, `degraded`, `waiting for approval`.
+    pub phase: String,
+    /// One line, the same as systemd's `STATUS=`.
+    pub summary: String,
+    /// Rendered diagnostics of the last failed load.
+    pub load_errors: Vec<String>,
+    /// Resources whose manifests were removed and that are kept (no `--prune`).
+    pub orphans: Vec<String>,
+    /// Deletes held back until approved (`--max-prune`).
+    pub held: Vec<String>,
+    pub last_run: Option<String>,
+    /// Unix ms.
+    pub last_reload_at: Option<u64>,
+    pub last_good_reload_at: Option<u64>,
+    pub next_retry_at: Option<u64>,
+}
+
+/// A plan made by the daemon for a client.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PlanReply {
+    /// The plan rendered as text (no colour).
+    pub text: String,
+    /// The plan as `tend plan --json` prints it.
+    pub json: serde_json::Value,
+    pub has_changes: bool,
+    pub has_errors: bool,
+}
+
+/// The outcome of an apply requested by a client.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApplyReply {
+    /// The plan, progress lines and summary, as `tend apply` prints them.
+    pub text: String,
+    pub exit_code: u8,
+}
+
+/// A request into the event loop.
+#[derive(Debug)]
+pub enum Control {
+    Plan(oneshot::Sender<Result<PlanReply, String>>),
+    Apply(oneshot::Sender<Result<ApplyReply, String>>),
+}
+
+#[derive(Clone)]
+struct Ctx {
+    status: Arc<Mutex<DaemonStatus>>,
+    store: Arc<dyn StateStore>,
+    events: mpsc::UnboundedSender<Event>,
+    uid: u32,
+}
+
+/// The effective user id of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Bind the socket: refuse a path owned by another user, replace a stale socket of ours,
+/// restrict it to 0600, and serve until the returned task is aborted.
+pub fn serve(
+    path: &Path,
+    status: Arc<Mutex<DaemonStatus>>,
+    store: Arc<dyn StateStore>,
+    events: mpsc::UnboundedSender<Event>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let uid = euid();
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.uid() != uid {
+            anyhow::bail!(
+                "refusing to use the control socket {}: it is owned by uid {}, not by this user (uid {uid})",
+                path.display(),
+                meta.uid()
+            );
+        }
+        std::fs::remove_file(path)?;
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let ctx = Ctx {
+        status,
+        store,
+        events,
+        uid,
+    };
+    let app = Router::new()
+        .route("/v1/status", get(get_status))
+        .route("/v1/resources", get(get_resources))
+        .route("/v1/runs", get(get_runs))
+        .route("/v1/runs/{id}", get(get_run))
+        .route("/v1/plan", post(post_plan))
+        .route("/v1/apply", post(post_apply))
+        .with_state(ctx);
+    let app = app.into_make_service_with_connect_info::<PeerUid>();
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "control socket stopped");
+        }
+    }))
+}
+
+type Reply<T> = Result<Json<T>, (StatusCode, String)>;
+
+/// The uid of the process on the other end of the socket (SO_PEERCRED).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerUid(Option<u32>);
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
+    > for PeerUid
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        PeerUid(stream.io().peer_cred().ok().map(|c| c.uid()))
+    }
+}
+
+fn check_peer(ctx: &Ctx, info: &PeerUid) -> Result<(), (StatusCode, String)> {
+    match info.0 {
+        Some(uid) if uid == ctx.uid || uid == 0 => Ok(()),
+        Some(uid) => Err((
+            StatusCode::FORBIDDEN,
+            format!("uid {uid} may not use this daemon"),
+        )),
+        None => Err((
+            StatusCode::FORBIDDEN,
+            "cannot tell who is asking".to_owned(),
+        )),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> (StatusCode, String) {
+    (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// Status plus resource counts by state status.
+#[derive(Serialize, Deserialize)]
+pub struct StatusReply {
+    #[serde(flatten)]
+    pub daemon: DaemonStatus,
+    pub resources: BTreeMap<String, usize>,
+}
+
+async fn get_status(
+    State(ctx): State<Ctx>,
+    ConnectInfo(info): ConnectInfo<PeerUid>,
+) -> Reply<StatusReply> {
+    check_peer(&ctx, &info)?;
+    let records = blocking(&ctx.store, |s| s.list()).await.map_err(internal)?;
+    let mut resources = BTreeMap::new();
+    for r in records {
+        *resources
+            .entry(status_name(r.status).to_owned())
+            .or_insert(0) += 1;
+    }
+    let daemon = ctx.status.lock().map_err(internal)?.clone();
+    Ok(Json(StatusReply { daemon, resources }))
+}
+
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Ready => "ready",
+        Status::Failed => "failed",
+        Status::Applying => "applying",
+    }
+}
+
+/// One resource as the control API lists it (no spec, no secrets).
+#[derive(Serialize, Deserialize)]
+pub struct ResourceBrief {
+    pub address: String,
+    pub status: String,
+    pub generation: u64,
+    pub last_error: Option<String>,
+    pub updated_at: u64,
+}
+
+async fn get_resources(
+    State(ctx): State<Ctx>,
+    ConnectInfo(info): ConnectInfo<PeerUid>,
+) -> Reply<Vec<ResourceBrief>> {
+    check_peer(&ctx, &info)?;
+    let records = blocking(&ctx.store, |s| s.list()).await.map_err(internal)?;
+    Ok(Json(
+        records
+            .into_iter()
+            .map(|r| ResourceBrief {
+                address: r.address.to_string(),
+                status: status_name(r.status).to_owned(),
+                generation: r.generation,
+                last_error: r.last_error,
+                updated_at: r.updated_at,
+            })
+            .collect(),
+    ))
+}
+
+/// `?resource=ADDR&status=ok|failed&limit=N`.
+#[derive(Deserialize, Serialize, Default)]
+pub struct RunsQuery {
+    pub resource: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// Filter runs, newest first (shared with the CLI's fallback when no daemon runs).
+pub fn filter_runs(runs: Vec<Run>, q: &RunsQuery) -> Vec<Run> {
+    let limit = q.limit.unwrap_or(20);
+    runs.into_iter()
+        .filter(|r| {
+            q.resource
+                .as_ref()
+                .is_none_or(|a| r.results.iter().any(|x| &x.address == a))
+        })
+        .filter(|r| match q.status.as_deref() {
+            Some("ok") => r.exit_code == 0,
+            Some("failed") => r.exit_code != 0,
+            _ => true,
+        })
+        .take(limit)
+        .collect()
+}
+
+async fn get_runs(
+    State(ctx): State<Ctx>,
+    ConnectInfo(info): ConnectInfo<PeerUid>,
+    Query(q): Query<RunsQuery>,
+) -> Reply<Vec<Run>> {
+    check_peer(&ctx, &info)?;
+    let runs = blocking(&ctx.store, |s| s.runs(usize::MAX))
+        .await
+        .map_err(internal)?;
+    Ok(Json(filter_runs(runs, &q)))
+}
+
+async fn get_run(
+    State(ctx): State<Ctx>,
+    ConnectInfo(info): ConnectInfo<PeerUid>,
+    UrlPath(id): UrlPath<String>,
+) -> Reply<Run> {
+    check_peer(&ctx, &info)?;
+    let key = id.clone();
+    match blocking(&ctx.store, move |s| s.run(&key))
+        .await
+        .map_err(internal)?
+    {
+        Some(r) => Ok(Json(r)),
+        None => Err((StatusCode::NOT_FOUND, format!("no run {id}"))),
+    }
+}
+
+async fn post_plan(
+    State(ctx): State<Ctx>,
+    ConnectInfo(info): ConnectInfo<PeerUid>,
+) -> Reply<PlanReply> {
+    check_peer(&ctx, &info)?;
+    let (tx, rx) = oneshot::channel();
+    ctx.events
+        .send(Event::Control(Control::Plan(tx)))
+        .map_err(|_| {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the daemon is stopping".to_owned(),
+            )
+        })?;
+    match rx.await {
+        Ok(Ok(p)) => Ok(Json(p)),
+        Ok(Err(e)) => Err((StatusCode::UNPROCESSABLE_ENTITY, e)),
+        Err(_) => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is stopping".to_owned(),
+        )),
+    }
+}
+
+async fn post_apply(
+    State(ctx): State<Ctx>,
+    ConnectInfo(info): ConnectInfo<PeerUid>,
+) -> Reply<ApplyReply> {
+    check_peer(&ctx, &info)?;
+    let (tx, rx) = oneshot::channel();
+    ctx.events
+        .send(Event::Control(Control::Apply(tx)))
+        .map_err(|_| {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the daemon is stopping".to_owned(),
+            )
+        })?;
+    match rx.await {
+        Ok(Ok(p)) => Ok(Json(p)),
+        Ok(Err(e)) => Err((StatusCode::UNPROCESSABLE_ENTITY, e)),
+        Err(_) => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is stopping".to_owned(),
+        )),
+    }
+}
+
+/// The CLI's side: one HTTP request over the socket. `Ok(None)` when no daemon answers there.
+pub async fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<Option<(u16, bytes::Bytes)>> {
+    use http_body_util::{BodyExt, Empty};
+    let stream = match tokio::net::UnixStream::connect(socket).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => anyhow::bail!("cannot reach the daemon at {}: {e}", socket.display()),
+    };
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "tend")
+        .body(Empty::<bytes::Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(Some((status, body)))
+}
+
+/// The default socket path.
+pub fn default_socket(state: &Path) -> PathBuf {
+    state.join("tend.sock")
+}
