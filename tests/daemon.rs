@@ -82,6 +82,20 @@ where
     }
 }
 
+/// A plain HTTP/1.1 GET; the whole response as text.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: tend\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
 async fn db_exists(name: &str) -> bool {
     let admin = pg().admin().await;
     let n: i64 = admin
@@ -213,7 +227,16 @@ async fn the_cli_talks_to_a_running_daemon_through_its_socket() {
     let w = Workspace::new();
     let (db, role) = (unique("tend_dc_"), unique("tend_uc_"));
     w.write("server.yaml", &server_yaml());
-    let d = Daemon::start(&w, &["--approve", "manual"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start(
+        &w,
+        &["--approve", "manual", "--metrics-addr", &metrics_addr],
+    );
     let socket = w.state.join("tend.sock");
     eventually("the socket is up", &d, || {
         let s = socket.clone();
@@ -259,6 +282,27 @@ async fn the_cli_talks_to_a_running_daemon_through_its_socket() {
     let r = w.run(&["status"]).ok();
     assert!(r.stdout.contains("in sync"), "{}", r.stdout);
     assert!(r.stdout.contains("1 ready"), "{}", r.stdout);
+
+    // Prometheus metrics and the health check.
+    let metrics = http_get(&metrics_addr, "/metrics");
+    assert!(
+        metrics.contains("tend_resources{status=\"ready\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tend_runs_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tend_apply_duration_seconds_count 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tend_last_successful_reload_timestamp_seconds"),
+        "{metrics}"
+    );
+    let health = http_get(&metrics_addr, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
 
     // Another user is refused by the socket's mode.
     let r = std::process::Command::new("runuser")

@@ -98,6 +98,9 @@ struct DaemonArgs {
     /// How long a running apply may finish after SIGTERM before it is cancelled.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// Serve Prometheus `/metrics` and `/healthz` on this TCP address (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Log lines as text or JSON (journald takes either).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -371,6 +374,7 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<u8> {
             let store = open_store(&cli.state)?;
             let opts = crate::daemon::Options {
                 socket: socket.clone(),
+                metrics_addr: args.metrics_addr,
                 manifests: cli.manifests.clone(),
                 resync: args.resync,
                 prune: args.prune,

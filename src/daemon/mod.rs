@@ -9,6 +9,7 @@
 //! It must not print to the terminal directly: it logs through `tracing`.
 
 pub mod control;
+mod metrics;
 mod watch;
 
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ pub struct Options {
     pub grace: Duration,
     /// The control socket.
     pub socket: PathBuf,
+    /// Where to serve `/metrics` and `/healthz`, if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Everything that can wake the loop.
@@ -82,6 +85,7 @@ struct Daemon {
     status: Arc<Mutex<DaemonStatus>>,
     /// A trigger that arrived during an apply, run right after it.
     pending: Option<&'static str>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// Run until SIGTERM. Returns the exit code.
@@ -106,9 +110,25 @@ pub async fn run(
         Arc::clone(&store),
         tx.clone(),
     )?;
+    let metrics = Arc::new(metrics::Metrics::default());
+    let metrics_server = match opts.metrics_addr {
+        Some(addr) => Some(
+            metrics::serve(
+                addr,
+                Arc::clone(&metrics),
+                Arc::clone(&status),
+                Arc::clone(&store),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let socket = opts.socket.clone();
     let _cleanup = scopeguard(move || {
         server.abort();
+        if let Some(m) = metrics_server {
+            m.abort();
+        }
         let _ = std::fs::remove_file(&socket);
     });
 
@@ -121,6 +141,7 @@ pub async fn run(
         retry_at: None,
         status,
         pending: None,
+        metrics,
     };
     tracing::info!(manifests = %d.opts.manifests.display(), resync = ?d.opts.resync, prune = d.opts.prune, "tend daemon starting");
     let mut resync = tokio::time::interval(d.opts.resync);
@@ -311,6 +332,7 @@ impl Daemon {
             Ok(g) => g,
             Err(diags) => {
                 self.last_good = None;
+                self.metrics.reload_failed();
                 let e = manifest::LoadErrors(diags);
                 tracing::error!(
                     reason = why,
@@ -325,6 +347,7 @@ impl Daemon {
             return Ok(None);
         }
         let digest = set.digest.clone();
+        self.metrics.reloaded(now_ms());
         self.update(|s| {
             s.load_errors.clear();
             s.manifests_digest = Some(digest);
@@ -338,6 +361,8 @@ impl Daemon {
         };
         match plan(&set, &graph, &self.store, &self.providers, &opts).await {
             Ok(plan) => {
+                self.metrics
+                    .drift_found(plan.changes.iter().filter(|c| !c.drift.is_empty()).count());
                 for w in &plan.warnings {
                     tracing::warn!("{w}");
                 }
@@ -524,6 +549,10 @@ impl Daemon {
     }
 
     fn log_run(&mut self, r: anyhow::Result<crate::state::Run>) -> u8 {
+        if let Ok(run) = &r {
+            let seconds = run.ended_at.saturating_sub(run.started_at) as f64 / 1000.0;
+            self.metrics.run_finished(run.exit_code == 0, seconds);
+        }
         match r {
             Ok(run) if run.exit_code == 0 => {
                 tracing::info!(run = %run.id, "apply complete");
