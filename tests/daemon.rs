@@ -18,7 +18,10 @@ impl Daemon {
     fn start(w: &Workspace, extra: &[&str]) -> Daemon {
         let log = w.dir.path().join("daemon.log");
         let file = std::fs::File::create(&log).expect("log file");
-        let mut args = vec!["daemon", "--resync", "1s"];
+        let mut args = vec!["daemon"];
+        if !extra.contains(&"--resync") {
+            args.extend_from_slice(&["--resync", "1s"]);
+        }
         args.extend_from_slice(extra);
         let child = w
             .cmd(&args)
@@ -330,4 +333,115 @@ async fn the_cli_talks_to_a_running_daemon_through_its_socket() {
     }
     assert_eq!(d.stop(), 0);
     assert!(!socket.exists(), "the socket is removed on exit");
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_source_git_only_committed_manifests_are_applied_and_runs_record_the_revision() {
+    let w = Workspace::new();
+    let (db, role) = (unique("tend_dg_"), unique("tend_ug_"));
+    git(&w.manifests, &["init", "-q", "-b", "main"]);
+    w.write("server.yaml", &server_yaml());
+    git(&w.manifests, &["add", "."]);
+    git(&w.manifests, &["commit", "-qm", "server"]);
+    let d = Daemon::start(&w, &["--source", "git"]);
+    eventually("started", &d, || {
+        let log = d.log();
+        async move { log.contains("no changes") }
+    })
+    .await;
+
+    // Saved but not committed: never seen.
+    w.write("db.yaml", &database_yaml("a", &db, &role, ""));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!db_exists(&db).await, "an uncommitted manifest was applied");
+
+    git(&w.manifests, &["add", "db.yaml"]);
+    git(&w.manifests, &["commit", "-qm", "tenant a"]);
+    let head = git(&w.manifests, &["rev-parse", "HEAD"]);
+    eventually("the commit is applied", &d, || db_exists(&db)).await;
+    let r = w.run(&["status"]).ok();
+    assert!(
+        r.stdout.contains(&format!("Revision: {head}")),
+        "{}",
+        r.stdout
+    );
+    let id = w
+        .run(&["runs", "list"])
+        .ok()
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let r = w.run(&["runs", "show", &id]).ok();
+    assert!(
+        r.stdout.contains(&head),
+        "the run records the revision: {}",
+        r.stdout
+    );
+    assert_eq!(d.stop(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkout_of_500_files_is_one_reload() {
+    let w = Workspace::new();
+    git(&w.manifests, &["init", "-q", "-b", "main"]);
+    w.write("server.yaml", &server_yaml());
+    git(&w.manifests, &["add", "."]);
+    git(&w.manifests, &["commit", "-qm", "base"]);
+    git(&w.manifests, &["checkout", "-q", "-b", "many"]);
+    for i in 0..500 {
+        w.write(
+            &format!("creds/c{i:03}.yaml"),
+            &format!("apiVersion: tend/v1\nkind: Credential\nmetadata: {{name: nomad-{i}}}\nspec: {{provider: nomad, data: {{address: \"http://10.0.0.{}:4646\"}}}}\n", i % 250),
+        );
+    }
+    git(&w.manifests, &["add", "."]);
+    git(&w.manifests, &["commit", "-qm", "many"]);
+    git(&w.manifests, &["checkout", "-q", "main"]);
+    let d = Daemon::start(&w, &["--resync", "1h"]);
+    eventually("started", &d, || {
+        let log = d.log();
+        async move { log.contains("no changes") }
+    })
+    .await;
+    git(&w.manifests, &["checkout", "-q", "many"]);
+    eventually("the checkout is loaded", &d, || {
+        let log = d.log();
+        async move {
+            log.matches("reloading reason=\"manifests changed\"")
+                .count()
+                >= 1
+                && log.matches("no changes").count() >= 2
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = d.log();
+    assert_eq!(
+        log.matches("reloading reason=\"manifests changed\"")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(d.stop(), 0);
 }

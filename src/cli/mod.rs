@@ -98,6 +98,10 @@ struct DaemonArgs {
     /// How long a running apply may finish after SIGTERM before it is cancelled.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// `git`: read the committed tree at HEAD of the work tree the manifests are in (a
+    /// half-saved file or half-done checkout is never seen); runs record the revision.
+    #[arg(long, value_enum, default_value = "files")]
+    source: crate::daemon::Source,
     /// Serve Prometheus `/metrics` and `/healthz` on this TCP address (e.g. 127.0.0.1:9464).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -375,6 +379,7 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<u8> {
             let opts = crate::daemon::Options {
                 socket: socket.clone(),
                 metrics_addr: args.metrics_addr,
+                source: args.source,
                 manifests: cli.manifests.clone(),
                 resync: args.resync,
                 prune: args.prune,
@@ -539,6 +544,9 @@ async fn through_daemon(cli: &Cli, socket: &Path, printer: Printer) -> anyhow::R
                 "tend daemon (pid {}) watching {}\n{}: {}\n",
                 d.pid, d.manifests, d.phase, d.summary
             );
+            if let Some(rev) = &d.revision {
+                out.push_str(&format!("Revision: {rev}\n"));
+            }
             out.push_str(&format!(
                 "Resources in state: {}\n",
                 counts_line(&s.resources)

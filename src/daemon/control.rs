@@ -28,6 +28,8 @@ pub struct DaemonStatus {
     pub manifests: String,
     /// Digest of the manifests last loaded successfully.
     pub manifests_digest: Option<String>,
+    /// With `--source git`: the commit last loaded.
+    pub revision: Option<String>,
     /// `starting`, `in sync`, `applying`, `frozen`, `degraded`, `waiting for approval`.
     pub phase: String,
     /// One line, the same as systemd's `STATUS=`.

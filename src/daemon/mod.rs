@@ -9,6 +9,7 @@
 //! It must not print to the terminal directly: it logs through `tracing`.
 
 pub mod control;
+mod git;
 mod metrics;
 mod watch;
 
@@ -54,6 +55,17 @@ pub struct Options {
     pub socket: PathBuf,
     /// Where to serve `/metrics` and `/healthz`, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Read the work tree, or the commit at HEAD.
+    pub source: Source,
+}
+
+/// Where manifests are read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    /// The files in the directory.
+    Files,
+    /// The committed tree at HEAD of the git work tree the directory is in.
+    Git,
 }
 
 /// Everything that can wake the loop.
@@ -86,6 +98,9 @@ struct Daemon {
     /// A trigger that arrived during an apply, run right after it.
     pending: Option<&'static str>,
     metrics: Arc<metrics::Metrics>,
+    /// With `--source git`: the repository, and the revision of the last load.
+    repo: Option<git::Repo>,
+    revision: Option<String>,
 }
 
 /// Run until SIGTERM. Returns the exit code.
@@ -95,7 +110,17 @@ pub async fn run(
     providers: Vec<Arc<dyn Provider>>,
 ) -> anyhow::Result<u8> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-    let _watcher = watch::start(&opts.manifests, tx.clone())?;
+    let repo = match opts.source {
+        Source::Git => Some(git::Repo::open(&opts.manifests)?),
+        Source::Files => None,
+    };
+    let _watcher = match &repo {
+        Some(r) => {
+            let repo = r.clone();
+            watch::start(&r.git_dir, move |p| repo.is_ref_change(p), tx.clone())?
+        }
+        None => watch::files(&opts.manifests, tx.clone())?,
+    };
     spawn_signals(tx.clone())?;
     let watchdog = spawn_watchdog();
     let status = Arc::new(Mutex::new(DaemonStatus {
@@ -142,6 +167,8 @@ pub async fn run(
         status,
         pending: None,
         metrics,
+        repo,
+        revision: None,
     };
     tracing::info!(manifests = %d.opts.manifests.display(), resync = ?d.opts.resync, prune = d.opts.prune, "tend daemon starting");
     let mut resync = tokio::time::interval(d.opts.resync);
@@ -311,7 +338,27 @@ impl Daemon {
         why: &str,
         skip_unchanged: bool,
     ) -> Result<Option<Prepared>, String> {
-        let set = match manifest::load(&self.opts.manifests) {
+        tracing::info!(reason = why, "reloading");
+        let loaded = match &self.repo {
+            None => manifest::load(&self.opts.manifests),
+            Some(repo) => {
+                let repo = repo.clone();
+                match tokio::task::spawn_blocking(move || repo.read_head()).await {
+                    Ok(Ok((rev, files))) => {
+                        self.revision = Some(rev);
+                        manifest::load_files(&self.opts.manifests, files)
+                    }
+                    Ok(Err(e)) => {
+                        let msg = format!("{e:#}");
+                        tracing::error!(reason = why, error = %msg, "cannot read the manifests at HEAD; acting on nothing");
+                        self.frozen(format!("frozen: {msg}"), vec![msg.clone()]);
+                        return Err(msg);
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        };
+        let set = match loaded {
             Ok(set) => set,
             Err(errors) => {
                 self.last_good = None;
@@ -347,8 +394,10 @@ impl Daemon {
             return Ok(None);
         }
         let digest = set.digest.clone();
+        let revision = self.revision.clone();
         self.metrics.reloaded(now_ms());
         self.update(|s| {
+            s.revision = revision;
             s.load_errors.clear();
             s.manifests_digest = Some(digest);
             s.last_reload_at = Some(now_ms());
@@ -496,7 +545,7 @@ impl Daemon {
                 }
             }),
             heartbeat: Duration::from_secs(10),
-            revision: None,
+            revision: self.revision.clone(),
         };
         let (store, providers) = (Arc::clone(&self.store), self.providers.clone());
         let run = apply(&p.set, &p.graph, &p.plan, &store, &providers, apply_opts);

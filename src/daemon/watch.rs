@@ -20,13 +20,22 @@ fn relevant(root: &Path, path: &Path) -> bool {
     !hidden && (is_manifest_path(path) || path.extension().is_none())
 }
 
-/// Start watching. Keep the returned watcher alive.
-pub fn start(
+/// Watch the manifests directory's files. Keep the returned watcher alive.
+pub fn files(
     root: &Path,
     tx: UnboundedSender<Event>,
 ) -> anyhow::Result<notify::RecommendedWatcher> {
-    let root_owned = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
-    let base = root_owned.clone();
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    let base = root.clone();
+    start(&root, move |p| relevant(&base, p), tx)
+}
+
+/// Watch a directory, sending a trigger for events on paths `wanted` accepts.
+pub fn start(
+    dir: &Path,
+    wanted: impl Fn(&Path) -> bool + Send + 'static,
+    tx: UnboundedSender<Event>,
+) -> anyhow::Result<notify::RecommendedWatcher> {
     let mut watcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
             Ok(event) => {
@@ -34,7 +43,7 @@ pub fn start(
                     return;
                 }
                 let rescan = event.need_rescan();
-                if rescan || event.paths.iter().any(|p| relevant(&base, p)) {
+                if rescan || event.paths.iter().any(|p| wanted(p)) {
                     let _ = tx.send(Event::ManifestsChanged);
                 }
             }
@@ -43,7 +52,7 @@ pub fn start(
                 let _ = tx.send(Event::ManifestsChanged);
             }
         })?;
-    watcher.watch(&root_owned, RecursiveMode::Recursive)?;
+    watcher.watch(dir, RecursiveMode::Recursive)?;
     Ok(watcher)
 }
 

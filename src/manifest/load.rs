@@ -68,10 +68,7 @@ pub fn load(root: &Path) -> Result<ManifestSet, LoadErrors> {
 }
 
 /// Load from already-read files (relative path, contents). The daemon and tests use this.
-pub fn load_files(
-    root: &Path,
-    files: Vec<(PathBuf, Result<String, String>)>,
-) -> Result<ManifestSet, LoadErrors> {
+pub fn load_files(root: &Path, files: Vec<super::SourceFile>) -> Result<ManifestSet, LoadErrors> {
     let mut digest = Sha256::new();
     for (path, text) in &files {
         digest.update(path.to_string_lossy().as_bytes());

@@ -25,6 +25,10 @@ use diag::Diagnostic;
 use node::{Node, Pos};
 use refs::RefExpr;
 
+/// A file to load: its path relative to the manifests root and its text (or why it could not be
+/// read).
+pub type SourceFile = (PathBuf, Result<String, String>);
+
 /// One document: a resource as written.
 #[derive(Clone, Debug)]
 pub struct Manifest {
