@@ -445,3 +445,78 @@ async fn a_checkout_of_500_files_is_one_reload() {
     );
     assert_eq!(d.stop(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_or_kill_9_during_a_blocked_action_leaves_state_that_the_next_start_converges() {
+    let w = Workspace::new();
+    let (db, role) = (unique("tend_ds_"), unique("tend_us_"));
+    w.write("server.yaml", &server_yaml());
+    w.write(
+        "db.yaml",
+        &database_yaml("a", &db, &role, "  connection_limit: 5\n"),
+    );
+    let d = Daemon::start(&w, &["--grace", "1s"]);
+    eventually("created", &d, || db_exists(&db)).await;
+
+    // Another session holds the role's catalog row: tend's ALTER ROLE will wait on it.
+    let blocker = pg().admin().await;
+    blocker
+        .batch_execute(&format!("BEGIN; ALTER ROLE {role} CONNECTION LIMIT 3"))
+        .await
+        .expect("hold the row");
+    w.write(
+        "db.yaml",
+        &database_yaml("a", &db, &role, "  connection_limit: 7\n"),
+    );
+    eventually("the update started", &d, || {
+        let log = d.log();
+        async move { log.contains("PostgresDatabase.a: Modifying...") }
+    })
+    .await;
+    let log = d.log();
+    let started = Instant::now();
+    assert_eq!(d.stop(), 0, "SIGTERM exits 0 after the grace period: {log}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let store = tend::state::SledStore::open(&w.state).expect("state after SIGTERM");
+    let rec = tend::state::StateStore::get(&store, &"PostgresDatabase.a".parse().expect("addr"))
+        .expect("read")
+        .expect("recorded");
+    assert_ne!(
+        rec.status,
+        tend::state::Status::Ready,
+        "state claims an action that never finished"
+    );
+    drop(store);
+
+    // Again, killed hard this time.
+    let d = Daemon::start(&w, &["--grace", "1s"]);
+    eventually("the update started again", &d, || {
+        let log = d.log();
+        async move { log.contains("PostgresDatabase.a: Modifying...") }
+    })
+    .await;
+    d.signal("-KILL");
+    drop(d);
+
+    // Released: the next start converges.
+    blocker.batch_execute("ROLLBACK").await.expect("release");
+    let d = Daemon::start(&w, &[]);
+    eventually("converged after restart", &d, || {
+        let log = d.log();
+        async move { log.contains("apply complete") }
+    })
+    .await;
+    let admin = pg().admin().await;
+    let limit: i32 = admin
+        .query_one(
+            "SELECT rolconnlimit FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .expect("role")
+        .get(0);
+    assert_eq!(limit, 7);
+    assert_eq!(d.stop(), 0);
+    let r = w.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+}
