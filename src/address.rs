@@ -20,6 +20,7 @@ impl Kind {
         Kind::Credential,
         Kind::PostgresServer,
         Kind::PostgresDatabase,
+        Kind::NomadJob,
     ];
 
     pub fn as_str(self) -> &'static str {

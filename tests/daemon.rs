@@ -520,3 +520,56 @@ async fn sigterm_or_kill_9_during_a_blocked_action_leaves_state_that_the_next_st
     let r = w.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(r.code, 0, "{}", r.all());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_resource_is_retried_with_backoff_then_stalls_until_the_manifest_changes() {
+    let w = Workspace::new();
+    let (ok_db, ok_role, bad_db, role) = (
+        unique("tend_dr_"),
+        unique("tend_ur_"),
+        unique("tend_dx_"),
+        unique("tend_ux_"),
+    );
+    w.write("server.yaml", &server_yaml());
+    w.write("ok.yaml", &database_yaml("ok", &ok_db, &ok_role, ""));
+    // Reserved role name: fails every time, while `ok` converges.
+    w.write(
+        "bad.yaml",
+        &database_yaml("bad", &bad_db, "pg_reserved", ""),
+    );
+    let d = Daemon::start(
+        &w,
+        &[
+            "--resync",
+            "1h",
+            "--retry-base",
+            "100ms",
+            "--stall-after",
+            "3",
+        ],
+    );
+    eventually("the healthy one converges", &d, || db_exists(&ok_db)).await;
+    eventually("stalled after 3 failed runs", &d, || {
+        let r = w.run(&["status"]);
+        async move { r.stdout.contains("stalled after 3 failed attempts") }
+    })
+    .await;
+    let attempts = d.log().matches("PostgresDatabase.bad: Creating...").count();
+    assert_eq!(attempts, 3, "{}", d.log());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        d.log().matches("PostgresDatabase.bad: Creating...").count(),
+        3,
+        "no retries while stalled"
+    );
+
+    // Fixing the manifest un-stalls it.
+    w.write("bad.yaml", &database_yaml("bad", &bad_db, &role, ""));
+    eventually("converges once fixed", &d, || db_exists(&bad_db)).await;
+    eventually("in sync", &d, || {
+        let r = w.run(&["status"]);
+        async move { r.stdout.contains("in sync") }
+    })
+    .await;
+    assert_eq!(d.stop(), 0);
+}

@@ -105,6 +105,12 @@ struct DaemonArgs {
     /// Serve Prometheus `/metrics` and `/healthz` on this TCP address (e.g. 127.0.0.1:9464).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// First retry delay after a failed run; doubles up to 5 min.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    retry_base: Duration,
+    /// Failed runs in a row after which retries stop until the manifests change.
+    #[arg(long, default_value_t = 8)]
+    stall_after: u32,
     /// Log lines as text or JSON (journald takes either).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -380,6 +386,8 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<u8> {
                 socket: socket.clone(),
                 metrics_addr: args.metrics_addr,
                 source: args.source,
+                retry_base: args.retry_base,
+                stall_after: args.stall_after,
                 manifests: cli.manifests.clone(),
                 resync: args.resync,
                 prune: args.prune,
@@ -546,6 +554,13 @@ async fn through_daemon(cli: &Cli, socket: &Path, printer: Printer) -> anyhow::R
             );
             if let Some(rev) = &d.revision {
                 out.push_str(&format!("Revision: {rev}\n"));
+            }
+            if d.failures > 0 {
+                out.push_str(&format!("Failed runs in a row: {}\n", d.failures));
+            }
+            if let Some(at) = d.next_retry_at.filter(|_| d.failures > 0) {
+                let secs = at.saturating_sub(crate::apply::now_ms()) / 1000;
+                out.push_str(&format!("Next retry in {secs}s\n"));
             }
             out.push_str(&format!(
                 "Resources in state: {}\n",

@@ -30,7 +30,8 @@ pub struct DaemonStatus {
     pub manifests_digest: Option<String>,
     /// With `--source git`: the commit last loaded.
     pub revision: Option<String>,
-    /// `starting`, `in sync`, `applying`, `frozen`, `degraded`, `waiting for approval`.
+    /// `starting`, `in sync`, `applying`, `frozen`, `degraded`, `stalled`,
+    /// `waiting for approval`.
     pub phase: String,
     /// One line, the same as systemd's `STATUS=`.
     pub summary: String,
@@ -45,6 +46,8 @@ pub struct DaemonStatus {
     pub last_reload_at: Option<u64>,
     pub last_good_reload_at: Option<u64>,
     pub next_retry_at: Option<u64>,
+    /// Failed attempts in a row.
+    pub failures: u32,
 }
 
 /// A plan made by the daemon for a client.

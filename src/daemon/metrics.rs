@@ -179,7 +179,7 @@ async fn health(State(ctx): State<Ctx>) -> impl IntoResponse {
         .lock()
         .map(|s| (s.phase.clone(), s.summary.clone()))
         .unwrap_or_else(|_| ("unknown".into(), String::new()));
-    let healthy = !matches!(phase.as_str(), "frozen" | "degraded");
+    let healthy = !matches!(phase.as_str(), "frozen" | "degraded" | "stalled");
     let code = if healthy {
         StatusCode::OK
     } else {

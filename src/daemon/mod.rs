@@ -57,6 +57,10 @@ pub struct Options {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Read the work tree, or the commit at HEAD.
     pub source: Source,
+    /// First retry delay after a failed run (doubles, capped at 5 min).
+    pub retry_base: Duration,
+    /// Failed runs in a row after which retries stop until the manifests change.
+    pub stall_after: u32,
 }
 
 /// Where manifests are read from.
@@ -101,6 +105,8 @@ struct Daemon {
     /// With `--source git`: the repository, and the revision of the last load.
     repo: Option<git::Repo>,
     revision: Option<String>,
+    /// The manifests digest at which retries stalled.
+    stalled: Option<String>,
 }
 
 /// Run until SIGTERM. Returns the exit code.
@@ -169,6 +175,7 @@ pub async fn run(
         metrics,
         repo,
         revision: None,
+        stalled: None,
     };
     tracing::info!(manifests = %d.opts.manifests.display(), resync = ?d.opts.resync, prune = d.opts.prune, "tend daemon starting");
     let mut resync = tokio::time::interval(d.opts.resync);
@@ -448,6 +455,14 @@ impl Daemon {
             return Flow::Continue;
         }
         let summary = p.plan.summary().line();
+        if self.stalled.is_some() && self.stalled == self.last_good && !matches!(why, "SIGHUP") {
+            tracing::warn!(
+                reason = why,
+                "{summary} Stalled after repeated failures: not applying until the manifests change"
+            );
+            return Flow::Continue;
+        }
+        self.stalled = None;
         if !p.plan.has_changes() {
             tracing::info!(reason = why, "no changes");
             self.phase(
@@ -609,6 +624,7 @@ impl Daemon {
                 self.update(|s| s.last_run = Some(run.id.clone()));
                 self.failures = 0;
                 self.retry_at = None;
+                self.update(|s| s.failures = 0);
                 0
             }
             Ok(run) => {
@@ -640,11 +656,34 @@ impl Daemon {
         }
     }
 
-    /// Capped exponential backoff with jitter: 5 s, 10 s, 20 s … 5 min.
+    /// Capped exponential backoff with jitter: `retry_base` (5 s), doubling, at most 5 min;
+    /// after `stall_after` failed attempts in a row, stop until the manifests change (or an
+    /// operator runs `tend apply` / sends SIGHUP).
     fn schedule_retry(&mut self) {
         self.failures = self.failures.saturating_add(1);
-        let base =
-            Duration::from_secs(5).saturating_mul(1 << self.failures.min(6).saturating_sub(1));
+        let failures = self.failures;
+        self.update(|s| s.failures = failures);
+        if self.failures >= self.opts.stall_after {
+            tracing::error!(
+                attempts = self.failures,
+                "stalled: not retrying until the manifests change (or `tend apply` / SIGHUP)"
+            );
+            self.stalled = self.last_good.clone();
+            self.retry_at = None;
+            let n = self.failures;
+            self.update(|s| {
+                s.phase = "stalled".into();
+                s.summary = format!(
+                    "stalled after {n} failed attempts: fix the manifests, or run `tend apply`"
+                );
+                s.next_retry_at = None;
+            });
+            return;
+        }
+        let base = self
+            .opts
+            .retry_base
+            .saturating_mul(1 << self.failures.min(7).saturating_sub(1));
         let capped = base.min(Duration::from_secs(300));
         let jitter =
             Duration::from_millis(rand::random::<u64>() % (capped.as_millis() as u64 / 5 + 1));

@@ -6,6 +6,7 @@
 //! async parts talk to the outside system. Providers never touch the state store directly: they
 //! persist through the [`Journal`] the executor hands them.
 
+pub mod nomad;
 pub mod postgres;
 
 use std::collections::BTreeMap;
@@ -182,7 +183,10 @@ pub trait Provider: Send + Sync {
 
 /// The providers tend ships, in one explicit list.
 pub fn registry() -> Vec<Arc<dyn Provider>> {
-    vec![Arc::new(postgres::PostgresProvider::default())]
+    vec![
+        Arc::new(postgres::PostgresProvider::default()),
+        Arc::new(nomad::NomadProvider::default()),
+    ]
 }
 
 /// The provider for a kind, if the kind is managed.
