@@ -13,6 +13,8 @@ pub enum Kind {
     PostgresServer,
     PostgresDatabase,
     NomadJob,
+    PulumiStack,
+    DigitalOceanDatabaseCluster,
 }
 
 impl Kind {
@@ -21,6 +23,8 @@ impl Kind {
         Kind::PostgresServer,
         Kind::PostgresDatabase,
         Kind::NomadJob,
+        Kind::PulumiStack,
+        Kind::DigitalOceanDatabaseCluster,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -29,13 +33,21 @@ impl Kind {
             Kind::PostgresServer => "PostgresServer",
             Kind::PostgresDatabase => "PostgresDatabase",
             Kind::NomadJob => "NomadJob",
+            Kind::PulumiStack => "PulumiStack",
+            Kind::DigitalOceanDatabaseCluster => "DigitalOceanDatabaseCluster",
         }
     }
 
     /// Whether the kind is converged by a provider (and so is planned, applied and recorded).
     /// Credentials and servers are configuration that other resources read.
     pub fn is_managed(self) -> bool {
-        matches!(self, Kind::PostgresDatabase | Kind::NomadJob)
+        matches!(
+            self,
+            Kind::PostgresDatabase
+                | Kind::NomadJob
+                | Kind::PulumiStack
+                | Kind::DigitalOceanDatabaseCluster
+        )
     }
 }
 

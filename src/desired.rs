@@ -130,6 +130,30 @@ impl<'a> Resolver<'a> {
                 connection = nomad_connection(cred.map(|c| &c.data));
                 nomad_job_defaults(&mut spec, &m.address.name);
             }
+            Kind::PulumiStack => {
+                connection = pulumi_connection(m, self.set);
+                let program = m
+                    .spec
+                    .get("program")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or_default();
+                connection.insert(
+                    "program_dir",
+                    Value::Str(self.set.root.join(program).display().to_string()),
+                );
+                or_insert(&mut spec, "config", Value::map);
+                or_insert(&mut spec, "env", Value::map);
+            }
+            Kind::DigitalOceanDatabaseCluster => {
+                connection = pulumi_connection(m, self.set);
+                or_insert(&mut spec, "cluster_name", || {
+                    Value::Str(m.address.name.clone())
+                });
+                or_insert(&mut spec, "node_count", || Value::Int(1));
+                or_insert(&mut spec, "enable_public_connectivity", || {
+                    Value::Bool(false)
+                });
+            }
             Kind::Credential => {}
         }
         let mut depends_on: Vec<Address> = m.deps.iter().map(|d| d.target.clone()).collect();
@@ -181,6 +205,34 @@ fn postgres_server(mut spec: Value, cred: Option<&BTreeMap<String, Value>>) -> V
         m.remove("credential");
     }
     spec
+}
+
+/// What a Pulumi-driven resource needs besides its spec: the cloud credential (`credential`:
+/// its data, with `provider` naming its kind) and the pulumi backend credential (`pulumi`).
+fn pulumi_connection(m: &Manifest, set: &ManifestSet) -> Value {
+    let mut conn = Value::map();
+    for dep in &m.deps {
+        let Some(c) = set
+            .credentials
+            .get(&dep.target.name)
+            .filter(|_| dep.target.kind == Kind::Credential)
+        else {
+            continue;
+        };
+        let mut data = Value::map();
+        for (k, v) in &c.data {
+            data.insert(k.clone(), v.clone());
+        }
+        match dep.via.as_str() {
+            "credential" => {
+                data.insert("provider", Value::Str(c.provider.clone()));
+                conn.insert("credential", data);
+            }
+            "credential:pulumi" => conn.insert("pulumi", data),
+            _ => {}
+        }
+    }
+    conn
 }
 
 /// A Nomad cluster connection from the nomad credential; the address defaults to the local agent

@@ -276,7 +276,9 @@ fn open_store(dir: &Path) -> anyhow::Result<Arc<dyn StateStore>> {
 }
 
 async fn run(cli: Cli, printer: Printer) -> anyhow::Result<u8> {
-    let providers = provider::registry();
+    let providers = provider::registry(&provider::Context {
+        state_dir: cli.state.clone(),
+    });
     let socket = cli
         .socket
         .clone()

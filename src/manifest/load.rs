@@ -287,6 +287,7 @@ fn check_document(
         refs: &mut refs,
     }
     .check_fields(&spec, schema.fields, &format!("{kind} spec"));
+    schema::check_rules(kind, &spec, file, diags);
     let name = name?;
     if diags.len() > before {
         return None;
@@ -451,34 +452,90 @@ fn edges(
             }
         }
     }
-    // The credential it uses.
-    if let Some(provider) = credential_provider(m.address.kind) {
-        let named = m.spec.get("credential");
-        match credential::pick(credentials, provider, named.and_then(Node::as_str)) {
+    // The credentials it uses.
+    for slot in credential_slots(m.address.kind) {
+        let named = slot.field.and_then(|f| m.spec.get(f));
+        let pos = named.map_or(m.pos, |n| n.pos);
+        let name = named.and_then(Node::as_str);
+        let picked = match (slot.provider, name) {
+            // Any provider: only what is named.
+            (None, Some(n)) => credentials
+                .get(n)
+                .map(Some)
+                .ok_or_else(|| format!("there is no Credential named `{n}`")),
+            (None, None) => Ok(None),
+            (Some(provider), name) => credential::pick(credentials, provider, name),
+        };
+        match picked {
             Ok(Some(c)) => deps.push(Dep {
                 target: Address::new(Kind::Credential, c.name.clone()),
-                pos: named.map_or(m.pos, |n| n.pos),
-                via: "credential".into(),
+                pos,
+                via: slot.via.into(),
                 expr: None,
             }),
-            Ok(None) => {}
-            Err(msg) => diags.push(Diagnostic::new(
+            Ok(None) if slot.required => diags.push(Diagnostic::new(
                 &m.file,
-                named.map_or(m.pos, |n| n.pos),
-                msg,
+                pos,
+                format!(
+                    "{} needs a {} Credential and there is none",
+                    m.address,
+                    slot.provider.unwrap_or("matching")
+                ),
             )),
+            Ok(None) => {}
+            Err(msg) => diags.push(Diagnostic::new(&m.file, pos, msg)),
         }
     }
     deps.sort_by(|a, b| (a.pos, &a.target).cmp(&(b.pos, &b.target)));
     deps
 }
 
-/// The provider whose credential a kind uses.
-pub fn credential_provider(kind: Kind) -> Option<&'static str> {
+/// A credential a kind uses: which provider's (`None`: any, but only when named), the spec
+/// field that names it, the edge's `via` label (read by `desired`), and whether it must exist.
+pub struct CredentialSlot {
+    pub provider: Option<&'static str>,
+    pub field: Option<&'static str>,
+    pub via: &'static str,
+    pub required: bool,
+}
+
+const fn slot(
+    provider: &'static str,
+    field: Option<&'static str>,
+    via: &'static str,
+    required: bool,
+) -> CredentialSlot {
+    CredentialSlot {
+        provider: Some(provider),
+        field,
+        via,
+        required,
+    }
+}
+
+/// The credentials each kind reads.
+pub fn credential_slots(kind: Kind) -> &'static [CredentialSlot] {
+    const SERVER: &[CredentialSlot] = &[slot("postgres", Some("credential"), "credential", false)];
+    const NOMAD: &[CredentialSlot] = &[slot("nomad", Some("credential"), "credential", false)];
+    const STACK: &[CredentialSlot] = &[
+        CredentialSlot {
+            provider: None,
+            field: Some("credential"),
+            via: "credential",
+            required: false,
+        },
+        slot("pulumi", None, "credential:pulumi", false),
+    ];
+    const CLUSTER: &[CredentialSlot] = &[
+        slot("digitalocean", Some("credential"), "credential", true),
+        slot("pulumi", None, "credential:pulumi", false),
+    ];
     match kind {
-        Kind::PostgresServer => Some("postgres"),
-        Kind::NomadJob => Some("nomad"),
-        Kind::Credential | Kind::PostgresDatabase => None,
+        Kind::PostgresServer => SERVER,
+        Kind::NomadJob => NOMAD,
+        Kind::PulumiStack => STACK,
+        Kind::DigitalOceanDatabaseCluster => CLUSTER,
+        Kind::Credential | Kind::PostgresDatabase => &[],
     }
 }
 
@@ -529,7 +586,7 @@ fn check_ref(
             }
         }
         ["status", "outputs", name] => {
-            if schema.output(name).is_none() {
+            if !schema.has_output(name) {
                 let outputs: Vec<&str> = schema.outputs.iter().map(|o| o.name).collect();
                 let help = suggest(name, outputs.iter().copied())
                     .map(|s| format!("did you mean `status.outputs.{s}`?"))
@@ -683,5 +740,59 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn digitalocean_clusters_are_checked_before_anything_runs() {
+        let cred = "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: do}\nspec: {provider: digitalocean, data: {token: {fromEnv: PATH}}}\n";
+        let cluster = |extra: &str| {
+            format!(
+                "---\napiVersion: tend/v1\nkind: DigitalOceanDatabaseCluster\nmetadata: {{name: c}}\nspec: {{engine: {extra}, region: nyc3, size_slug: db-s-1vcpu-1gb}}\n"
+            )
+        };
+        let errs = load_str(&[(
+            "c.yaml",
+            &format!("{cred}{}", cluster("postgres, node_count: 4")),
+        )])
+        .expect_err("range");
+        assert!(
+            errs[0].contains("node_count must be 1, 2 or 3, not 4"),
+            "{errs:?}"
+        );
+        let errs = load_str(&[(
+            "c.yaml",
+            &format!("{cred}{}", cluster("mongodb, node_count: 2")),
+        )])
+        .expect_err("mongodb");
+        assert!(errs[0].contains("1 or 3 nodes"), "{errs:?}");
+        let errs = load_str(&[(
+            "c.yaml",
+            &format!("{cred}{}", cluster("redis, storage_gib: 20")),
+        )])
+        .expect_err("redis");
+        assert!(
+            errs[0].contains("redis cluster has no storage_gib"),
+            "{errs:?}"
+        );
+        let errs = load_str(&[("c.yaml", &cluster("postgres"))]).expect_err("no credential");
+        assert!(
+            errs[0].contains("needs a digitalocean Credential"),
+            "{errs:?}"
+        );
+        load_str(&[(
+            "c.yaml",
+            &format!("{cred}{}", cluster("postgres, node_count: 2")),
+        )])
+        .expect("valid");
+    }
+
+    #[test]
+    fn any_output_of_a_pulumi_stack_may_be_read() {
+        let text = "apiVersion: tend/v1\nkind: PulumiStack\nmetadata: {name: net}\nspec: {program: programs/net, stack: org/net/prod}\n---\napiVersion: tend/v1\nkind: PostgresServer\nmetadata: {name: main}\nspec: {host: \"${PulumiStack.net.status.outputs.dbHost}\", user: u}\n";
+        let set = load_str(&[("s.yaml", text)]).expect("valid");
+        let server = set
+            .get(&"PostgresServer.main".parse().expect("addr"))
+            .expect("server");
+        assert_eq!(server.deps[0].target.to_string(), "PulumiStack.net");
     }
 }

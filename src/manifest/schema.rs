@@ -184,6 +184,74 @@ static NOMAD_JOB: KindSchema = KindSchema {
     default_timeout: "2m",
 };
 
+static PULUMI_STACK: KindSchema = KindSchema {
+    kind: Kind::PulumiStack,
+    fields: &[
+        required_fixed("program", Ty::Str),
+        required_fixed("stack", Ty::Str),
+        Field {
+            name: "config",
+            ty: Ty::Any,
+            required: false,
+            refs: true,
+        },
+        Field {
+            name: "env",
+            ty: Ty::Any,
+            required: false,
+            refs: true,
+        },
+        fixed("credential", Ty::Str),
+        fixed("timeout", Ty::Duration),
+        fixed("lifecycle", Ty::Obj(LIFECYCLE)),
+    ],
+    // A stack's outputs are whatever its program exports: any name may be read.
+    outputs: &[],
+    default_timeout: "10m",
+};
+
+pub const DO_ENGINES: &[&str] = &["postgres", "mysql", "redis", "mongodb"];
+
+static DO_DATABASE_CLUSTER: KindSchema = KindSchema {
+    kind: Kind::DigitalOceanDatabaseCluster,
+    fields: &[
+        f("cluster_name", Ty::Str),
+        required_fixed("engine", Ty::Enum(DO_ENGINES)),
+        f("engine_version", Ty::Str),
+        Field {
+            name: "region",
+            ty: Ty::Str,
+            required: true,
+            refs: true,
+        },
+        Field {
+            name: "size_slug",
+            ty: Ty::Str,
+            required: true,
+            refs: true,
+        },
+        f("node_count", Ty::Int),
+        f("vpc", Ty::Str),
+        f("storage_gib", Ty::Int),
+        f("enable_public_connectivity", Ty::Bool),
+        fixed("credential", Ty::Str),
+        fixed("timeout", Ty::Duration),
+        fixed("lifecycle", Ty::Obj(LIFECYCLE)),
+    ],
+    outputs: &[
+        out("cluster_id"),
+        out("host"),
+        out("private_host"),
+        out("port"),
+        out("database_name"),
+        secret("username"),
+        secret("password"),
+        secret("connection_uri"),
+        secret("private_uri"),
+    ],
+    default_timeout: "10m",
+};
+
 /// The schema of a kind.
 pub fn of(kind: Kind) -> &'static KindSchema {
     match kind {
@@ -191,6 +259,8 @@ pub fn of(kind: Kind) -> &'static KindSchema {
         Kind::PostgresServer => &POSTGRES_SERVER,
         Kind::PostgresDatabase => &POSTGRES_DATABASE,
         Kind::NomadJob => &NOMAD_JOB,
+        Kind::PulumiStack => &PULUMI_STACK,
+        Kind::DigitalOceanDatabaseCluster => &DO_DATABASE_CLUSTER,
     }
 }
 
@@ -200,6 +270,66 @@ impl KindSchema {
     }
     pub fn output(&self, name: &str) -> Option<&'static Output> {
         self.outputs.iter().find(|o| o.name == name)
+    }
+
+    /// Whether `status.outputs.<name>` can be read: a declared output, or any name for kinds
+    /// whose outputs are not fixed (a Pulumi stack's exports).
+    pub fn has_output(&self, name: &str) -> bool {
+        self.kind == Kind::PulumiStack || self.output(name).is_some()
+    }
+}
+
+/// Rules across fields that a field table cannot say (checked on literal values; a ref is
+/// checked by the provider when it is known).
+pub fn check_rules(
+    kind: Kind,
+    spec: &Node,
+    file: &Arc<std::path::PathBuf>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    if kind != Kind::DigitalOceanDatabaseCluster {
+        return;
+    }
+    let int = |k: &str| match spec.get(k).map(|n| (&n.value, n.pos)) {
+        Some((NodeValue::Int(i), pos)) => Some((*i, pos)),
+        _ => None,
+    };
+    let engine = spec
+        .get("engine")
+        .and_then(Node::as_str)
+        .unwrap_or_default();
+    if let Some((n, pos)) = int("node_count") {
+        if !(1..=3).contains(&n) {
+            diags.push(Diagnostic::new(
+                file,
+                pos,
+                format!("node_count must be 1, 2 or 3, not {n}"),
+            ));
+        } else if engine == "mongodb" && n == 2 {
+            diags.push(
+                Diagnostic::new(file, pos, "a mongodb cluster has 1 or 3 nodes, not 2").with_help(
+                    "DigitalOcean runs MongoDB as a single node or a three-node replica set",
+                ),
+            );
+        }
+    }
+    if engine == "redis" {
+        if let Some(n) = spec.get("storage_gib") {
+            diags.push(Diagnostic::new(
+                file,
+                n.pos,
+                "a redis cluster has no storage_gib (its storage is its memory)",
+            ));
+        }
+    }
+    if let Some((n, pos)) = int("storage_gib") {
+        if n <= 0 {
+            diags.push(Diagnostic::new(
+                file,
+                pos,
+                format!("storage_gib must be positive, not {n}"),
+            ));
+        }
     }
 }
 

@@ -181,8 +181,16 @@ pub trait Provider: Send + Sync {
     async fn destroy(&self, recorded: &Record) -> Result<(), ProviderError>;
 }
 
+/// What providers may need from the process: where tend keeps its state (e.g. the Pulumi
+/// provider's default `file://` backend and its working copies of bundled programs).
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub state_dir: std::path::PathBuf,
+}
+
 /// The providers tend ships, in one explicit list.
-pub fn registry() -> Vec<Arc<dyn Provider>> {
+pub fn registry(ctx: &Context) -> Vec<Arc<dyn Provider>> {
+    let _ = ctx;
     vec![
         Arc::new(postgres::PostgresProvider::default()),
         Arc::new(nomad::NomadProvider::default()),
