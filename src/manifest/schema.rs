@@ -313,23 +313,23 @@ pub fn check_rules(
             );
         }
     }
-    if engine == "redis" {
-        if let Some(n) = spec.get("storage_gib") {
-            diags.push(Diagnostic::new(
-                file,
-                n.pos,
-                "a redis cluster has no storage_gib (its storage is its memory)",
-            ));
-        }
+    if engine == "redis"
+        && let Some(n) = spec.get("storage_gib")
+    {
+        diags.push(Diagnostic::new(
+            file,
+            n.pos,
+            "a redis cluster has no storage_gib (its storage is its memory)",
+        ));
     }
-    if let Some((n, pos)) = int("storage_gib") {
-        if n <= 0 {
-            diags.push(Diagnostic::new(
-                file,
-                pos,
-                format!("storage_gib must be positive, not {n}"),
-            ));
-        }
+    if let Some((n, pos)) = int("storage_gib")
+        && n <= 0
+    {
+        diags.push(Diagnostic::new(
+            file,
+            pos,
+            format!("storage_gib must be positive, not {n}"),
+        ));
     }
 }
 
