@@ -15,6 +15,8 @@ pub enum Kind {
     NomadJob,
     PulumiStack,
     DigitalOceanDatabaseCluster,
+    TenantTemplate,
+    TenantInstance,
 }
 
 impl Kind {
@@ -25,6 +27,8 @@ impl Kind {
         Kind::NomadJob,
         Kind::PulumiStack,
         Kind::DigitalOceanDatabaseCluster,
+        Kind::TenantTemplate,
+        Kind::TenantInstance,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -35,6 +39,8 @@ impl Kind {
             Kind::NomadJob => "NomadJob",
             Kind::PulumiStack => "PulumiStack",
             Kind::DigitalOceanDatabaseCluster => "DigitalOceanDatabaseCluster",
+            Kind::TenantTemplate => "TenantTemplate",
+            Kind::TenantInstance => "TenantInstance",
         }
     }
 
@@ -68,12 +74,16 @@ impl FromStr for Kind {
     }
 }
 
-/// `Kind.name`, the identity of a resource in plans, state and the graph.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// `Kind.name`, the identity of a resource in plans, state and the graph. A resource expanded
+/// from another one (a tenant's database) is addressed under its parent:
+/// `TenantInstance.acme/PostgresDatabase`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Address {
     pub kind: Kind,
     pub name: String,
+    /// The kind of the resource this one was expanded from (same name).
+    pub parent: Option<Kind>,
 }
 
 impl Address {
@@ -81,29 +91,90 @@ impl Address {
         Address {
             kind,
             name: name.into(),
+            parent: None,
         }
+    }
+
+    /// The `kind` child of `parent.name`.
+    pub fn child(parent: Kind, name: impl Into<String>, kind: Kind) -> Self {
+        Address {
+            kind,
+            name: name.into(),
+            parent: Some(parent),
+        }
+    }
+
+    /// The address a ref names: `kind` and `name`, where `name` may be `acme/PostgresDatabase`
+    /// for a child.
+    pub fn from_ref(kind: &str, name: &str) -> Option<Address> {
+        let kind: Kind = kind.parse().ok()?;
+        match name.split_once('/') {
+            Some((n, child)) => Some(Address::child(kind, n, child.parse().ok()?)),
+            None => Some(Address::new(kind, name)),
+        }
+    }
+
+    /// The address of the resource this one was expanded from.
+    pub fn parent_address(&self) -> Option<Address> {
+        self.parent.map(|p| Address::new(p, self.name.clone()))
+    }
+
+    fn sort_key(&self) -> (Kind, &str, Option<Kind>) {
+        match self.parent {
+            Some(p) => (p, &self.name, Some(self.kind)),
+            None => (self.kind, &self.name, None),
+        }
+    }
+}
+
+/// Children sort right after their parent.
+impl Ord for Address {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.sort_key().cmp(&other.sort_key())
+    }
+}
+
+impl PartialOrd for Address {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.kind, self.name)
+        match self.parent {
+            Some(p) => write!(f, "{p}.{}/{}", self.name, self.kind),
+            None => write!(f, "{}.{}", self.kind, self.name),
+        }
     }
 }
 
 impl FromStr for Address {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (kind, name) = s
+        let (kind, rest) = s
             .split_once('.')
             .ok_or_else(|| format!("`{s}` is not an address (expected Kind.name)"))?;
         let kind = kind
             .parse::<Kind>()
             .map_err(|()| format!("`{kind}` is not a kind tend knows"))?;
+        let (name, child) = match rest.split_once('/') {
+            Some((n, c)) => (
+                n,
+                Some(
+                    c.parse::<Kind>()
+                        .map_err(|()| format!("`{c}` is not a kind tend knows"))?,
+                ),
+            ),
+            None => (rest, None),
+        };
         if !is_dns_label(name) {
             return Err(format!("`{name}` is not a valid resource name"));
         }
-        Ok(Address::new(kind, name))
+        Ok(match child {
+            Some(c) => Address::child(kind, name, c),
+            None => Address::new(kind, name),
+        })
     }
 }
 
@@ -142,6 +213,18 @@ mod tests {
         assert_eq!(a.to_string(), "PostgresDatabase.org-1");
         assert!("Nope.x".parse::<Address>().is_err());
         assert!("PostgresDatabase.Bad_Name".parse::<Address>().is_err());
+        let child: Address = "TenantInstance.acme/PostgresDatabase"
+            .parse()
+            .expect("child");
+        assert_eq!(
+            child,
+            Address::child(Kind::TenantInstance, "acme", Kind::PostgresDatabase)
+        );
+        assert_eq!(child.to_string(), "TenantInstance.acme/PostgresDatabase");
+        assert_eq!(
+            Address::from_ref("TenantInstance", "acme/NomadJob").map(|a| a.kind),
+            Some(Kind::NomadJob)
+        );
     }
 
     #[test]

@@ -60,10 +60,10 @@ impl<'a> Resolver<'a> {
     }
 
     fn lookup(&self, r: &RefExpr, outputs: &OutputsFn<'_>) -> Value {
-        let Ok(kind) = r.kind.parse::<Kind>() else {
+        let Some(target) = Address::from_ref(&r.kind, &r.name) else {
             return Value::Null;
         };
-        let target = Address::new(kind, r.name.clone());
+        let kind = target.kind;
         let path: Vec<&str> = r.path.iter().map(String::as_str).collect();
         match path.as_slice() {
             ["spec", "data", key] if kind == Kind::Credential => self
@@ -154,7 +154,7 @@ impl<'a> Resolver<'a> {
                     Value::Bool(false)
                 });
             }
-            Kind::Credential => {}
+            Kind::Credential | Kind::TenantTemplate | Kind::TenantInstance => {}
         }
         let mut depends_on: Vec<Address> = m.deps.iter().map(|d| d.target.clone()).collect();
         depends_on.sort();

@@ -171,6 +171,9 @@ pub fn load_files(root: &Path, files: Vec<super::SourceFile>) -> Result<Manifest
         );
     }
 
+    // Tenants expand into their children before edges are drawn.
+    super::tenant::expand(&mut manifests, &mut diags);
+
     // Cross-document edges: name fields, credentials and refs.
     let addresses: Vec<Address> = manifests.keys().cloned().collect();
     for address in &addresses {
@@ -411,7 +414,11 @@ fn edges(
 ) -> Vec<Dep> {
     let mut deps = Vec::new();
     for d in &m.deps {
-        let Some(r) = &d.expr else { continue };
+        let Some(r) = &d.expr else {
+            // Drawn when the manifest was made (a child's edge to its parent).
+            deps.push(d.clone());
+            continue;
+        };
         match check_ref(r, all, credentials) {
             Ok(target) => deps.push(Dep {
                 target,
@@ -535,7 +542,9 @@ pub fn credential_slots(kind: Kind) -> &'static [CredentialSlot] {
         Kind::NomadJob => NOMAD,
         Kind::PulumiStack => STACK,
         Kind::DigitalOceanDatabaseCluster => CLUSTER,
-        Kind::Credential | Kind::PostgresDatabase => &[],
+        Kind::Credential | Kind::PostgresDatabase | Kind::TenantTemplate | Kind::TenantInstance => {
+            &[]
+        }
     }
 }
 
@@ -552,7 +561,9 @@ fn check_ref(
             .map(|s| format!("did you mean `{s}`?"));
         (format!("unknown kind `{}` in ref `{shown}`", r.kind), help)
     })?;
-    let target = Address::new(kind, r.name.clone());
+    let target =
+        Address::from_ref(&r.kind, &r.name).unwrap_or_else(|| Address::new(kind, r.name.clone()));
+    let kind = target.kind;
     if !all.contains_key(&target) {
         let same = all
             .keys()

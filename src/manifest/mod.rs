@@ -13,6 +13,7 @@ pub mod node;
 pub mod refs;
 pub mod resolve;
 pub mod schema;
+mod tenant;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -107,7 +108,8 @@ impl std::error::Error for LoadErrors {}
 /// The resource kinds a name reference points at (`server: main` → `PostgresServer.main`).
 pub fn kind_for_name_field(kind: Kind, field: &str) -> Option<Kind> {
     match (kind, field) {
-        (Kind::PostgresDatabase, "server") => Some(Kind::PostgresServer),
+        (Kind::PostgresDatabase | Kind::TenantTemplate, "server") => Some(Kind::PostgresServer),
+        (Kind::TenantInstance, "template") => Some(Kind::TenantTemplate),
         _ => None,
     }
 }

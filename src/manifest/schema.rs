@@ -252,6 +252,41 @@ static DO_DATABASE_CLUSTER: KindSchema = KindSchema {
     default_timeout: "10m",
 };
 
+static TENANT_TEMPLATE: KindSchema = KindSchema {
+    kind: Kind::TenantTemplate,
+    fields: &[
+        required_fixed("server", Ty::Str),
+        required_fixed("database", Ty::Str),
+        required_fixed("owner", Ty::Str),
+        fixed("on_delete", Ty::Enum(&["retain", "drop"])),
+        fixed("connection_limit", Ty::Int),
+        fixed("tiers", Ty::Any),
+        Field {
+            name: "job",
+            ty: Ty::Any,
+            required: true,
+            refs: true,
+        },
+        fixed("credential", Ty::Str),
+        fixed("timeout", Ty::Duration),
+    ],
+    outputs: &[],
+    default_timeout: "2m",
+};
+
+static TENANT_INSTANCE: KindSchema = KindSchema {
+    kind: Kind::TenantInstance,
+    fields: &[
+        required_fixed("template", Ty::Str),
+        required_fixed("org_id", Ty::Str),
+        required_fixed("version", Ty::Str),
+        required_fixed("tier", Ty::Str),
+        fixed("state", Ty::Enum(&["running", "stopped"])),
+    ],
+    outputs: &[],
+    default_timeout: "2m",
+};
+
 /// The schema of a kind.
 pub fn of(kind: Kind) -> &'static KindSchema {
     match kind {
@@ -261,6 +296,8 @@ pub fn of(kind: Kind) -> &'static KindSchema {
         Kind::NomadJob => &NOMAD_JOB,
         Kind::PulumiStack => &PULUMI_STACK,
         Kind::DigitalOceanDatabaseCluster => &DO_DATABASE_CLUSTER,
+        Kind::TenantTemplate => &TENANT_TEMPLATE,
+        Kind::TenantInstance => &TENANT_INSTANCE,
     }
 }
 

@@ -1,0 +1,336 @@
+//! Tenants: each `TenantInstance` expands, through its `TenantTemplate`, into two child
+//! resources — `TenantInstance.<name>/PostgresDatabase` (the organisation's own database and
+//! role) and `TenantInstance.<name>/NomadJob` (its app, given DB_HOST, DB_PORT, DB_NAME, DB_USER,
+//! DB_PASSWORD and DATABASE_URL as refs to the database's outputs; the secret ones reach the
+//! task through the job's Nomad Variable). Children are ordinary manifests from here on: the
+//! graph orders the database before the job, and plans list them under their parent.
+//!
+//! Pure: builds spec trees from spec trees. Must not know about providers.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::diag::{Diagnostic, suggest};
+use super::node::{Key, Node, NodeValue, Pos};
+use super::schema::{self, Checker};
+use super::{Dep, Manifest};
+use crate::address::{Address, Kind};
+
+/// Placeholders a template may use in its names and its job.
+const PLACEHOLDERS: [&str; 4] = ["org_id", "version", "tier", "name"];
+
+fn scalar(n: &Node) -> Option<String> {
+    match &n.value {
+        NodeValue::Str(s) => Some(s.clone()),
+        NodeValue::Int(i) => Some(i.to_string()),
+        NodeValue::Float(f) => Some(f.to_string()),
+        _ => None,
+    }
+}
+
+fn node(pos: Pos, value: NodeValue) -> Node {
+    Node { pos, value }
+}
+
+fn map(pos: Pos, entries: Vec<(&str, Node)>) -> Node {
+    node(
+        pos,
+        NodeValue::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        Key {
+                            pos,
+                            name: k.to_owned(),
+                        },
+                        v,
+                    )
+                })
+                .collect(),
+        ),
+    )
+}
+
+fn set(m: &mut Node, key: &str, value: Node) {
+    if let NodeValue::Map(entries) = &mut m.value {
+        match entries.iter_mut().find(|(k, _)| k.name == key) {
+            Some((_, v)) => *v = value,
+            None => entries.push((
+                Key {
+                    pos: m.pos,
+                    name: key.to_owned(),
+                },
+                value,
+            )),
+        }
+    }
+}
+
+fn get_mut<'a>(m: &'a mut Node, key: &str) -> Option<&'a mut Node> {
+    match &mut m.value {
+        NodeValue::Map(entries) => entries
+            .iter_mut()
+            .find(|(k, _)| k.name == key)
+            .map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+/// Replace `{org_id}`, `{version}`, `{tier}`, `{name}` in every string of a tree.
+fn substitute(n: &mut Node, values: &BTreeMap<&str, String>) {
+    match &mut n.value {
+        NodeValue::Str(s) => {
+            for p in PLACEHOLDERS {
+                let token = format!("{{{p}}}");
+                if s.contains(&token) {
+                    *s = s.replace(&token, &values[p]);
+                }
+            }
+        }
+        NodeValue::Seq(items) => items.iter_mut().for_each(|i| substitute(i, values)),
+        NodeValue::Map(entries) => entries.iter_mut().for_each(|(_, v)| substitute(v, values)),
+        _ => {}
+    }
+}
+
+/// Expand every instance into its children, appending diagnostics.
+pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagnostic>) {
+    let instances: Vec<Manifest> = manifests
+        .values()
+        .filter(|m| m.address.kind == Kind::TenantInstance)
+        .cloned()
+        .collect();
+    let mut org_ids: BTreeMap<String, &Manifest> = BTreeMap::new();
+    let mut children = Vec::new();
+    for inst in &instances {
+        let s = &inst.spec;
+        let text = |k: &str| s.get(k).and_then(scalar).unwrap_or_default();
+        let org_id = text("org_id");
+        if let Some(prev) = org_ids.get(&org_id) {
+            let pos = s.get("org_id").map_or(inst.pos, |n| n.pos);
+            diags.push(
+                Diagnostic::new(
+                    &inst.file,
+                    pos,
+                    format!("org_id {org_id} is already used by {}", prev.address),
+                )
+                .with_help(format!(
+                    "{} has it at {}:{}:{}; every tenant needs its own org_id",
+                    prev.address,
+                    prev.file.display(),
+                    prev.pos.line,
+                    prev.pos.col
+                )),
+            );
+            continue;
+        }
+        org_ids.insert(org_id.clone(), inst);
+        let template_name = text("template");
+        // A missing template is reported by the name-field check in `load::edges`.
+        let Some(template) = manifests.get(&Address::new(Kind::TenantTemplate, &template_name))
+        else {
+            continue;
+        };
+        let tier = text("tier");
+        let values: BTreeMap<&str, String> = [
+            ("org_id", org_id.clone()),
+            ("version", text("version")),
+            ("tier", tier.clone()),
+            ("name", inst.address.name.clone()),
+        ]
+        .into_iter()
+        .collect();
+        let t = &template.spec;
+        let tiers = t.get("tiers");
+        let tier_spec = tiers.and_then(|ts| ts.get(&tier));
+        if tier_spec.is_none() {
+            let names: Vec<&str> = tiers
+                .and_then(Node::as_map)
+                .map(|e| e.iter().map(|(k, _)| k.name.as_str()).collect())
+                .unwrap_or_default();
+            let mut d = Diagnostic::new(
+                &inst.file,
+                s.get("tier").map_or(inst.pos, |n| n.pos),
+                format!("TenantTemplate.{template_name} has no tier `{tier}`"),
+            );
+            d.help = suggest(&tier, names.iter().copied())
+                .map(|x| format!("did you mean `{x}`?"))
+                .or_else(|| Some(format!("tiers: {}", names.join(", "))));
+            diags.push(d);
+            continue;
+        }
+        let mut names = BTreeMap::new();
+        let mut bad = false;
+        for field in ["database", "owner"] {
+            let mut n = t
+                .get(field)
+                .cloned()
+                .unwrap_or(node(t.pos, NodeValue::Str(String::new())));
+            substitute(&mut n, &values);
+            let name = scalar(&n).unwrap_or_default();
+            if name.len() > 63 {
+                bad = true;
+                diags.push(
+                    Diagnostic::new(
+                        &inst.file,
+                        s.get("org_id").map_or(inst.pos, |n| n.pos),
+                        format!(
+                            "the {field} name `{name}` is {} bytes; PostgreSQL's limit is 63",
+                            name.len()
+                        ),
+                    )
+                    .with_help(format!(
+                        "shorten TenantTemplate.{template_name}'s `{field}` pattern or the org_id"
+                    )),
+                );
+            }
+            names.insert(field, name);
+        }
+        if bad {
+            continue;
+        }
+        let pos = inst.pos;
+        let str_node = |v: &str| node(pos, NodeValue::Str(v.to_owned()));
+
+        // The database.
+        let mut db_spec = map(
+            pos,
+            vec![
+                ("server", t.get("server").cloned().unwrap_or(str_node(""))),
+                ("database", str_node(&names["database"])),
+                ("owner", str_node(&names["owner"])),
+            ],
+        );
+        for k in ["on_delete", "connection_limit", "timeout"] {
+            if let Some(v) = t.get(k) {
+                set(&mut db_spec, k, v.clone());
+            }
+        }
+        let db = Address::child(
+            Kind::TenantInstance,
+            &inst.address.name,
+            Kind::PostgresDatabase,
+        );
+
+        // The job.
+        let mut job = t.get("job").cloned().unwrap_or(map(pos, Vec::new()));
+        substitute(&mut job, &values);
+        if job.get("ID").is_none() {
+            set(
+                &mut job,
+                "ID",
+                str_node(&format!("{template_name}-org-{org_id}")),
+            );
+        }
+        if text("state") == "stopped" {
+            set(&mut job, "Stop", node(pos, NodeValue::Bool(true)));
+        }
+        let tier_int = |k: &str| tier_spec.and_then(|ts| ts.get(k)).cloned();
+        let db_ref = |output: &str| {
+            map(
+                pos,
+                vec![(
+                    "ref",
+                    map(
+                        pos,
+                        vec![
+                            ("kind", str_node("TenantInstance")),
+                            (
+                                "name",
+                                str_node(&format!("{}/PostgresDatabase", inst.address.name)),
+                            ),
+                            ("field_path", str_node(&format!("status.outputs.{output}"))),
+                        ],
+                    ),
+                )],
+            )
+        };
+        if let Some(NodeValue::Seq(groups)) = get_mut(&mut job, "TaskGroups").map(|g| &mut g.value)
+        {
+            for group in groups.iter_mut() {
+                if let Some(count) = tier_int("count") {
+                    set(group, "Count", count);
+                }
+                let Some(NodeValue::Seq(tasks)) = get_mut(group, "Tasks").map(|t| &mut t.value)
+                else {
+                    continue;
+                };
+                for task in tasks.iter_mut() {
+                    let mut resources = task
+                        .get("Resources")
+                        .cloned()
+                        .unwrap_or(map(pos, Vec::new()));
+                    if let Some(cpu) = tier_int("cpu") {
+                        set(&mut resources, "CPU", cpu);
+                    }
+                    if let Some(mem) = tier_int("memory_mb") {
+                        set(&mut resources, "MemoryMB", mem);
+                    }
+                    set(task, "Resources", resources);
+                    let mut env = task.get("Env").cloned().unwrap_or(map(pos, Vec::new()));
+                    for (var, output) in [
+                        ("DB_HOST", "host"),
+                        ("DB_PORT", "port"),
+                        ("DB_NAME", "database"),
+                        ("DB_USER", "username"),
+                        ("DB_PASSWORD", "password"),
+                        ("DATABASE_URL", "url"),
+                    ] {
+                        set(&mut env, var, db_ref(output));
+                    }
+                    set(task, "Env", env);
+                }
+            }
+        }
+        let mut job_spec = map(pos, vec![("job", job)]);
+        for k in ["credential", "timeout"] {
+            if let Some(v) = t.get(k) {
+                set(&mut job_spec, k, v.clone());
+            }
+        }
+        let job_addr = Address::child(Kind::TenantInstance, &inst.address.name, Kind::NomadJob);
+        children.push((db, db_spec, Arc::clone(&inst.file), inst));
+        children.push((job_addr, job_spec, Arc::clone(&template.file), inst));
+    }
+    for (address, spec, file, inst) in children {
+        let mut refs = Vec::new();
+        Checker {
+            file: &file,
+            diags,
+            refs: &mut refs,
+        }
+        .check_fields(
+            &spec,
+            schema::of(address.kind).fields,
+            &format!("{address} spec"),
+        );
+        let mut deps: Vec<Dep> = refs
+            .into_iter()
+            .map(|r| Dep {
+                target: Address::new(Kind::Credential, String::new()),
+                pos: r.pos,
+                via: format!("${{{}.{}.{}}}", r.kind, r.name, r.path_text()),
+                expr: Some(r),
+            })
+            .collect();
+        deps.push(Dep {
+            target: inst.address.clone(),
+            pos: inst.pos,
+            via: "expanded from".into(),
+            expr: None,
+        });
+        manifests.insert(
+            address.clone(),
+            Manifest {
+                address,
+                file: file as Arc<PathBuf>,
+                pos: inst.pos,
+                labels: inst.labels.clone(),
+                spec,
+                deps,
+            },
+        );
+    }
+}
