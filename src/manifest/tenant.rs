@@ -334,3 +334,139 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::manifest::load_files;
+
+    const BASE: &str = "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: pg}\nspec: {provider: postgres, data: {host: h, user: u}}\n---\napiVersion: tend/v1\nkind: PostgresServer\nmetadata: {name: main}\nspec: {}\n---\napiVersion: tend/v1\nkind: TenantTemplate\nmetadata: {name: railzway}\nspec:\n  server: main\n  database: \"railzway_org_{org_id}\"\n  owner: \"railzway_user_{org_id}\"\n  tiers:\n    standard: {count: 1, cpu: 500, memory_mb: 512}\n    pro: {count: 2, cpu: 1000, memory_mb: 1024}\n  job:\n    Datacenters: [dc1]\n    TaskGroups:\n      - Name: app\n        Tasks:\n          - Name: app\n            Driver: docker\n            Config: {image: \"ghcr.io/railzway/railzway:{version}\"}\n            Env: {TENANT: \"{name}\", NODE: \"${node.unique.name}\"}\n";
+
+    fn instance(name: &str, org: &str, tier: &str, state: &str) -> String {
+        format!(
+            "---\napiVersion: tend/v1\nkind: TenantInstance\nmetadata: {{name: {name}}}\nspec: {{template: railzway, org_id: {org}, version: \"1.4.2\", tier: {tier}, state: {state}}}\n"
+        )
+    }
+
+    fn load(instances: &str) -> Result<super::super::ManifestSet, Vec<String>> {
+        load_files(
+            Path::new("/m"),
+            vec![(PathBuf::from("t.yaml"), Ok(format!("{BASE}{instances}")))],
+        )
+        .map_err(|e| {
+            e.0.iter()
+                .map(|d| {
+                    format!(
+                        "{} {} {}",
+                        d.location(),
+                        d.message,
+                        d.help.clone().unwrap_or_default()
+                    )
+                })
+                .collect()
+        })
+    }
+
+    #[test]
+    fn an_instance_becomes_a_database_and_a_job_wired_to_it() {
+        let set = load(&instance("acme", "12345", "pro", "stopped")).expect("valid");
+        let db = set
+            .get(
+                &"TenantInstance.acme/PostgresDatabase"
+                    .parse()
+                    .expect("addr"),
+            )
+            .expect("db child");
+        assert_eq!(
+            db.spec.get("database").and_then(Node::as_str),
+            Some("railzway_org_12345")
+        );
+        assert_eq!(
+            db.spec.get("owner").and_then(Node::as_str),
+            Some("railzway_user_12345")
+        );
+        let job = set
+            .get(&"TenantInstance.acme/NomadJob".parse().expect("addr"))
+            .expect("job child");
+        let j = job.spec.get("job").expect("job");
+        assert_eq!(
+            j.get("ID").and_then(Node::as_str),
+            Some("railzway-org-12345")
+        );
+        assert_eq!(
+            j.get("Stop").map(|n| &n.value),
+            Some(&NodeValue::Bool(true))
+        );
+        let NodeValue::Seq(groups) = &j.get("TaskGroups").expect("groups").value else {
+            panic!("groups")
+        };
+        assert_eq!(
+            groups[0].get("Count").map(|n| &n.value),
+            Some(&NodeValue::Int(2))
+        );
+        let NodeValue::Seq(tasks) = &groups[0].get("Tasks").expect("tasks").value else {
+            panic!("tasks")
+        };
+        let task = &tasks[0];
+        assert_eq!(
+            task.get("Config")
+                .and_then(|c| c.get("image"))
+                .and_then(Node::as_str),
+            Some("ghcr.io/railzway/railzway:1.4.2")
+        );
+        assert_eq!(
+            task.get("Resources")
+                .and_then(|r| r.get("MemoryMB"))
+                .map(|n| &n.value),
+            Some(&NodeValue::Int(1024))
+        );
+        let env = task.get("Env").expect("env");
+        assert_eq!(env.get("TENANT").and_then(Node::as_str), Some("acme"));
+        assert_eq!(
+            env.get("NODE").and_then(Node::as_str),
+            Some("${node.unique.name}")
+        );
+        for var in [
+            "DB_HOST",
+            "DB_PORT",
+            "DB_NAME",
+            "DB_USER",
+            "DB_PASSWORD",
+            "DATABASE_URL",
+        ] {
+            assert!(env.get(var).and_then(|v| v.get("ref")).is_some(), "{var}");
+        }
+        // The job reads the database: the graph orders it first.
+        assert!(
+            job.deps
+                .iter()
+                .any(|d| d.target.to_string() == "TenantInstance.acme/PostgresDatabase")
+        );
+    }
+
+    #[test]
+    fn org_ids_are_unique_and_tiers_and_name_lengths_are_checked() {
+        let errs = load(
+            &[
+                instance("a", "1", "standard", "running"),
+                instance("b", "1", "standard", "running"),
+            ]
+            .concat(),
+        )
+        .expect_err("duplicate");
+        assert!(
+            errs[0].contains("org_id 1 is already used by TenantInstance.a"),
+            "{errs:?}"
+        );
+        let errs = load(&instance("a", "1", "prod", "running")).expect_err("tier");
+        assert!(
+            errs[0].contains("has no tier `prod`") && errs[0].contains("did you mean `pro`?"),
+            "{errs:?}"
+        );
+        let long = "9".repeat(60);
+        let errs = load(&instance("a", &long, "standard", "running")).expect_err("long");
+        assert!(errs[0].contains("PostgreSQL's limit is 63"), "{errs:?}");
+    }
+}
