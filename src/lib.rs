@@ -11,4 +11,5 @@ pub mod manifest;
 pub mod plan;
 pub mod provider;
 pub mod state;
+pub mod tenants;
 pub mod value;

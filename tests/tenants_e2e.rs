@@ -128,6 +128,19 @@ async fn three_tenants_converge_and_each_lifecycle_step_makes_exactly_the_expect
         );
     }
 
+    // Status per tenant.
+    let r = f.w.run(&["status"]).ok();
+    assert!(
+        r.stdout.contains("TenantInstance.acme") && r.stdout.contains("running"),
+        "{}",
+        r.stdout
+    );
+    let r = f.w.run(&["state", "show", "TenantInstance.globex"]).ok();
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(doc["tenant"]["status"], "running", "{doc}");
+    assert_eq!(doc["tenant"]["allocations"], "1/1", "{doc}");
+    assert!(!r.stdout.contains(&f.prefix) || !r.stdout.contains("DB_PASSWORD"));
+
     // Second apply: nothing to do, nothing sent.
     let r = f.w.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(r.code, 0, "{}", r.all());
@@ -144,6 +157,8 @@ async fn three_tenants_converge_and_each_lifecycle_step_makes_exactly_the_expect
     );
     assert_eq!(f.registers(), 4);
     assert_eq!(f.job(1001)["Stop"], true);
+    let r = f.w.run(&["state", "show", "TenantInstance.acme"]).ok();
+    assert!(r.stdout.contains("\"status\": \"stopped\""), "{}", r.stdout);
     // Start again.
     f.tenant("acme", 1001, "1.4.2", "standard", "running");
     f.apply();

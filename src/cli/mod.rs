@@ -371,6 +371,10 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<u8> {
                     run.id, run.exit_code, run.summary
                 ));
             }
+            for t in crate::tenants::statuses(&records) {
+                out.push_str(&t.line());
+                out.push('\n');
+            }
             for r in records.iter().filter(|r| r.status != Status::Ready) {
                 out.push_str(&format!(
                     "  {} {:?}: {}\n",
@@ -571,6 +575,10 @@ async fn through_daemon(cli: &Cli, socket: &Path, printer: Printer) -> anyhow::R
             if let Some(run) = &d.last_run {
                 out.push_str(&format!("Last run: {run}\n"));
             }
+            for t in &s.tenants {
+                out.push_str(&t.line());
+                out.push('\n');
+            }
             for o in &d.orphans {
                 out.push_str(&format!(
                     "Orphaned (manifest removed, kept without --prune): {o}\n"
@@ -680,6 +688,30 @@ async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Resul
                 ));
             }
             printer.out(&s);
+        }
+        StateCmd::Show { address }
+            if address.kind == crate::address::Kind::TenantInstance && address.parent.is_none() =>
+        {
+            let records = blocking(&store, |s| s.list()).await?;
+            let children: Vec<_> = records
+                .iter()
+                .filter(|r| r.address.parent_address().as_ref() == Some(&address))
+                .cloned()
+                .collect();
+            let Some(status) = crate::tenants::statuses(&children).pop() else {
+                printer.err(&format!("error: {address} has nothing in state"));
+                return Ok(1);
+            };
+            let doc = serde_json::json!({
+                "tenant": status,
+                "children": children.iter().map(|r| serde_json::json!({
+                    "address": r.address.to_string(),
+                    "status": r.status,
+                    "last_error": r.last_error,
+                    "outputs": r.outputs.iter().map(|(k, v)| (k.clone(), v.to_json(Reveal::No))).collect::<serde_json::Map<_, _>>(),
+                })).collect::<Vec<_>>(),
+            });
+            printer.out(&serde_json::to_string_pretty(&doc)?);
         }
         StateCmd::Show { address } => {
             let a = address.clone();

@@ -176,6 +176,8 @@ pub struct StatusReply {
     #[serde(flatten)]
     pub daemon: DaemonStatus,
     pub resources: BTreeMap<String, usize>,
+    #[serde(default)]
+    pub tenants: Vec<crate::tenants::TenantStatus>,
 }
 
 async fn get_status(
@@ -185,13 +187,18 @@ async fn get_status(
     check_peer(&ctx, &info)?;
     let records = blocking(&ctx.store, |s| s.list()).await.map_err(internal)?;
     let mut resources = BTreeMap::new();
-    for r in records {
+    for r in &records {
         *resources
             .entry(status_name(r.status).to_owned())
             .or_insert(0) += 1;
     }
+    let tenants = crate::tenants::statuses(&records);
     let daemon = ctx.status.lock().map_err(internal)?.clone();
-    Ok(Json(StatusReply { daemon, resources }))
+    Ok(Json(StatusReply {
+        daemon,
+        resources,
+        tenants,
+    }))
 }
 
 fn status_name(s: Status) -> &'static str {
