@@ -6,7 +6,6 @@
 mod support;
 
 #[path = "../tests/util/nomad.rs"]
-#[allow(dead_code)]
 mod nomad;
 
 use std::process::Command;
