@@ -336,10 +336,10 @@ async fn system_permit(
 }
 
 async fn destroy(shared: &Shared<'_>, p: &dyn Provider, rec: &Record) -> Result<(), String> {
-    let timeout = shared
-        .set
-        .get(&rec.address)
-        .map_or(Duration::from_secs(120), crate::desired::timeout_of);
+    let timeout = shared.set.get(&rec.address).map_or_else(
+        || crate::desired::default_timeout(rec.kind),
+        crate::desired::timeout_of,
+    );
     let probe = crate::provider::Desired {
         address: rec.address.clone(),
         spec: rec.spec.clone(),
@@ -391,7 +391,14 @@ async fn converge(
         );
     }
     let hash = desired.spec.digest(&shared.key);
-    let recorded = if fresh { None } else { recorded };
+    // A create starts from nothing, except after an attempt that never finished: its record
+    // holds what that attempt persisted (a generated password or passphrase the outside system
+    // may already have), which the retry must reuse.
+    let recorded = if fresh {
+        recorded.filter(|r| r.generation == 0)
+    } else {
+        recorded
+    };
     let now = now_ms();
     let mut rec = recorded
         .clone()

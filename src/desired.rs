@@ -175,9 +175,13 @@ pub fn timeout_of(m: &Manifest) -> Duration {
     m.spec
         .get("timeout")
         .and_then(|n| n.as_str())
-        .or(Some(schema::of(m.address.kind).default_timeout))
         .and_then(|t| humantime::parse_duration(t).ok())
-        .unwrap_or(Duration::from_secs(120))
+        .unwrap_or_else(|| default_timeout(m.address.kind))
+}
+
+/// A kind's default per-action timeout (10 min for Pulumi kinds, 2 min for the others).
+pub fn default_timeout(kind: Kind) -> Duration {
+    humantime::parse_duration(schema::of(kind).default_timeout).unwrap_or(Duration::from_secs(120))
 }
 
 fn or_insert(spec: &mut Value, key: &str, v: impl FnOnce() -> Value) {

@@ -83,6 +83,17 @@ impl Repo {
                 entries.push((rel, oid.to_owned()));
             }
         }
+        // As in the files walk: a directory holding a Pulumi program is not manifests.
+        let programs: Vec<PathBuf> = entries
+            .iter()
+            .filter(|(p, _)| p.file_name().is_some_and(|n| n == "Pulumi.yaml"))
+            .filter_map(|(p, _)| {
+                p.parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .map(Path::to_path_buf)
+            })
+            .collect();
+        entries.retain(|(p, _)| !programs.iter().any(|dir| p.starts_with(dir)));
         let contents = cat_blobs(&self.dir, entries.iter().map(|(_, oid)| oid.as_str()))?;
         let files = entries
             .into_iter()

@@ -16,7 +16,8 @@ use super::{Credential, Dep, LoadErrors, Manifest, ManifestSet, credential};
 use crate::address::{Address, Kind, is_dns_label};
 
 /// Whether a path inside the manifests tree is a manifest: `*.yaml` / `*.yml`, not hidden, not
-/// an editor's temp file. Directories starting with `.` (`.git/`) are skipped by the walk.
+/// an editor's temp file. Directories starting with `.` (`.git/`) and directories holding a
+/// `Pulumi.yaml` (a program for a PulumiStack) are skipped by the walk.
 pub fn is_manifest_path(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
@@ -36,7 +37,8 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
             .is_none_or(|n| n.starts_with('.'));
         let ty = entry.file_type()?;
         if ty.is_dir() {
-            if !hidden {
+            // A Pulumi program kept beside the manifests is not a manifest directory.
+            if !hidden && !path.join("Pulumi.yaml").exists() {
                 walk(&path, out)?;
             }
         } else if is_manifest_path(&path) {

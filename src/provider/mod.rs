@@ -8,6 +8,7 @@
 
 pub mod nomad;
 pub mod postgres;
+pub mod pulumi;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -190,10 +191,10 @@ pub struct Context {
 
 /// The providers tend ships, in one explicit list.
 pub fn registry(ctx: &Context) -> Vec<Arc<dyn Provider>> {
-    let _ = ctx;
     vec![
         Arc::new(postgres::PostgresProvider::default()),
         Arc::new(nomad::NomadProvider::default()),
+        Arc::new(pulumi::PulumiProvider::new(ctx)),
     ]
 }
 
