@@ -23,6 +23,12 @@
 //!   purge; §7 the status codes; the Variables section (CAS and its 409 bodies, path rules,
 //!   size limit, 204 deletes, the metadata-only list).
 //!
+//! TLS (`start_tls`): HTTPS on the same port scheme as Nomad's `tls { http = true }`, with a
+//! CA, a server certificate and a client certificate minted at start (rcgen, nothing on disk);
+//! `RequireClientCert` is `verify_https_client = true`: a handshake without a certificate signed
+//! by that CA is refused, before any HTTP request. Each handshake is recorded
+//! ([`NomadDouble::handshakes`]).
+//!
 //! What it does not do: there is no scheduler, no client and no node. The evaluation a write
 //! creates is "processed" synchronously, one raft index later, by a small reconciler: it
 //! places `Count` allocations per group (ClientStatus as configured, `running` by default),
@@ -94,9 +100,50 @@ pub struct Request {
     pub status: u16,
 }
 
+/// How a TLS double treats clients (Nomad's `tls { http = true }` block).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Server authentication only (`verify_https_client = false`).
+    ServerOnly,
+    /// Mutual TLS (`verify_https_client = true`): the client must present a certificate signed
+    /// by the double's CA.
+    RequireClientCert,
+}
+
+/// PEM material a TLS double was started with: its CA, and a client certificate + key signed
+/// by that CA (what `nomad tls cert create -cli` gives an operator).
+#[derive(Clone, Debug)]
+pub struct TlsMaterial {
+    /// The CA certificate (what `ca_cert` / `NOMAD_CACERT` holds).
+    pub ca_cert: String,
+    /// A client certificate signed by the CA (`client_cert` / `NOMAD_CLIENT_CERT`).
+    pub client_cert: String,
+    /// The client certificate's private key, PKCS#8 (`client_key` / `NOMAD_CLIENT_KEY`).
+    pub client_key: String,
+}
+
+impl TlsMaterial {
+    /// A fresh CA unrelated to any double, with a client certificate + key signed by it.
+    pub fn unrelated() -> TlsMaterial {
+        Pki::new().material()
+    }
+}
+
+/// One TLS handshake a TLS double saw, as its server side saw it.
+#[derive(Clone, Debug)]
+pub struct Handshake {
+    /// Whether it completed.
+    pub ok: bool,
+    /// Whether the client presented a certificate the server accepted.
+    pub client_cert: bool,
+    /// The server's error for a failed one (`received fatal alert: UnknownCA`, ...).
+    pub error: Option<String>,
+}
+
 /// A running Nomad double. Dropping it (or [`NomadDouble::stop`]) shuts the server down.
 pub struct NomadDouble {
     addr: SocketAddr,
+    tls: bool,
     shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -105,18 +152,29 @@ pub struct NomadDouble {
 impl NomadDouble {
     /// A double without ACLs; returns once it listens.
     pub fn start() -> NomadDouble {
-        Self::launch(None)
+        Self::launch(None, None)
     }
 
     /// A double with ACLs on: every request needs exactly this token.
     pub fn start_with_token(token: &str) -> NomadDouble {
-        Self::launch(Some(token.to_owned()))
+        Self::launch(Some(token.to_owned()), None)
     }
 
-    fn launch(token: Option<String>) -> NomadDouble {
+    /// A double without ACLs serving HTTPS only, with a CA, server certificate (for
+    /// `localhost` and `127.0.0.1`) and client certificate minted for it; returns once it
+    /// listens. [`NomadDouble::address`] is then `https://127.0.0.1:PORT`.
+    pub fn start_tls(mode: TlsMode) -> (NomadDouble, TlsMaterial) {
+        let pki = Pki::new();
+        let config = pki.server_config(mode);
+        (Self::launch(None, Some(config)), pki.material())
+    }
+
+    fn launch(token: Option<String>, tls: Option<Arc<rustls::ServerConfig>>) -> NomadDouble {
         let shared = Arc::new(Shared {
             state: Mutex::new(Nomad::new(token)),
+            handshakes: Mutex::new(Vec::new()),
         });
+        let is_tls = tls.is_some();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let app_state = shared.clone();
@@ -132,10 +190,21 @@ impl NomadDouble {
                         .await
                         .expect("nomad double: bind 127.0.0.1:0");
                     let addr = listener.local_addr().expect("nomad double: local addr");
-                    let app = axum::Router::new().fallback(handle).with_state(app_state);
+                    let app = axum::Router::new()
+                        .fallback(handle)
+                        .with_state(app_state.clone());
                     addr_tx.send(addr).expect("nomad double: report address");
+                    let serving = async move {
+                        match tls {
+                            None => axum::serve(listener, app).await,
+                            Some(config) => {
+                                let listener = TlsListener::new(listener, config, app_state);
+                                axum::serve(listener, app).await
+                            }
+                        }
+                    };
                     tokio::select! {
-                        served = axum::serve(listener, app) => served.expect("nomad double: serve"),
+                        served = serving => served.expect("nomad double: serve"),
                         _ = stop_rx => {}
                     }
                 });
@@ -144,15 +213,26 @@ impl NomadDouble {
         let addr = addr_rx.recv().expect("nomad double: server thread died");
         NomadDouble {
             addr,
+            tls: is_tls,
             shared,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` for a double from [`NomadDouble::start_tls`]).
     pub fn address(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Every TLS handshake so far, in completion order (none for a plain-HTTP double).
+    pub fn handshakes(&self) -> Vec<Handshake> {
+        self.shared
+            .handshakes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The stored (canonicalised) job, as `GET /v1/job/:id` would answer.
@@ -270,6 +350,7 @@ impl Drop for NomadDouble {
 
 struct Shared {
     state: Mutex<Nomad>,
+    handshakes: Mutex<Vec<Handshake>>,
 }
 
 impl Shared {
@@ -280,6 +361,234 @@ impl Shared {
 
 fn key(a: &str, b: &str) -> (String, String) {
     (a.to_owned(), b.to_owned())
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------------------------
+
+/// The crypto provider the double's TLS uses: ring, as tend's client does. Passed explicitly,
+/// so the test process's default provider is left alone.
+fn ring() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A CA minted at start, with a server and a client certificate it signed (ECDSA P-256, as
+/// `nomad tls ca create` / `nomad tls cert create` make).
+struct Pki {
+    ca: rcgen::Certificate,
+    server: rcgen::Certificate,
+    server_key: rcgen::KeyPair,
+    client: rcgen::Certificate,
+    client_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Unique, as `nomad tls ca create` makes it: two CAs never share a name, so a
+        // certificate of another CA is an unknown issuer, not a bad signature.
+        let serial: u64 = rand::random();
+        ca_params.distinguished_name.push(
+            DnType::CommonName,
+            format!("Nomad Agent CA {serial} (tend test double)"),
+        );
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+        ];
+        let ca_key = KeyPair::generate().expect("ca key");
+        let ca = ca_params.self_signed(&ca_key).expect("ca certificate");
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let leaf = |sans: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
+            let mut params = CertificateParams::new(sans).expect("leaf params");
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.use_authority_key_identifier_extension = true;
+            params.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().expect("leaf key");
+            let cert = params.signed_by(&key, &issuer).expect("leaf certificate");
+            (cert, key)
+        };
+        let (server, server_key) = leaf(
+            vec![
+                "server.global.nomad".into(),
+                "localhost".into(),
+                "127.0.0.1".into(),
+            ],
+            "server.global.nomad",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client, client_key) = leaf(
+            vec!["cli.global.nomad".into()],
+            "cli.global.nomad",
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        Pki {
+            ca,
+            server,
+            server_key,
+            client,
+            client_key,
+        }
+    }
+
+    fn material(&self) -> TlsMaterial {
+        TlsMaterial {
+            ca_cert: self.ca.pem(),
+            client_cert: self.client.pem(),
+            client_key: self.client_key.serialize_pem(),
+        }
+    }
+
+    fn server_config(&self, mode: TlsMode) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let builder = rustls::ServerConfig::builder_with_provider(ring())
+            .with_safe_default_protocol_versions()
+            .expect("nomad double: TLS versions");
+        let builder = match mode {
+            TlsMode::ServerOnly => builder.with_no_client_auth(),
+            TlsMode::RequireClientCert => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots
+                    .add(self.ca.der().clone())
+                    .expect("nomad double: CA root");
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    ring(),
+                )
+                .build()
+                .expect("nomad double: client verifier");
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key.serialize_der()));
+        let mut config = builder
+            .with_single_cert(vec![self.server.der().clone()], key)
+            .expect("nomad double: server certificate");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+type TlsConn = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// An axum listener that yields only connections whose TLS handshake completed. Handshakes run
+/// in their own tasks (a client that never finishes one holds up no other), each recorded in
+/// [`Shared::handshakes`].
+struct TlsListener {
+    incoming: tokio::sync::mpsc::UnboundedReceiver<(TlsConn, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    fn new(
+        tcp: tokio::net::TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        shared: Arc<Shared>,
+    ) -> TlsListener {
+        let local = tcp.local_addr().expect("nomad double: local addr");
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let (tx, incoming) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match tcp.accept().await {
+                    Ok(c) => c,
+                    Err(_) => {
+                        // Out of file descriptors and the like: what axum's own loop does.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, tx, shared) = (acceptor.clone(), tx.clone(), shared.clone());
+                tokio::spawn(async move {
+                    let handshake = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        acceptor.accept(stream).into_fallible(),
+                    )
+                    .await;
+                    let (record, conn, refused) = match handshake {
+                        Ok(Ok(conn)) => {
+                            let client_cert = conn
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .is_some_and(|c| !c.is_empty());
+                            let record = Handshake {
+                                ok: true,
+                                client_cert,
+                                error: None,
+                            };
+                            (record, Some(conn), None)
+                        }
+                        Ok(Err((e, io))) => (Handshake::failed(e.to_string()), None, Some(io)),
+                        Err(_) => (Handshake::failed("handshake timed out".into()), None, None),
+                    };
+                    shared
+                        .handshakes
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(record);
+                    if let Some(conn) = conn {
+                        let _ = tx.send((conn, peer));
+                    }
+                    if let Some(io) = refused {
+                        close_gracefully(io).await;
+                    }
+                });
+            }
+        });
+        TlsListener { incoming, local }
+    }
+}
+
+/// Close a refused connection so that the client reads the alert already sent: FIN, then read
+/// what the client still sends until it closes. Go's server (so Nomad) just closes; under TLS
+/// 1.3 a client that has already sent its request may then get a reset (the unread request)
+/// instead of the alert, at random. The double leaves that race out, so tests are repeatable.
+async fn close_gracefully(mut io: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = io.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async { while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+}
+
+impl Handshake {
+    fn failed(error: String) -> Handshake {
+        Handshake {
+            ok: false,
+            client_cert: false,
+            error: Some(error),
+        }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsConn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TlsConn, SocketAddr) {
+        match self.incoming.recv().await {
+            Some(conn) => conn,
+            // The accept task is gone (the runtime is shutting down): nothing more comes.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
