@@ -90,7 +90,11 @@ impl Journal for StoreJournal {
     }
 }
 
+/// Output lines of providers kept per run (the newest).
+const OUTPUT_TAIL: usize = 500;
+
 struct Shared<'a> {
+    output: Arc<Mutex<std::collections::VecDeque<String>>>,
     set: &'a ManifestSet,
     store: Arc<dyn StateStore>,
     providers: Vec<Arc<dyn Provider>>,
@@ -117,6 +121,7 @@ pub async fn apply(
         .map(|r| (r.address.clone(), r))
         .collect();
     let shared = Shared {
+        output: Arc::new(Mutex::new(std::collections::VecDeque::new())),
         set,
         store: Arc::clone(store),
         providers: providers.to_vec(),
@@ -211,6 +216,9 @@ pub async fn apply(
         ended_at: 0,
         revision: shared.opts.revision.clone(),
     };
+    if let Ok(tail) = shared.output.lock() {
+        run.output_tail = tail.iter().cloned().collect();
+    }
     for (a, action, outcome, elapsed) in results {
         let (result, detail) = match &outcome {
             Outcome::Applied => ("applied", None),
@@ -350,7 +358,8 @@ async fn destroy(shared: &Shared<'_>, p: &dyn Provider, rec: &Record) -> Result<
     };
     let (key, limit) = p.concurrency(&probe);
     let _permit = system_permit(shared, key, limit).await;
-    match tokio::time::timeout(timeout, p.destroy(rec)).await {
+    let sink = output_sink(shared, &rec.address);
+    match tokio::time::timeout(timeout, crate::provider::with_output(sink, p.destroy(rec))).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.message),
         Err(_) => Err(format!(
@@ -358,6 +367,25 @@ async fn destroy(shared: &Shared<'_>, p: &dyn Provider, rec: &Record) -> Result<
             humantime::format_duration(timeout)
         )),
     }
+}
+
+/// A sink that shows a provider's lines as progress and keeps them in the run's output tail.
+fn output_sink(shared: &Shared<'_>, a: &Address) -> crate::provider::OutputSink {
+    let (tail, progress, address) = (
+        Arc::clone(&shared.output),
+        Arc::clone(&shared.opts.progress),
+        a.to_string(),
+    );
+    Arc::new(move |line: &str| {
+        let line = format!("{address}: {line}");
+        if let Ok(mut t) = tail.lock() {
+            if t.len() == OUTPUT_TAIL {
+                t.pop_front();
+            }
+            t.push_back(line.clone());
+        }
+        progress(line);
+    })
 }
 
 /// Create or update one resource.
@@ -422,9 +450,10 @@ async fn converge(
     };
     let (key, limit) = p.concurrency(&desired);
     let _permit = system_permit(shared, key, limit).await;
+    let sink = output_sink(shared, a);
     let result = tokio::time::timeout(
         desired.timeout,
-        p.apply(&journal, &desired, recorded.as_ref()),
+        crate::provider::with_output(sink, p.apply(&journal, &desired, recorded.as_ref())),
     )
     .await;
     let mut rec = journal.snapshot();

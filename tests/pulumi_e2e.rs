@@ -324,6 +324,25 @@ fn a_no_op_reapply_runs_no_up_and_a_spec_change_is_an_update() {
     );
     assert_eq!(f.count(&["up"]), 1);
     let first = f.state("DigitalOceanDatabaseCluster.main");
+    // Pulumi's own lines reach the terminal and the run record.
+    let shown: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("DigitalOceanDatabaseCluster.main: ") && !l.contains("Creat"))
+        .collect();
+    assert!(!shown.is_empty(), "no pulumi output in:\n{}", r.stdout);
+    let id = f
+        .tend(&["runs", "list"])
+        .ok()
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let run: serde_json::Value =
+        serde_json::from_str(&f.tend(&["runs", "show", &id]).ok().stdout).expect("run json");
+    let tail = run["output_tail"].as_array().cloned().unwrap_or_default();
+    assert!(tail.iter().any(|l| l.as_str() == Some(shown[0])), "{run}");
 
     // No changes: the plan's preview says so, and the apply runs no `up`.
     let r = f.tend(&["plan", "--detailed-exitcode"]);

@@ -182,6 +182,26 @@ pub trait Provider: Send + Sync {
     async fn destroy(&self, recorded: &Record) -> Result<(), ProviderError>;
 }
 
+/// Where a provider's output lines go while an action runs: the run record's output tail and
+/// the terminal of `tend apply`. Lines must already be free of secrets.
+pub type OutputSink = Arc<dyn Fn(&str) + Send + Sync>;
+
+tokio::task_local! {
+    /// Set by the executor around each action.
+    static OUTPUT: OutputSink;
+}
+
+/// The current action's output sink, if an executor set one (call it in the action's own task,
+/// and hand the result to any task it spawns).
+pub fn output_sink() -> Option<OutputSink> {
+    OUTPUT.try_with(Arc::clone).ok()
+}
+
+/// Run `fut` with `sink` as its output sink.
+pub async fn with_output<F: std::future::Future>(sink: OutputSink, fut: F) -> F::Output {
+    OUTPUT.scope(sink, fut).await
+}
+
 /// What providers may need from the process: where tend keeps its state (e.g. the Pulumi
 /// provider's default `file://` backend and its working copies of bundled programs).
 #[derive(Clone, Debug)]

@@ -208,6 +208,8 @@ impl Runner {
             });
         }
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL)));
+        // Captured here, in the action's task: the readers below are spawned tasks.
+        let echo = crate::provider::output_sink();
         let stdout_buf = Arc::new(Mutex::new(String::new()));
         let readers = {
             let out = child.stdout.take().map(|s| {
@@ -220,6 +222,7 @@ impl Runner {
                     log: inv.log_stdout,
                     render: inv.render,
                     keep: Some(Arc::clone(&stdout_buf)),
+                    echo: echo.clone(),
                 };
                 tokio::spawn(sink.read(s))
             });
@@ -233,6 +236,7 @@ impl Runner {
                     log: true,
                     render: None,
                     keep: None,
+                    echo: echo.clone(),
                 };
                 tokio::spawn(sink.read(s))
             });
@@ -278,6 +282,8 @@ struct Sink {
     log: bool,
     render: Option<fn(&str) -> Option<String>>,
     keep: Option<Arc<Mutex<String>>>,
+    /// The run record's output and `tend apply`'s terminal.
+    echo: Option<crate::provider::OutputSink>,
 }
 
 impl Sink {
@@ -302,6 +308,9 @@ impl Sink {
             };
             let shown = self.redactor.redact(&shown);
             tracing::info!(address = %self.address, command = %self.label, stream = self.stream, "{shown}");
+            if let Some(echo) = &self.echo {
+                echo(&shown);
+            }
             if let Ok(mut t) = self.tail.lock() {
                 if t.len() == TAIL {
                     t.pop_front();
