@@ -479,7 +479,10 @@ impl Client {
             ApiError::new(
                 ErrorClass::Permanent,
                 None,
-                format!("the nomad credential's {what} is not usable: {e}"),
+                format!(
+                    "the nomad credential's {what} is not usable: {}",
+                    causes(&e)
+                ),
             )
         };
         if let Some(ca) = &endpoint.ca_cert {
@@ -510,11 +513,17 @@ impl Client {
                 ));
             }
         }
+        let with_identity = endpoint.client_cert.is_some();
         let http = builder.build().map_err(|e| {
+            let what = if with_identity {
+                "the nomad credential's client_cert / client_key are not usable"
+            } else {
+                "cannot set up an HTTP client for Nomad"
+            };
             ApiError::new(
                 ErrorClass::Permanent,
                 None,
-                format!("cannot set up an HTTP client for Nomad: {e}"),
+                format!("{what}: {}", causes(&e)),
             )
         })?;
         Ok(Client {
@@ -828,6 +837,22 @@ fn decode_secret<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Api
     })
 }
 
+/// An error with its chain of causes ("builder error: … : InconsistentKeys(KeyMismatch)"). The
+/// causes of TLS setup errors name what is wrong, never key material.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(c) = source {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = c.source();
+    }
+    s
+}
+
 /// `Ok(None)` for a 404, the value otherwise.
 fn optional<T>(r: Result<T, ApiError>) -> Result<Option<T>, ApiError> {
     match r {
@@ -849,10 +874,20 @@ fn transport_error(what: &str, address: &str, e: &reqwest::Error) -> ApiError {
         if cause.downcast_ref::<rustls::Error>().is_some() {
             tls = true;
         }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::InvalidData
-        {
-            tls = true;
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            // `io::Error::source()` skips the error it wraps (hyper-rustls wraps rustls's
+            // error in an `Other` around an `InvalidData`): look inside by hand.
+            let mut inner: Option<&std::io::Error> = Some(io);
+            while let Some(i) = inner {
+                if i.kind() == std::io::ErrorKind::InvalidData {
+                    tls = true;
+                }
+                let wrapped = i.get_ref();
+                if wrapped.is_some_and(|w| w.downcast_ref::<rustls::Error>().is_some()) {
+                    tls = true;
+                }
+                inner = wrapped.and_then(|w| w.downcast_ref::<std::io::Error>());
+            }
         }
         detail = cause.to_string();
         source = cause.source();
