@@ -397,16 +397,15 @@ async fn converge(
     fresh: bool,
 ) -> Result<Outcome, String> {
     let desired = {
-        let records = shared
-            .records
-            .lock()
-            .map_err(|_| "internal: records poisoned".to_owned())?
-            .clone();
+        // Look outputs up one by one: cloning every record for each action made an apply of
+        // n resources cost O(n²).
         let outputs = |t: &Address| {
-            records
-                .get(t)
-                .filter(|r| r.status == Status::Ready)
-                .map(|r| r.outputs.clone())
+            shared.records.lock().ok().and_then(|records| {
+                records
+                    .get(t)
+                    .filter(|r| r.status == Status::Ready)
+                    .map(|r| r.outputs.clone())
+            })
         };
         let mut resolver = Resolver::new(shared.set);
         resolver
