@@ -100,28 +100,7 @@ fn http_get(addr: &str, path: &str) -> String {
 }
 
 async fn db_exists(name: &str) -> bool {
-    let admin = pg().admin().await;
-    let n: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM pg_database WHERE datname = $1",
-            &[&name],
-        )
-        .await
-        .expect("query")
-        .get(0);
-    n == 1
-}
-
-async fn owner(db: &str) -> String {
-    let admin = pg().admin().await;
-    admin
-        .query_one(
-            "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
-            &[&db],
-        )
-        .await
-        .expect("owner")
-        .get(0)
+    util::exists("db", name).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -168,7 +147,7 @@ async fn the_daemon_converges_freezes_on_bad_input_heals_drift_and_stops_cleanly
     eventually("owner drift healed", &d, || {
         let b = b.clone();
         let rb = rb.clone();
-        async move { owner(&b).await == rb }
+        async move { util::owner_of(&b).await == rb }
     })
     .await;
 

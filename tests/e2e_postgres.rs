@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tend::address::Address;
 use tend::state::{SledStore, StateStore, Status};
-use util::{Workspace, database_yaml, pg, server_yaml, unique};
+use util::{Workspace, database_yaml, exists, owner_of, pg, server_yaml, unique};
 
 /// The generated password of a database resource, read from state with the library.
 fn password_in_state(w: &Workspace, name: &str) -> String {
@@ -20,28 +20,6 @@ fn password_in_state(w: &Workspace, name: &str) -> String {
         .and_then(|v| v.as_str())
         .expect("password in state")
         .to_owned()
-}
-
-async fn exists(kind: &str, name: &str) -> bool {
-    let admin = pg().admin().await;
-    let q = match kind {
-        "role" => "SELECT count(*) FROM pg_roles WHERE rolname = $1",
-        _ => "SELECT count(*) FROM pg_database WHERE datname = $1",
-    };
-    let n: i64 = admin.query_one(q, &[&name]).await.expect("query").get(0);
-    n == 1
-}
-
-async fn owner_of(db: &str) -> String {
-    let admin = pg().admin().await;
-    admin
-        .query_one(
-            "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
-            &[&db],
-        )
-        .await
-        .expect("owner")
-        .get(0)
 }
 
 #[tokio::test]

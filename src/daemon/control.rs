@@ -293,28 +293,34 @@ async fn get_run(
     }
 }
 
+/// Hand a request to the event loop and wait for its answer.
+async fn ask<T>(
+    ctx: &Ctx,
+    make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Control,
+) -> Reply<T> {
+    let stopping = || {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is stopping".to_owned(),
+        )
+    };
+    let (tx, rx) = oneshot::channel();
+    ctx.events
+        .send(Event::Control(make(tx)))
+        .map_err(|_| stopping())?;
+    match rx.await {
+        Ok(Ok(p)) => Ok(Json(p)),
+        Ok(Err(e)) => Err((StatusCode::UNPROCESSABLE_ENTITY, e)),
+        Err(_) => Err(stopping()),
+    }
+}
+
 async fn post_plan(
     State(ctx): State<Ctx>,
     ConnectInfo(info): ConnectInfo<PeerUid>,
 ) -> Reply<PlanReply> {
     check_peer(&ctx, &info)?;
-    let (tx, rx) = oneshot::channel();
-    ctx.events
-        .send(Event::Control(Control::Plan(tx)))
-        .map_err(|_| {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the daemon is stopping".to_owned(),
-            )
-        })?;
-    match rx.await {
-        Ok(Ok(p)) => Ok(Json(p)),
-        Ok(Err(e)) => Err((StatusCode::UNPROCESSABLE_ENTITY, e)),
-        Err(_) => Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the daemon is stopping".to_owned(),
-        )),
-    }
+    ask(&ctx, Control::Plan).await
 }
 
 async fn post_apply(
@@ -322,23 +328,7 @@ async fn post_apply(
     ConnectInfo(info): ConnectInfo<PeerUid>,
 ) -> Reply<ApplyReply> {
     check_peer(&ctx, &info)?;
-    let (tx, rx) = oneshot::channel();
-    ctx.events
-        .send(Event::Control(Control::Apply(tx)))
-        .map_err(|_| {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the daemon is stopping".to_owned(),
-            )
-        })?;
-    match rx.await {
-        Ok(Ok(p)) => Ok(Json(p)),
-        Ok(Err(e)) => Err((StatusCode::UNPROCESSABLE_ENTITY, e)),
-        Err(_) => Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the daemon is stopping".to_owned(),
-        )),
-    }
+    ask(&ctx, Control::Apply).await
 }
 
 /// The CLI's side: one HTTP request over the socket. `Ok(None)` when no daemon answers there.

@@ -159,6 +159,35 @@ impl Pg {
     }
 }
 
+/// Whether a role (`kind == "role"`) or a database exists on the test server.
+pub async fn exists(kind: &str, name: &str) -> bool {
+    let q = match kind {
+        "role" => "SELECT count(*) FROM pg_roles WHERE rolname = $1",
+        _ => "SELECT count(*) FROM pg_database WHERE datname = $1",
+    };
+    let n: i64 = pg()
+        .admin()
+        .await
+        .query_one(q, &[&name])
+        .await
+        .expect("query")
+        .get(0);
+    n == 1
+}
+
+/// The owner of a database on the test server.
+pub async fn owner_of(db: &str) -> String {
+    pg().admin()
+        .await
+        .query_one(
+            "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
+            &[&db],
+        )
+        .await
+        .expect("owner")
+        .get(0)
+}
+
 /// A name unique to this process and call, for objects on the shared server.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
