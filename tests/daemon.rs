@@ -516,6 +516,12 @@ async fn a_failing_resource_is_retried_with_backoff_then_stalls_until_the_manife
         "bad.yaml",
         &database_yaml("bad", &bad_db, "pg_reserved", ""),
     );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let metrics_addr = format!("127.0.0.1:{port}");
     let d = Daemon::start(
         &w,
         &[
@@ -525,6 +531,8 @@ async fn a_failing_resource_is_retried_with_backoff_then_stalls_until_the_manife
             "100ms",
             "--stall-after",
             "3",
+            "--metrics-addr",
+            &metrics_addr,
         ],
     );
     eventually("the healthy one converges", &d, || db_exists(&ok_db)).await;
@@ -533,6 +541,8 @@ async fn a_failing_resource_is_retried_with_backoff_then_stalls_until_the_manife
         async move { r.stdout.contains("stalled after 3 failed attempts") }
     })
     .await;
+    let health = http_get(&metrics_addr, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
     let attempts = d.log().matches("PostgresDatabase.bad: Creating...").count();
     assert_eq!(attempts, 3, "{}", d.log());
     tokio::time::sleep(Duration::from_millis(800)).await;
