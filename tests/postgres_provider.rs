@@ -536,6 +536,56 @@ async fn a_password_changed_by_hand_is_drift_and_apply_sets_the_recorded_one_aga
 }
 
 #[tokio::test]
+async fn the_same_password_stored_again_by_hand_in_either_hash_is_not_drift() {
+    // A superuser admin checks the recorded password against pg_authid's verifier instead of
+    // logging in: a fresh SCRAM salt or an md5 hash of the same password still matches, and
+    // a role without any password does not.
+    let p = PostgresProvider::default();
+    let t = tenant();
+    let d = desired(&t, connection(None, "prefer"), &[]);
+    let journal = TestJournal::default();
+    let r = apply(&p, &journal, &d, None).await;
+    let password = secret(&r.private, "password");
+    let admin = superuser().await;
+
+    for encryption in ["scram-sha-256", "md5"] {
+        admin
+            .batch_execute(&format!(
+                "SET password_encryption = '{encryption}'; ALTER ROLE {} PASSWORD '{password}'",
+                t.owner
+            ))
+            .await
+            .expect("store the password again by hand");
+        let stored: String = admin
+            .query_one(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+                &[&t.owner],
+            )
+            .await
+            .expect("read the verifier")
+            .get(0);
+        let prefix = if encryption == "md5" {
+            "md5"
+        } else {
+            "SCRAM-SHA-256$"
+        };
+        assert!(stored.starts_with(prefix), "{encryption}: stored as asked");
+        assert!(drift(&p, &d, &r).await.is_empty(), "{encryption}: no drift");
+    }
+
+    admin
+        .batch_execute(&format!("ALTER ROLE {} PASSWORD NULL", t.owner))
+        .await
+        .expect("remove the password by hand");
+    assert_eq!(fields(&drift(&p, &d, &r).await), ["password"]);
+    let r2 = apply(&p, &journal, &d, Some(&r)).await;
+    assert!(drift(&p, &d, &r2).await.is_empty());
+    assert_eq!(login_error(&t.owner, &password, &t.database).await, None);
+
+    destroy(&p, &r2).await;
+}
+
+#[tokio::test]
 async fn attribute_limit_and_public_access_drift_is_reported_and_repaired() {
     // NOLOGIN is reported as `role.login`, not as a password that no longer works.
     let p = PostgresProvider::default();

@@ -18,6 +18,7 @@ mod observed;
 mod reconcile;
 mod spec;
 mod sql;
+mod verifier;
 
 use std::collections::BTreeMap;
 
@@ -119,11 +120,15 @@ impl Provider for PostgresProvider {
         let read = async {
             let role = reconcile::read_role(&admin, &tenant.owner).await?;
             let database = reconcile::read_database(&admin, &tenant.database).await?;
-            Ok::<_, ProviderError>((role, database))
+            let stored = match role {
+                Some(_) => Some(reconcile::read_password(&admin, &tenant.owner).await?),
+                None => None,
+            };
+            Ok::<_, ProviderError>((role, database, stored))
         }
         .await;
         admin.release();
-        let (role, database) = read?;
+        let (role, database, stored) = read?;
 
         let mut state = TenantState {
             role,
@@ -137,7 +142,7 @@ impl Provider for PostgresProvider {
         let password = recorded
             .and_then(recorded_password)
             .filter(|_| state.role.is_some_and(|r| r.login));
-        if let Some(password) = password {
+        if let (Some(password), Some(stored)) = (password, stored) {
             let login_db = if state.database.is_some() {
                 &tenant.database
             } else {
@@ -145,7 +150,7 @@ impl Provider for PostgresProvider {
             };
             let ok = self
                 .pools
-                .can_log_in(&server, &tenant.owner, &password, login_db)
+                .password_works(stored, &server, &tenant.owner, &password, login_db)
                 .await?;
             state.password_ok = Some(ok);
         }

@@ -1,6 +1,7 @@
 //! Connections to PostgreSQL servers: a small pool of admin connections per server (so several
 //! CREATE DATABASEs can run in parallel — one backend runs statements serially), TLS through
-//! rustls, and one-off log-ins as a tenant role to check its password.
+//! rustls, and checking a tenant role's password: against its stored verifier when the admin
+//! can read `pg_authid`, else by a one-off log-in as the role.
 //!
 //! tokio-postgres reads no PG* environment variable; every [`Config`] is built here from a
 //! [`Server`]. Must not log a password or a statement that carries one, and must not hand a
@@ -26,7 +27,7 @@ use crate::value::Sensitive;
 
 use super::error;
 use super::spec::{Server, SslMode};
-use super::sql;
+use super::{sql, verifier};
 
 /// Admin connections kept per server; also the provider's per-server concurrency limit.
 pub const MAX_ADMIN_CONNECTIONS: usize = 4;
@@ -56,6 +57,14 @@ struct PoolKey {
     user: String,
     database: String,
     sslmode: SslMode,
+}
+
+/// What the admin could read of a role's password, to check a recorded password against.
+pub enum StoredPassword {
+    /// `pg_authid.rolpassword`; `None` when the role has no password.
+    Verifier(Option<Sensitive>),
+    /// `pg_authid` is readable by superusers only: a log-in has to tell.
+    Unreadable,
 }
 
 struct Idle {
@@ -136,6 +145,48 @@ impl Pools {
             pool,
             permit,
         })
+    }
+
+    /// Whether `password` is `role`'s password: checked against the stored verifier (CPU
+    /// only, off the async threads) when there is one in a format [`verifier::matches`] knows,
+    /// else by logging in as the role ([`Pools::can_log_in`]). No password at all is `false`.
+    pub async fn password_works(
+        &self,
+        stored: StoredPassword,
+        server: &Server,
+        role: &str,
+        password: &Sensitive,
+        database: &str,
+    ) -> Result<bool, ProviderError> {
+        if let StoredPassword::Verifier(stored) = stored {
+            let Some(stored) = stored else {
+                return Ok(false);
+            };
+            let (owned_role, owned_password) = (role.to_owned(), password.clone());
+            let verdict = tokio::task::spawn_blocking(move || {
+                verifier::matches(stored.expose(), &owned_role, &owned_password)
+            })
+            .await
+            .map_err(|e| {
+                ProviderError::transient(format!("check the password of role `{role}`: {e}"))
+            })?;
+            match verdict {
+                Some(ok) => {
+                    if !ok {
+                        tracing::debug!(
+                            role,
+                            "the recorded password does not match the role's verifier"
+                        );
+                    }
+                    return Ok(ok);
+                }
+                None => tracing::debug!(
+                    role,
+                    "unknown password verifier format; logging in to check"
+                ),
+            }
+        }
+        self.can_log_in(server, role, password, database).await
     }
 
     /// Whether `role` logs in to `database` with `password`. Authentication failures (28P01,

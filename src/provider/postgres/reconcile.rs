@@ -11,7 +11,7 @@ use postgres_protocol::password::scram_sha_256;
 use crate::provider::ProviderError;
 use crate::value::Sensitive;
 
-use super::conn::{Admin, Pools, column};
+use super::conn::{Admin, Pools, StoredPassword, column};
 use super::error;
 use super::observed::{DatabaseState, RoleState};
 use super::spec::{Server, Tenant};
@@ -36,6 +36,24 @@ pub async fn read_role(admin: &Admin, role: &str) -> Result<Option<RoleState>, P
         inherit: column(&row, 6, "rolinherit")?,
         connection_limit: column(&row, 7, "rolconnlimit")?,
     }))
+}
+
+/// The role's stored password verifier, when the admin may read it (superuser).
+pub async fn read_password(admin: &Admin, role: &str) -> Result<StoredPassword, ProviderError> {
+    if !admin.info.superuser {
+        return Ok(StoredPassword::Unreadable);
+    }
+    let row = admin
+        .query_opt(sql::READ_VERIFIER, &[&role])
+        .await
+        .map_err(|e| {
+            error::statement(&format!("read the password verifier of role `{role}`"), &e)
+        })?;
+    let verifier = match row {
+        Some(row) => column::<Option<String>>(&row, 0, "rolpassword")?,
+        None => None,
+    };
+    Ok(StoredPassword::Verifier(verifier.map(Sensitive::new)))
 }
 
 /// The database's owner, limit and PUBLIC access, `None` when it does not exist.
@@ -218,10 +236,15 @@ pub async fn converge(
     }
 
     // 5. The password of a role that already existed: set it when it was just generated, else
-    //    only when the recorded one no longer logs in (a verifier is salted anew each time, so
+    //    only when the recorded one no longer works (a verifier is salted anew each time, so
     //    setting it every run would change the role on every run).
     if !password_set {
-        let works = !fresh && pools.can_log_in(server, role, password, database).await?;
+        let works = !fresh && {
+            let stored = read_password(admin, role).await?;
+            pools
+                .password_works(stored, server, role, password, database)
+                .await?
+        };
         if !works {
             admin
                 .execute_sensitive(&sql::alter_role_password(role, verifier().expose()))

@@ -16,6 +16,9 @@ pub const SERVER_INFO: &str = "SELECT current_setting('server_version_num')::int
 pub const READ_ROLE: &str = "SELECT rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, \
      rolreplication, rolbypassrls, rolinherit, rolconnlimit \
      FROM pg_catalog.pg_roles WHERE rolname = $1::text";
+/// Superusers only (pg_authid is not readable by others).
+pub const READ_VERIFIER: &str =
+    "SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = $1::text";
 pub const READ_DATABASE: &str = "SELECT pg_catalog.pg_get_userbyid(d.datdba)::text, d.datconnlimit, \
      pg_catalog.has_database_privilege('public', d.oid, 'CONNECT'), \
      pg_catalog.has_database_privilege('public', d.oid, 'TEMPORARY') \
