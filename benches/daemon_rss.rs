@@ -83,14 +83,16 @@ fn main() {
             .matches(needle)
             .count()
     };
-    let rss_mib = || -> f64 {
+    // VmRSS: resident now; VmHWM: the peak since start or since the last reset.
+    let proc_mib = |field: &str| -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
             .map_or(f64::NAN, |kb| kb / 1024.0)
     };
+    let rss_mib = || proc_mib("VmRSS:");
     let deadline = started + Duration::from_secs(1800);
     while count("apply complete") < 1 {
         assert!(
@@ -106,7 +108,15 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let converged = started.elapsed();
-    assert_eq!(double.count("PUT", "/v1/jobs"), jobs, "one register per job");
+    // The first apply's peak, then reset the high-water mark (writing 5 to clear_refs) so the
+    // peak reported at the end is the one of the resyncs alone.
+    let apply_peak = proc_mib("VmHWM:");
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the RSS high-water mark");
+    assert_eq!(
+        double.count("PUT", "/v1/jobs"),
+        jobs,
+        "one register per job"
+    );
 
     // (seconds since convergence, RSS MiB, resyncs finished so far)
     let mut samples: Vec<(f64, f64, usize)> = Vec::new();
@@ -124,6 +134,7 @@ fn main() {
             count("no changes"),
         ));
     }
+    let resync_peak = proc_mib("VmHWM:");
     let _ = child.kill();
     let _ = child.wait();
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -137,18 +148,13 @@ fn main() {
 
     // Growth: mean RSS over the first and the last quarter of the samples taken after the
     // first resync finished (the first refresh fills the pools and caches for good).
-    let settled: Vec<f64> = samples
-        .iter()
-        .filter(|s| s.2 >= 1)
-        .map(|s| s.1)
-        .collect();
+    let settled: Vec<f64> = samples.iter().filter(|s| s.2 >= 1).map(|s| s.1).collect();
     let quarter = (settled.len() / 4).max(1);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let first = mean(&settled[..quarter]);
     let last = mean(&settled[settled.len() - quarter..]);
-    let max = samples.iter().map(|s| s.1).fold(0.0, f64::max);
     println!(
-        "daemon_rss: {} resources ({jobs} Nomad jobs, {databases} databases), converged in {:.1}s; {:.0} min of resyncs every {resync} ({resyncs} resyncs): RSS max {max:.1} MiB, settled {first:.1} → {last:.1} MiB ({:+.1}%) (target ≤ 100 MB, no growth)",
+        "daemon_rss: {} resources ({jobs} Nomad jobs, {databases} databases), converged in {:.1}s (peak RSS {apply_peak:.1} MiB); {:.0} min of resyncs every {resync} ({resyncs} resyncs): mean RSS in the first → last quarter {first:.1} → {last:.1} MiB ({:+.1}%), peak during resyncs {resync_peak:.1} MiB (target ≤ 100 MB, no growth)",
         jobs + databases,
         converged.as_secs_f64(),
         duration.as_secs_f64() / 60.0,

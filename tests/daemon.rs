@@ -501,6 +501,51 @@ async fn sigterm_or_kill_9_during_a_blocked_action_leaves_state_that_the_next_st
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_a_refresh_that_hangs_exits_at_once() {
+    // The job is applied against the Nomad double, then its credential points at a "Nomad"
+    // that accepts connections and never answers: the daemon's startup refresh would wait out
+    // the client's 60 s timeout, and its retries, before it read SIGTERM.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hole_addr = format!("http://{}", hole.local_addr().expect("addr"));
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = std::sync::Arc::clone(&held);
+    std::thread::spawn(move || {
+        for conn in hole.incoming().flatten() {
+            keep.lock().expect("lock").push(conn);
+        }
+    });
+    let nomad = util::nomad::NomadDouble::start();
+    let w = Workspace::new();
+    let manifest = |address: &str| {
+        format!(
+            "apiVersion: tend/v1\nkind: Credential\nmetadata: {{name: nomad}}\nspec: {{provider: nomad, data: {{address: \"{address}\"}}}}\n---\napiVersion: tend/v1\nkind: NomadJob\nmetadata: {{name: web}}\nspec:\n  job:\n    Datacenters: [dc1]\n    TaskGroups:\n      - Name: app\n        Tasks:\n          - {{Name: app, Driver: docker, Config: {{image: \"app:1\"}}}}\n"
+        )
+    };
+    w.write("nomad.yaml", &manifest(&nomad.address()));
+    w.run(&["apply", "--auto-approve"]).ok();
+    w.write("nomad.yaml", &manifest(&hole_addr));
+
+    let d = Daemon::start(&w, &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while held.lock().expect("lock").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no request reached the hole:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    let log = d.log();
+    assert_eq!(d.stop(), 0, "{log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "SIGTERM waited {:?} for the refresh",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_failing_resource_is_retried_with_backoff_then_stalls_until_the_manifest_changes() {
     let w = Workspace::new();
     let (ok_db, ok_role, bad_db, role) = (

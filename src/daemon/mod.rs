@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::sync::watch as flag;
 
 use crate::address::Address;
 use crate::apply::now_ms;
@@ -107,6 +108,9 @@ struct Daemon {
     revision: Option<String>,
     /// The manifests digest at which retries stalled.
     stalled: Option<String>,
+    /// Turns true on SIGTERM/SIGINT, so a refresh in progress is abandoned at once (the
+    /// event itself waits in the channel until the loop reads it).
+    shutdown: flag::Receiver<bool>,
 }
 
 /// Run until SIGTERM. Returns the exit code.
@@ -127,7 +131,8 @@ pub async fn run(
         }
         None => watch::files(&opts.manifests, tx.clone())?,
     };
-    spawn_signals(tx.clone())?;
+    let (shutdown_tx, shutdown) = flag::channel(false);
+    spawn_signals(tx.clone(), shutdown_tx)?;
     let watchdog = spawn_watchdog();
     let status = Arc::new(Mutex::new(DaemonStatus {
         pid: std::process::id(),
@@ -176,6 +181,7 @@ pub async fn run(
         repo,
         revision: None,
         stalled: None,
+        shutdown,
     };
     tracing::info!(manifests = %d.opts.manifests.display(), resync = ?d.opts.resync, prune = d.opts.prune, "tend daemon starting");
     let mut resync = tokio::time::interval(d.opts.resync);
@@ -187,6 +193,7 @@ pub async fn run(
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
 
     loop {
+        release_freed_memory();
         if let Some(why) = d.pending.take() {
             if d.reconcile(why, &mut rx).await == Flow::Stop {
                 return Ok(stop(watchdog));
@@ -234,6 +241,17 @@ pub async fn run(
     }
 }
 
+/// Hand the heap a finished load, plan or apply freed back to the OS. glibc keeps freed memory
+/// in per-thread arenas (every tokio worker gets one) and returns little of it by itself, so a
+/// daemon's RSS would otherwise stay at the peak of the largest run it ever made.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers; it only walks glibc's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Flow {
     Continue,
@@ -258,7 +276,10 @@ fn stop(watchdog: tokio::task::JoinHandle<()>) -> u8 {
     0
 }
 
-fn spawn_signals(tx: mpsc::UnboundedSender<Event>) -> anyhow::Result<()> {
+fn spawn_signals(
+    tx: mpsc::UnboundedSender<Event>,
+    shutdown: flag::Sender<bool>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -270,6 +291,9 @@ fn spawn_signals(tx: mpsc::UnboundedSender<Event>) -> anyhow::Result<()> {
                 _ = term.recv() => Event::Shutdown,
                 _ = int.recv() => Event::Shutdown,
             };
+            if matches!(e, Event::Shutdown) {
+                shutdown.send_replace(true);
+            }
             if tx.send(e).is_err() {
                 return;
             }
@@ -415,7 +439,17 @@ impl Daemon {
             targets: Vec::new(),
             parallelism: self.opts.parallelism,
         };
-        match plan(&set, &graph, &self.store, &self.providers, &opts).await {
+        // Refreshing only reads, so a shutdown abandons it rather than wait for every
+        // observation (a server that hangs could hold SIGTERM for minutes).
+        let mut shutdown = self.shutdown.clone();
+        let planned = tokio::select! {
+            planned = plan(&set, &graph, &self.store, &self.providers, &opts) => planned,
+            Ok(_) = shutdown.wait_for(|stop| *stop) => {
+                tracing::info!(reason = why, "shutting down: refresh abandoned");
+                return Err("shutting down".into());
+            }
+        };
+        match planned {
             Ok(plan) => {
                 self.metrics
                     .drift_found(plan.changes.iter().filter(|c| !c.drift.is_empty()).count());
