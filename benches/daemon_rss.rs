@@ -108,9 +108,19 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let converged = started.elapsed();
-    // The first apply's peak, then reset the high-water mark (writing 5 to clear_refs) so the
-    // peak reported at the end is the one of the resyncs alone.
     let apply_peak = proc_mib("VmHWM:");
+    // Reset the high-water mark (writing 5 to clear_refs sets it to the current RSS) once the
+    // first resync is over and the daemon has handed the apply's memory back, so the peak
+    // reported at the end is the resyncs' alone.
+    while count("no changes") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "no resync finished:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the RSS high-water mark");
     assert_eq!(
         double.count("PUT", "/v1/jobs"),

@@ -13,7 +13,7 @@ use crate::graph::Graph;
 use crate::manifest::ManifestSet;
 use crate::plan::{self, Action, Observation, Plan, ResourceChange};
 use crate::provider::{self, Desired, Provider};
-use crate::state::{Record, StateError, StateStore};
+use crate::state::{Sealed, StateError, StateStore};
 use crate::value::Value;
 
 /// How to plan.
@@ -63,6 +63,10 @@ pub fn targeted(graph: &Graph, targets: &[Address]) -> Option<BTreeSet<Address>>
 }
 
 /// Make a plan.
+///
+/// Memory stays proportional to the stored bytes, not to decoded state: records are listed
+/// sealed and decoded one at a time while their resource is planned, and each observation is
+/// decided as it arrives instead of collecting a whole wave's.
 pub async fn plan(
     set: &ManifestSet,
     graph: &Graph,
@@ -70,7 +74,7 @@ pub async fn plan(
     providers: &[Arc<dyn Provider>],
     opts: &PlanOptions,
 ) -> anyhow::Result<Plan> {
-    let records: BTreeMap<Address, Record> = blocking(store, |s| s.list())
+    let records: BTreeMap<Address, Sealed> = blocking(store, |s| s.list_sealed())
         .await?
         .into_iter()
         .map(|r| (r.address.clone(), r))
@@ -106,7 +110,7 @@ pub async fn plan(
     for (_, wave) in waves {
         let mut items = Vec::new();
         for a in wave {
-            let outputs = |t: &Address| planned_outputs(t, &decided, &records, providers);
+            let outputs = |t: &Address| planned_outputs(t, &decided, &records, store, providers);
             let Some(desired) = resolver.desired(&a, &outputs) else {
                 continue;
             };
@@ -115,37 +119,33 @@ pub async fn plan(
             };
             items.push((desired, p));
         }
-        let observed: Vec<(Arc<Desired>, Arc<dyn Provider>, Observation)> = stream::iter(items)
+        let mut observed = stream::iter(items)
             .map(|(desired, p)| {
-                let rec = records.get(&desired.address);
-                let refresh = opts.refresh && desired.connection.is_known() && rec.is_some();
+                let sealed = records.get(&desired.address);
                 async move {
+                    let rec = sealed.map(|s| store.unseal(s)).transpose()?;
+                    let refresh = opts.refresh && desired.connection.is_known() && rec.is_some();
                     let obs = if refresh {
-                        match p.observe(&desired, rec).await {
-                            Ok(Some(o)) => Ok(Observation::Present(o)),
-                            Ok(None) => Ok(Observation::Absent),
-                            Err(e) => Err(e),
+                        match p.observe(&desired, rec.as_ref()).await {
+                            Ok(Some(o)) => Observation::Present(o),
+                            Ok(None) => Observation::Absent,
+                            Err(e) => {
+                                tracing::warn!(address = %desired.address, error = %e, "refresh failed");
+                                Observation::NotRefreshed
+                            }
                         }
                     } else {
-                        Ok(Observation::NotRefreshed)
+                        Observation::NotRefreshed
                     };
-                    (desired, p, obs)
+                    Ok::<_, StateError>((desired, p, rec, obs))
                 }
             })
-            .buffer_unordered(opts.parallelism.max(1))
-            .map(|(d, p, obs)| {
-                let obs = obs.unwrap_or_else(|e| {
-                    tracing::warn!(address = %d.address, error = %e, "refresh failed");
-                    Observation::NotRefreshed
-                });
-                (d, p, obs)
-            })
-            .collect()
-            .await;
-        for (desired, p, obs) in observed {
+            .buffer_unordered(opts.parallelism.max(1));
+        while let Some(next) = observed.next().await {
+            let (desired, p, rec, obs) = next?;
             if let Observation::NotRefreshed = obs
                 && opts.refresh
-                && records.contains_key(&desired.address)
+                && rec.is_some()
                 && desired.connection.is_known()
             {
                 plan.warnings.push(format!(
@@ -161,13 +161,7 @@ pub async fn plan(
                 );
             }
             let hash = desired.spec.digest(&key);
-            let change = plan::decide(
-                p.as_ref(),
-                &desired,
-                &hash,
-                records.get(&desired.address),
-                &obs,
-            );
+            let change = plan::decide(p.as_ref(), &desired, &hash, rec.as_ref(), &obs);
             if change.action == Action::Replace && desired.prevent_destroy {
                 plan.errors.push(format!(
                     "{} has lifecycle.prevent_destroy set, but this plan would replace it",
@@ -177,13 +171,14 @@ pub async fn plan(
             decided.insert(desired.address.clone(), (change, desired));
         }
     }
-    for (a, rec) in &records {
+    for (a, sealed) in &records {
         if set.get(a).is_none() && in_scope(a) {
-            let (change, error) = plan::decide_orphan(rec);
+            let (change, error) = plan::decide_orphan(&store.unseal(sealed)?);
             plan.errors.extend(error);
             plan.changes.push(change);
         }
     }
+    plan.warnings.sort();
     plan.changes.extend(decided.into_values().map(|(c, _)| c));
     plan.changes.sort_by(|a, b| a.address.cmp(&b.address));
     Ok(plan)
@@ -194,12 +189,18 @@ pub async fn plan(
 fn planned_outputs(
     a: &Address,
     decided: &BTreeMap<Address, (ResourceChange, Arc<Desired>)>,
-    records: &BTreeMap<Address, Record>,
+    records: &BTreeMap<Address, Sealed>,
+    store: &Arc<dyn StateStore>,
     providers: &[Arc<dyn Provider>],
 ) -> Option<BTreeMap<String, Value>> {
     let (change, desired) = decided.get(a)?;
     if change.action == Action::NoOp {
-        return records.get(a).map(|r| r.outputs.clone());
+        // A record that no longer decodes has no outputs to offer; the plan already failed
+        // on it when its own resource was planned.
+        return records
+            .get(a)
+            .and_then(|s| store.unseal(s).ok())
+            .map(|r| r.outputs);
     }
     provider::for_kind(providers, a.kind).map(|p| p.known_outputs(desired))
 }

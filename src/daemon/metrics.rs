@@ -136,7 +136,8 @@ pub async fn serve(
 }
 
 async fn scrape(State(ctx): State<Ctx>) -> impl IntoResponse {
-    match blocking(&ctx.store, |s| s.list()).await {
+    // Sealed: a scrape reads every record's status, not every decoded spec.
+    match blocking(&ctx.store, |s| s.list_sealed()).await {
         Ok(records) => {
             ctx.metrics.resources.clear();
             for status in ["ready", "failed", "applying"] {

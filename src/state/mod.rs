@@ -11,9 +11,26 @@ mod record;
 mod store;
 
 pub use record::{Record, ResourceResult, Run, Status, Trigger};
+
 pub use store::SledStore;
 
 use crate::address::Address;
+
+/// A record as it sits in the store, its spec and secrets not yet decoded: listing 10,000 of
+/// these costs their bytes (under 1 KB each), not 10,000 decoded specs. Open one with
+/// [`StateStore::unseal`] when it is needed.
+#[derive(Clone, Debug)]
+pub struct Sealed {
+    pub address: Address,
+    pub status: Status,
+    bytes: std::sync::Arc<[u8]>,
+}
+
+impl Sealed {
+    fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
 
 /// Store metadata (DESIGN §3 `meta`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -55,7 +72,14 @@ pub trait StateStore: Send + Sync {
     /// Forget a record (no-op if absent), bump the serial, flush.
     fn remove(&self, address: &Address) -> Result<(), StateError>;
     /// All records, sorted by address.
-    fn list(&self) -> Result<Vec<Record>, StateError>;
+    fn list(&self) -> Result<Vec<Record>, StateError> {
+        self.list_sealed()?.iter().map(|s| self.unseal(s)).collect()
+    }
+    /// All records undecoded, sorted by address: for a pass over every resource that decodes
+    /// one at a time (a plan, a metrics scrape).
+    fn list_sealed(&self) -> Result<Vec<Sealed>, StateError>;
+    /// Decode (and decrypt) a record from [`StateStore::list_sealed`]. CPU only, no I/O.
+    fn unseal(&self, sealed: &Sealed) -> Result<Record, StateError>;
     /// Insert or replace a run record, flush.
     fn put_run(&self, run: &Run) -> Result<(), StateError>;
     /// Runs, newest first, at most `limit`.

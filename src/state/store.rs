@@ -16,7 +16,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
@@ -28,7 +28,7 @@ use sled::transaction::{
 };
 
 use super::crypto::{KeyLocation, StateKey};
-use super::{Meta, Record, Run, StateError, StateStore, Status};
+use super::{Meta, Record, Run, Sealed, StateError, StateStore, Status};
 use crate::address::{Address, Kind};
 use crate::value::{SENSITIVE, Sensitive, Value};
 
@@ -271,15 +271,34 @@ impl StateStore for SledStore {
         self.write_resources(|res| Ok(res.remove(key.as_bytes())?.is_some()))
     }
 
-    fn list(&self) -> Result<Vec<Record>, StateError> {
-        // Decode entry by entry: holding every undecoded entry at once doubled peak memory.
+    fn list_sealed(&self) -> Result<Vec<Sealed>, StateError> {
+        // Only the head (address, status) is parsed here; the rest stays bytes until unsealed.
+        #[derive(Deserialize)]
+        struct Head {
+            address: Address,
+            status: Status,
+        }
         let mut out = Vec::new();
         for item in self.resources.iter() {
             let (k, v) = item.map_err(|e| sled_error(e, &self.dir))?;
-            out.push(self.decode_record(parse_stored(&k, &v)?)?);
+            let entry = || String::from_utf8_lossy(&k).into_owned();
+            let head: Head = serde_json::from_slice(&v).map_err(|e| StateError::Corrupt {
+                key: entry(),
+                reason: e.to_string(),
+            })?;
+            out.push(Sealed {
+                address: head.address,
+                status: head.status,
+                bytes: Arc::from(&v[..]),
+            });
         }
         out.sort_by(|a, b| a.address.cmp(&b.address));
         Ok(out)
+    }
+
+    fn unseal(&self, sealed: &Sealed) -> Result<Record, StateError> {
+        let key = sealed.address.to_string();
+        self.decode_record(parse_stored(key.as_bytes(), sealed.bytes())?)
     }
 
     fn put_run(&self, run: &Run) -> Result<(), StateError> {
@@ -1120,6 +1139,29 @@ mod tests {
             .map(|r| r.address)
             .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn sealed_records_carry_address_and_status_and_unseal_to_the_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let mut failed = sample("b");
+        failed.status = Status::Failed;
+        for r in [&failed, &sample("a")] {
+            store.put(r).expect("put");
+        }
+        let sealed = store.list_sealed().expect("list sealed");
+        let heads: Vec<_> = sealed
+            .iter()
+            .map(|s| (s.address.clone(), s.status))
+            .collect();
+        assert_eq!(
+            heads,
+            [(addr("a"), Status::Ready), (addr("b"), Status::Failed)]
+        );
+        assert_eq!(store.unseal(&sealed[1]).expect("unseal"), failed);
+        // Sealed means undecoded: the secret is still ciphertext in its bytes.
+        assert!(!String::from_utf8_lossy(sealed[0].bytes()).contains(SECRET));
     }
 
     #[test]
