@@ -105,70 +105,90 @@ pub async fn plan(
     }
 
     let mut resolver = Resolver::new(set);
-    let mut decided: BTreeMap<Address, (ResourceChange, Arc<Desired>)> = BTreeMap::new();
+    // A decided resource keeps its desired state only while a dependent may still need it.
+    let mut decided: BTreeMap<Address, (ResourceChange, Option<Arc<Desired>>)> = BTreeMap::new();
     let mut plan = Plan::default();
+    // A wave is resolved and observed a chunk at a time, so at most a chunk of desired states
+    // of resources nothing depends on is alive at once.
+    let chunk = opts.parallelism.max(1) * 32;
     for (_, wave) in waves {
-        let mut items = Vec::new();
-        for a in wave {
-            let outputs = |t: &Address| planned_outputs(t, &decided, &records, store, providers);
-            let Some(desired) = resolver.desired(&a, &outputs) else {
-                continue;
-            };
-            let Some(p) = provider::for_kind(providers, a.kind) else {
-                continue;
-            };
-            items.push((desired, p));
-        }
-        let mut observed = stream::iter(items)
-            .map(|(desired, p)| {
-                let sealed = records.get(&desired.address);
-                async move {
-                    let rec = sealed.map(|s| store.unseal(s)).transpose()?;
-                    let refresh = opts.refresh && desired.connection.is_known() && rec.is_some();
-                    let obs = if refresh {
-                        match p.observe(&desired, rec.as_ref()).await {
-                            Ok(Some(o)) => Observation::Present(o),
-                            Ok(None) => Observation::Absent,
-                            Err(e) => {
-                                tracing::warn!(address = %desired.address, error = %e, "refresh failed");
-                                Observation::NotRefreshed
+        for part in wave.chunks(chunk) {
+            let mut items = Vec::new();
+            for a in part {
+                let outputs =
+                    |t: &Address| planned_outputs(t, &decided, &records, store, providers);
+                let Some(desired) = resolver.desired(a, &outputs) else {
+                    continue;
+                };
+                let Some(p) = provider::for_kind(providers, a.kind) else {
+                    continue;
+                };
+                items.push((desired, p));
+            }
+            let mut observed = stream::iter(items)
+                .map(|(desired, p)| {
+                    let sealed = records.get(&desired.address);
+                    async move {
+                        let rec = sealed.map(|s| store.unseal(s)).transpose()?;
+                        let refresh =
+                            opts.refresh && desired.connection.is_known() && rec.is_some();
+                        let obs = if refresh {
+                            match p.observe(&desired, rec.as_ref()).await {
+                                Ok(Some(o)) => Observation::Present(o),
+                                Ok(None) => Observation::Absent,
+                                Err(e) => {
+                                    tracing::warn!(address = %desired.address, error = %e, "refresh failed");
+                                    Observation::NotRefreshed
+                                }
                             }
-                        }
-                    } else {
-                        Observation::NotRefreshed
-                    };
-                    Ok::<_, StateError>((desired, p, rec, obs))
+                        } else {
+                            Observation::NotRefreshed
+                        };
+                        Ok::<_, StateError>((desired, p, rec, obs))
+                    }
+                })
+                .buffer_unordered(opts.parallelism.max(1));
+            let mut leaves = Vec::new();
+            while let Some(next) = observed.next().await {
+                let (desired, p, rec, obs) = next?;
+                if let Observation::NotRefreshed = obs
+                    && opts.refresh
+                    && rec.is_some()
+                    && desired.connection.is_known()
+                {
+                    plan.warnings.push(format!(
+                        "could not refresh {}: planned from state alone (see the log for the error)",
+                        desired.address
+                    ));
                 }
-            })
-            .buffer_unordered(opts.parallelism.max(1));
-        while let Some(next) = observed.next().await {
-            let (desired, p, rec, obs) = next?;
-            if let Observation::NotRefreshed = obs
-                && opts.refresh
-                && rec.is_some()
-                && desired.connection.is_known()
-            {
-                plan.warnings.push(format!(
-                    "could not refresh {}: planned from state alone (see the log for the error)",
-                    desired.address
-                ));
+                if let Observation::Present(o) = &obs {
+                    plan.warnings.extend(
+                        o.warnings
+                            .iter()
+                            .map(|w| format!("{}: {w}", desired.address)),
+                    );
+                }
+                let hash = desired.spec.digest(&key);
+                let change = plan::decide(p.as_ref(), &desired, &hash, rec.as_ref(), &obs);
+                if change.action == Action::Replace && desired.prevent_destroy {
+                    plan.errors.push(format!(
+                        "{} has lifecycle.prevent_destroy set, but this plan would replace it",
+                        desired.address
+                    ));
+                }
+                let address = desired.address.clone();
+                let keep = if graph.dependents(&address).is_empty() {
+                    leaves.push(address.clone());
+                    None
+                } else {
+                    Some(desired)
+                };
+                decided.insert(address, (change, keep));
             }
-            if let Observation::Present(o) = &obs {
-                plan.warnings.extend(
-                    o.warnings
-                        .iter()
-                        .map(|w| format!("{}: {w}", desired.address)),
-                );
+            drop(observed);
+            for a in &leaves {
+                resolver.invalidate(a);
             }
-            let hash = desired.spec.digest(&key);
-            let change = plan::decide(p.as_ref(), &desired, &hash, rec.as_ref(), &obs);
-            if change.action == Action::Replace && desired.prevent_destroy {
-                plan.errors.push(format!(
-                    "{} has lifecycle.prevent_destroy set, but this plan would replace it",
-                    desired.address
-                ));
-            }
-            decided.insert(desired.address.clone(), (change, desired));
         }
     }
     for (a, sealed) in &records {
@@ -188,7 +208,7 @@ pub async fn plan(
 /// change, what the provider can tell from the spec otherwise.
 fn planned_outputs(
     a: &Address,
-    decided: &BTreeMap<Address, (ResourceChange, Arc<Desired>)>,
+    decided: &BTreeMap<Address, (ResourceChange, Option<Arc<Desired>>)>,
     records: &BTreeMap<Address, Sealed>,
     store: &Arc<dyn StateStore>,
     providers: &[Arc<dyn Provider>],
@@ -202,5 +222,6 @@ fn planned_outputs(
             .and_then(|s| store.unseal(s).ok())
             .map(|r| r.outputs);
     }
+    let desired = desired.as_ref()?;
     provider::for_kind(providers, a.kind).map(|p| p.known_outputs(desired))
 }

@@ -217,3 +217,41 @@ async fn three_tenants_converge_and_each_lifecycle_step_makes_exactly_the_expect
     let r = f.w.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(r.code, 0, "{}", r.all());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forty_tenants_plan_in_chunks_with_refs_across_chunk_boundaries() {
+    // `--parallelism 1` plans waves in chunks of 32: the 40 databases and the 40 jobs that read
+    // their outputs each span two chunks, and the databases' desired states are kept for the
+    // jobs while the jobs' own (nothing depends on them) are let go.
+    let f = Fixture::new();
+    for i in 0..40 {
+        f.tenant(&format!("t{i}"), 2000 + i, "1.0.0", "standard", "running");
+    }
+    let r =
+        f.w.run(&["apply", "--auto-approve", "--parallelism", "1"])
+            .ok();
+    assert!(r.stdout.contains("Plan: 80 to add"), "{}", r.stdout);
+    let r =
+        f.w.run(&["plan", "--detailed-exitcode", "--parallelism", "1"]);
+    assert_eq!(r.code, 0, "converged: {}", r.all());
+
+    // A version bump for all: the databases are unchanged, every job updates, and the DB_*
+    // values each job gets from its (unchanged, recorded) database stay as they were.
+    for i in 0..40 {
+        f.tenant(&format!("t{i}"), 2000 + i, "1.1.0", "standard", "running");
+    }
+    let r = f.w.run(&["plan", "--parallelism", "1"]).ok();
+    assert!(
+        r.stdout
+            .contains("Plan: 0 to add, 40 to change, 0 to destroy."),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("DB_NAME"), "{}", r.stdout);
+    f.w.run(&["apply", "--auto-approve", "--parallelism", "1"])
+        .ok();
+    assert_eq!(f.registers(), 80);
+    let job = f.job(2039);
+    let env = &job["TaskGroups"][0]["Tasks"][0]["Env"];
+    assert_eq!(env["DB_NAME"], format!("{}_org_2039", f.prefix));
+}
