@@ -441,10 +441,26 @@ impl StateStore for SledStore {
     }
 
     fn write_backup(&self) -> Result<(), StateError> {
-        let doc = self.export(true)?;
-        let mut bytes = serde_json::to_vec_pretty(&doc).map_err(io::Error::other)?;
-        bytes.push(b'\n');
-        write_atomically(&self.dir.join(BACKUP_FILE), &bytes)?;
+        // The export with secrets, streamed: the stored form of a record *is* its exported form
+        // (secrets sealed), so each record's bytes are copied into the document one at a time
+        // instead of building the whole document (for 10,000 records, ~120 MB) in memory.
+        let meta = self.meta()?;
+        let records = self.list_sealed()?;
+        let lineage = serde_json::to_string(&meta.lineage).map_err(io::Error::other)?;
+        write_atomically(&self.dir.join(BACKUP_FILE), |file| {
+            let mut w = io::BufWriter::new(file);
+            write!(
+                w,
+                "{{\"version\":{EXPORT_VERSION},\"lineage\":{lineage},\"serial\":{},\"secrets\":\"encrypted\",\"resources\":[",
+                meta.serial
+            )?;
+            for (i, r) in records.iter().enumerate() {
+                w.write_all(if i == 0 { b"\n" } else { b",\n" })?;
+                w.write_all(r.bytes())?;
+            }
+            w.write_all(b"\n]}\n")?;
+            w.flush()
+        })?;
         Ok(())
     }
 }
@@ -721,9 +737,13 @@ fn sled_error(e: sled::Error, dir: &Path) -> StateError {
     }
 }
 
-/// Replace `path` with `bytes` so that a crash leaves the old file or the new one, never a
-/// mix: write a temporary file beside it (0600), fsync, rename over, fsync the directory.
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Replace `path` with what `write` writes, so that a crash leaves the old file or the new one,
+/// never a mix: write a temporary file beside it (0600), fsync, rename over, fsync the
+/// directory.
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -741,7 +761,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(bytes)?;
+        write(&mut f)?;
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, path)?;
