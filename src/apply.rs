@@ -120,12 +120,22 @@ pub async fn apply(
         .into_iter()
         .map(|r| (r.address.clone(), r))
         .collect();
+    // What depends on what according to state, to order deletes.
+    let mut recorded_dependents: BTreeMap<Address, Vec<Address>> = BTreeMap::new();
+    for r in records.values() {
+        for d in &r.depends_on {
+            recorded_dependents
+                .entry(d.clone())
+                .or_default()
+                .push(r.address.clone());
+        }
+    }
     let shared = Shared {
         output: Arc::new(Mutex::new(std::collections::VecDeque::new())),
         set,
         store: Arc::clone(store),
         providers: providers.to_vec(),
-        records: Mutex::new(records.clone()),
+        records: Mutex::new(records),
         global: Semaphore::new(opts.parallelism.max(1)),
         per_system: Mutex::new(HashMap::new()),
         key: store.digest_key().to_vec(),
@@ -150,10 +160,12 @@ pub async fn apply(
     for (a, action) in &actions {
         let waits_for: Vec<Address> = if *action == Action::Delete {
             // Delete after everything recorded as depending on it is deleted or replaced.
-            records
-                .values()
-                .filter(|r| r.depends_on.contains(a) && actions.contains_key(&r.address))
-                .map(|r| r.address.clone())
+            recorded_dependents
+                .get(a)
+                .into_iter()
+                .flatten()
+                .filter(|d| actions.contains_key(*d))
+                .cloned()
                 .collect()
         } else {
             let mut ancestors: Vec<Address> = graph
