@@ -55,7 +55,7 @@ fn main() {
                 .list()
                 .expect("list")
                 .iter()
-                .filter(|r| r.kind == Kind::PostgresDatabase)
+                .filter(|r| r.kind == Kind::of("PostgresDatabase"))
                 .count(),
             n
         );

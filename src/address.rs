@@ -1,59 +1,61 @@
 //! Kinds and addresses: the names every layer uses for a resource (`Kind.name`).
-//! Pure; knows nothing about schemas or providers.
+//! Pure. A kind is an entry of the registry; this module names none.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Every kind tend knows. Each kind's schema lives in `manifest::schema`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Kind {
-    Credential,
-    PostgresServer,
-    PostgresDatabase,
-    NomadJob,
-    PulumiStack,
-    DigitalOceanDatabaseCluster,
-    TenantTemplate,
-    TenantInstance,
-}
+use crate::model::KindModel;
+use crate::registry::MODELS;
+
+/// A kind: one entry of [`crate::registry::MODELS`], whose position orders plans and state.
+/// Made only from a registered name, so it always has a model.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Kind(u8);
 
 impl Kind {
-    pub const ALL: &'static [Kind] = &[
-        Kind::Credential,
-        Kind::PostgresServer,
-        Kind::PostgresDatabase,
-        Kind::NomadJob,
-        Kind::PulumiStack,
-        Kind::DigitalOceanDatabaseCluster,
-        Kind::TenantTemplate,
-        Kind::TenantInstance,
-    ];
+    /// Credentials are the core's own kind: every provider's kinds read them.
+    pub const CREDENTIAL: Kind = Kind(0);
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Credential => "Credential",
-            Kind::PostgresServer => "PostgresServer",
-            Kind::PostgresDatabase => "PostgresDatabase",
-            Kind::NomadJob => "NomadJob",
-            Kind::PulumiStack => "PulumiStack",
-            Kind::DigitalOceanDatabaseCluster => "DigitalOceanDatabaseCluster",
-            Kind::TenantTemplate => "TenantTemplate",
-            Kind::TenantInstance => "TenantInstance",
+    /// Every registered kind, in registry order.
+    pub fn all() -> impl Iterator<Item = Kind> + Clone {
+        (0..MODELS.len()).filter_map(|i| u8::try_from(i).ok().map(Kind))
+    }
+
+    /// The kind written `name`, if tend knows it.
+    pub fn named(name: &str) -> Option<Kind> {
+        Kind::all().find(|k| k.as_str() == name)
+    }
+
+    /// A kind that code names (a provider naming its own kinds): registered by construction,
+    /// which the registry's tests check.
+    pub fn of(name: &str) -> Kind {
+        match Kind::named(name) {
+            Some(k) => k,
+            None => panic!("kind `{name}` is not in registry::MODELS"),
         }
     }
 
+    /// The kind's model.
+    pub fn model(self) -> &'static dyn KindModel {
+        MODELS[usize::from(self.0)]
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.model().name()
+    }
+
     /// Whether the kind is converged by a provider (and so is planned, applied and recorded).
-    /// Credentials and servers are configuration that other resources read.
+    /// The others are configuration that other resources read.
     pub fn is_managed(self) -> bool {
-        matches!(
-            self,
-            Kind::PostgresDatabase
-                | Kind::NomadJob
-                | Kind::PulumiStack
-                | Kind::DigitalOceanDatabaseCluster
-        )
+        self.model().provider().is_some()
+    }
+}
+
+impl fmt::Debug for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -66,11 +68,21 @@ impl fmt::Display for Kind {
 impl FromStr for Kind {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        Kind::ALL
-            .iter()
-            .copied()
-            .find(|k| k.as_str() == s)
-            .ok_or(())
+        Kind::named(s).ok_or(())
+    }
+}
+
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Kind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Kind::named(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("`{name}` is not a kind tend knows")))
     }
 }
 
@@ -209,7 +221,7 @@ mod tests {
     #[test]
     fn addresses_round_trip_through_text() {
         let a: Address = "PostgresDatabase.org-1".parse().expect("parses");
-        assert_eq!(a, Address::new(Kind::PostgresDatabase, "org-1"));
+        assert_eq!(a, Address::new(Kind::of("PostgresDatabase"), "org-1"));
         assert_eq!(a.to_string(), "PostgresDatabase.org-1");
         assert!("Nope.x".parse::<Address>().is_err());
         assert!("PostgresDatabase.Bad_Name".parse::<Address>().is_err());
@@ -218,12 +230,16 @@ mod tests {
             .expect("child");
         assert_eq!(
             child,
-            Address::child(Kind::TenantInstance, "acme", Kind::PostgresDatabase)
+            Address::child(
+                Kind::of("TenantInstance"),
+                "acme",
+                Kind::of("PostgresDatabase")
+            )
         );
         assert_eq!(child.to_string(), "TenantInstance.acme/PostgresDatabase");
         assert_eq!(
             Address::from_ref("TenantInstance", "acme/NomadJob").map(|a| a.kind),
-            Some(Kind::NomadJob)
+            Some(Kind::of("NomadJob"))
         );
     }
 

@@ -360,15 +360,7 @@ async fn destroy(shared: &Shared<'_>, p: &dyn Provider, rec: &Record) -> Result<
         || crate::desired::default_timeout(rec.kind),
         crate::desired::timeout_of,
     );
-    let probe = crate::provider::Desired {
-        address: rec.address.clone(),
-        spec: rec.spec.clone(),
-        connection: rec.connection.clone(),
-        timeout,
-        prevent_destroy: rec.prevent_destroy,
-        depends_on: rec.depends_on.clone(),
-    };
-    let (key, limit) = p.concurrency(&probe);
+    let (key, limit) = rec.kind.model().concurrency(&rec.connection);
     let _permit = system_permit(shared, key, limit).await;
     let sink = output_sink(shared, &rec.address);
     match tokio::time::timeout(timeout, crate::provider::with_output(sink, p.destroy(rec))).await {
@@ -459,7 +451,7 @@ async fn converge(
         store: Arc::clone(&shared.store),
         record: Mutex::new(rec),
     };
-    let (key, limit) = p.concurrency(&desired);
+    let (key, limit) = a.kind.model().concurrency(&desired.connection);
     let _permit = system_permit(shared, key, limit).await;
     let sink = output_sink(shared, a);
     let result = tokio::time::timeout(
@@ -518,30 +510,21 @@ mod tests {
     use super::*;
     use crate::address::Kind;
     use crate::engine::{PlanOptions, plan};
-    use crate::provider::{Applied, Desired, Drift, Observed};
+    use crate::provider::{Applied, Desired, Observed};
     use crate::state::SledStore;
 
-    /// Sleeps `delay` per apply, fails resources whose owner is `fail`, and counts concurrency.
+    /// Stands in for the postgres provider (the models are the real ones): sleeps `delay` per
+    /// apply, fails resources whose owner is `fail`, and counts concurrency.
     struct Slow {
         delay: Duration,
         running: AtomicUsize,
         peak: AtomicUsize,
-        limit: usize,
     }
 
     #[async_trait]
     impl Provider for Slow {
         fn name(&self) -> &'static str {
-            "slow"
-        }
-        fn kinds(&self) -> &'static [Kind] {
-            &[Kind::PostgresDatabase]
-        }
-        fn immutable_fields(&self, _: Kind) -> &'static [&'static str] {
-            &[]
-        }
-        fn concurrency(&self, _: &Desired) -> (String, usize) {
-            ("one-server".into(), self.limit)
+            "postgres"
         }
         async fn observe(
             &self,
@@ -549,9 +532,6 @@ mod tests {
             _: Option<&Record>,
         ) -> Result<Option<Observed>, ProviderError> {
             Ok(None)
-        }
-        fn drift(&self, _: &Desired, _: Option<&Record>, _: &Observed) -> Vec<Drift> {
-            Vec::new()
         }
         async fn apply(
             &self,
@@ -620,12 +600,11 @@ mod tests {
         (run, lines, dir)
     }
 
-    fn slow(delay_ms: u64, limit: usize) -> Arc<Slow> {
+    fn slow(delay_ms: u64) -> Arc<Slow> {
         Arc::new(Slow {
             delay: Duration::from_millis(delay_ms),
             running: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
-            limit,
         })
     }
 
@@ -641,7 +620,7 @@ mod tests {
             db("free", "ok"),
         ]
         .concat();
-        let (run, _, _dir) = run(&docs, slow(1, 4), 10, Duration::from_secs(10)).await;
+        let (run, _, _dir) = run(&docs, slow(1), 10, Duration::from_secs(10)).await;
         let outcome = |a: &str| {
             run.results
                 .iter()
@@ -665,10 +644,15 @@ mod tests {
     #[tokio::test]
     async fn parallelism_and_the_per_system_limit_bound_concurrent_actions() {
         let docs: String = (0..8).map(|i| db(&format!("d{i}"), "ok")).collect();
-        let p = slow(30, 3);
+        // Every database is on one server: the model's per-server limit bounds them.
+        let (_, limit) = Kind::of("PostgresDatabase")
+            .model()
+            .concurrency(&Value::map());
+        assert!(limit < 8);
+        let p = slow(30);
         run(&docs, Arc::clone(&p), 10, Duration::from_secs(10)).await;
-        assert_eq!(p.peak.load(Ordering::SeqCst), 3, "per-system limit");
-        let p = slow(30, 8);
+        assert_eq!(p.peak.load(Ordering::SeqCst), limit, "per-system limit");
+        let p = slow(30);
         run(&docs, Arc::clone(&p), 2, Duration::from_secs(10)).await;
         assert_eq!(p.peak.load(Ordering::SeqCst), 2, "--parallelism");
     }
@@ -683,7 +667,7 @@ mod tests {
             ),
         ]
         .concat();
-        let (run, lines, dir) = run(&docs, slow(5, 4), 10, Duration::from_secs(10)).await;
+        let (run, lines, dir) = run(&docs, slow(5), 10, Duration::from_secs(10)).await;
         assert_eq!(run.exit_code, 0, "{lines:?}");
         let pos = |s: &str| lines.iter().position(|l| l == s).unwrap_or(usize::MAX);
         assert!(
@@ -707,13 +691,8 @@ mod tests {
 
     #[tokio::test]
     async fn long_actions_report_that_they_are_still_running() {
-        let (_, lines, _dir) = run(
-            &db("slow", "ok"),
-            slow(260, 4),
-            10,
-            Duration::from_millis(100),
-        )
-        .await;
+        let (_, lines, _dir) =
+            run(&db("slow", "ok"), slow(260), 10, Duration::from_millis(100)).await;
         let still: Vec<&String> = lines
             .iter()
             .filter(|l| l.starts_with("PostgresDatabase.slow: Still creating"))

@@ -1,5 +1,5 @@
-//! Desired state: each manifest's spec resolved into values, with defaults filled in and the
-//! connection it needs (e.g. a database's server admin connection) attached.
+//! Desired state: each manifest's spec resolved into values, with its kind's defaults filled in
+//! and the connection it needs attached (both by the kind's model, [`crate::model::KindModel::complete`]).
 //!
 //! Pure. Outputs of managed resources come from the caller (`OutputsFn`): during `plan` they
 //! are the recorded outputs of resources that will not change and `(known after apply)`
@@ -13,8 +13,8 @@ use std::time::Duration;
 use crate::address::{Address, Kind};
 use crate::manifest::refs::RefExpr;
 use crate::manifest::resolve::{literal, resolve};
-use crate::manifest::{Manifest, ManifestSet, schema};
-use crate::provider::Desired;
+use crate::manifest::{Dep, Manifest, ManifestSet};
+use crate::model::{BuildCx, Desired};
 use crate::value::Value;
 
 /// Outputs of a managed resource, or `None` when they are not known yet.
@@ -50,7 +50,7 @@ impl<'a> Resolver<'a> {
         }
         let m = self.set.get(a)?;
         for dep in &m.deps {
-            if dep.target.kind != Kind::Credential && !self.memo.contains_key(&dep.target) {
+            if dep.target.kind != Kind::CREDENTIAL && !self.memo.contains_key(&dep.target) {
                 self.desired(&dep.target, outputs);
             }
         }
@@ -66,7 +66,7 @@ impl<'a> Resolver<'a> {
         let kind = target.kind;
         let path: Vec<&str> = r.path.iter().map(String::as_str).collect();
         match path.as_slice() {
-            ["spec", "data", key] if kind == Kind::Credential => self
+            ["spec", "data", key] if kind == Kind::CREDENTIAL => self
                 .set
                 .credentials
                 .get(&r.name)
@@ -86,7 +86,6 @@ impl<'a> Resolver<'a> {
 
     fn build(&self, m: &Manifest, outputs: &OutputsFn<'_>) -> Desired {
         let mut spec = resolve(&m.spec, &mut |r| self.lookup(r, outputs));
-        let kind = m.address.kind;
         let timeout = timeout_of(m);
         let prevent_destroy = m
             .spec
@@ -100,62 +99,15 @@ impl<'a> Resolver<'a> {
                 map.remove(k);
             }
         }
-        let mut connection = Value::map();
-        match kind {
-            Kind::PostgresServer => {
-                let cred = m
-                    .deps
-                    .iter()
-                    .find(|d| d.via == "credential")
-                    .and_then(|d| self.set.credentials.get(&d.target.name));
-                spec = postgres_server(spec, cred.map(|c| &c.data));
-            }
-            Kind::PostgresDatabase => {
-                let server = m
-                    .spec
-                    .get("server")
-                    .and_then(|n| n.as_str())
-                    .unwrap_or_default();
-                if let Some(s) = self.memo.get(&Address::new(Kind::PostgresServer, server)) {
-                    connection = s.spec.clone();
-                }
-                postgres_database_defaults(&mut spec, &m.address.name);
-            }
-            Kind::NomadJob => {
-                let cred = m
-                    .deps
-                    .iter()
-                    .find(|d| d.via == "credential")
-                    .and_then(|d| self.set.credentials.get(&d.target.name));
-                connection = nomad_connection(cred.map(|c| &c.data));
-                nomad_job_defaults(&mut spec, &m.address.name);
-            }
-            Kind::PulumiStack => {
-                connection = pulumi_connection(m, self.set);
-                let program = m
-                    .spec
-                    .get("program")
-                    .and_then(|n| n.as_str())
-                    .unwrap_or_default();
-                connection.insert(
-                    "program_dir",
-                    Value::Str(self.set.root.join(program).display().to_string()),
-                );
-                or_insert(&mut spec, "config", Value::map);
-                or_insert(&mut spec, "env", Value::map);
-            }
-            Kind::DigitalOceanDatabaseCluster => {
-                connection = pulumi_connection(m, self.set);
-                or_insert(&mut spec, "cluster_name", || {
-                    Value::Str(m.address.name.clone())
-                });
-                or_insert(&mut spec, "node_count", || Value::Int(1));
-                or_insert(&mut spec, "enable_public_connectivity", || {
-                    Value::Bool(false)
-                });
-            }
-            Kind::Credential | Kind::TenantTemplate | Kind::TenantInstance => {}
-        }
+        let credentials = |d: &Dep| self.set.credentials.get(&d.target.name);
+        let resolved = |a: &Address| self.memo.get(a).cloned();
+        let cx = BuildCx {
+            manifest: m,
+            root: &self.set.root,
+            credentials: &credentials,
+            resolved: &resolved,
+        };
+        let connection = m.address.kind.model().complete(&cx, &mut spec);
         let mut depends_on: Vec<Address> = m.deps.iter().map(|d| d.target.clone()).collect();
         depends_on.sort();
         depends_on.dedup();
@@ -179,104 +131,9 @@ pub fn timeout_of(m: &Manifest) -> Duration {
         .unwrap_or_else(|| default_timeout(m.address.kind))
 }
 
-/// A kind's default per-action timeout (10 min for Pulumi kinds, 2 min for the others).
+/// A kind's default per-action timeout.
 pub fn default_timeout(kind: Kind) -> Duration {
-    humantime::parse_duration(schema::of(kind).default_timeout).unwrap_or(Duration::from_secs(120))
-}
-
-fn or_insert(spec: &mut Value, key: &str, v: impl FnOnce() -> Value) {
-    if let Value::Map(m) = spec
-        && matches!(m.get(key), None | Some(Value::Null))
-    {
-        m.insert(key.to_owned(), v());
-    }
-}
-
-/// A server's connection: spec fields, else the postgres credential's data, else defaults.
-fn postgres_server(mut spec: Value, cred: Option<&BTreeMap<String, Value>>) -> Value {
-    for key in ["host", "port", "user", "password", "database", "sslmode"] {
-        if let Some(v) = cred.and_then(|c| c.get(key)) {
-            or_insert(&mut spec, key, || v.clone());
-        }
-    }
-    if let Some(p) = spec.get("port").and_then(Value::as_i64) {
-        spec.insert("port", Value::Int(p));
-    }
-    or_insert(&mut spec, "port", || Value::Int(5432));
-    or_insert(&mut spec, "database", || Value::Str("postgres".into()));
-    or_insert(&mut spec, "sslmode", || Value::Str("prefer".into()));
-    if let Value::Map(m) = &mut spec {
-        m.remove("credential");
-    }
-    spec
-}
-
-/// What a Pulumi-driven resource needs besides its spec: the cloud credential (`credential`:
-/// its data, with `provider` naming its kind) and the pulumi backend credential (`pulumi`).
-fn pulumi_connection(m: &Manifest, set: &ManifestSet) -> Value {
-    let mut conn = Value::map();
-    for dep in &m.deps {
-        let Some(c) = set
-            .credentials
-            .get(&dep.target.name)
-            .filter(|_| dep.target.kind == Kind::Credential)
-        else {
-            continue;
-        };
-        let mut data = Value::map();
-        for (k, v) in &c.data {
-            data.insert(k.clone(), v.clone());
-        }
-        match dep.via.as_str() {
-            "credential" => {
-                data.insert("provider", Value::Str(c.provider.clone()));
-                conn.insert("credential", data);
-            }
-            "credential:pulumi" => conn.insert("pulumi", data),
-            _ => {}
-        }
-    }
-    conn
-}
-
-/// A Nomad cluster connection from the nomad credential; the address defaults to the local agent
-/// as Nomad's own CLI does.
-fn nomad_connection(cred: Option<&BTreeMap<String, Value>>) -> Value {
-    let mut conn = Value::map();
-    if let Some(c) = cred {
-        for (k, v) in c {
-            conn.insert(k.clone(), v.clone());
-        }
-    }
-    or_insert(&mut conn, "address", || {
-        Value::Str("http://127.0.0.1:4646".into())
-    });
-    conn
-}
-
-/// `job.ID` defaults to the resource name and `job.Name` to the ID.
-fn nomad_job_defaults(spec: &mut Value, name: &str) {
-    or_insert(spec, "purge_on_destroy", || Value::Bool(false));
-    let Value::Map(m) = spec else { return };
-    let Some(job) = m.get_mut("job") else { return };
-    or_insert(job, "ID", || Value::Str(name.to_owned()));
-    let id = job.get("ID").cloned().unwrap_or(Value::Null);
-    or_insert(job, "Name", || id);
-}
-
-fn postgres_database_defaults(spec: &mut Value, name: &str) {
-    or_insert(spec, "database", || Value::Str(name.to_owned()));
-    let database = spec.get("database").cloned().unwrap_or(Value::Null);
-    or_insert(spec, "owner", || database);
-    let mut generate = Value::map();
-    generate.insert("length", Value::Int(32));
-    let mut password = Value::map();
-    password.insert("generate", generate);
-    or_insert(spec, "password", || password);
-    or_insert(spec, "rotation", || Value::Int(0));
-    or_insert(spec, "connection_limit", || Value::Int(-1));
-    or_insert(spec, "isolate", || Value::Bool(true));
-    or_insert(spec, "on_delete", || Value::Str("retain".into()));
+    kind.model().schema().default_timeout
 }
 
 #[cfg(test)]

@@ -115,8 +115,7 @@ pub async fn plan(
         for part in wave.chunks(chunk) {
             let mut items = Vec::new();
             for a in part {
-                let outputs =
-                    |t: &Address| planned_outputs(t, &decided, &records, store, providers);
+                let outputs = |t: &Address| planned_outputs(t, &decided, &records, store);
                 let Some(desired) = resolver.desired(a, &outputs) else {
                     continue;
                 };
@@ -144,13 +143,13 @@ pub async fn plan(
                         } else {
                             Observation::NotRefreshed
                         };
-                        Ok::<_, StateError>((desired, p, rec, obs))
+                        Ok::<_, StateError>((desired, rec, obs))
                     }
                 })
                 .buffer_unordered(opts.parallelism.max(1));
             let mut leaves = Vec::new();
             while let Some(next) = observed.next().await {
-                let (desired, p, rec, obs) = next?;
+                let (desired, rec, obs) = next?;
                 if let Observation::NotRefreshed = obs
                     && opts.refresh
                     && rec.is_some()
@@ -169,7 +168,8 @@ pub async fn plan(
                     );
                 }
                 let hash = desired.spec.digest(&key);
-                let change = plan::decide(p.as_ref(), &desired, &hash, rec.as_ref(), &obs);
+                let model = desired.address.kind.model();
+                let change = plan::decide(model, &desired, &hash, rec.as_ref(), &obs);
                 if change.action == Action::Replace && desired.prevent_destroy {
                     plan.errors.push(format!(
                         "{} has lifecycle.prevent_destroy set, but this plan would replace it",
@@ -205,13 +205,12 @@ pub async fn plan(
 }
 
 /// Outputs a dependent may rely on during planning: recorded ones when the resource will not
-/// change, what the provider can tell from the spec otherwise.
+/// change, what the kind's model can tell from the spec otherwise.
 fn planned_outputs(
     a: &Address,
     decided: &BTreeMap<Address, (ResourceChange, Option<Arc<Desired>>)>,
     records: &BTreeMap<Address, Sealed>,
     store: &Arc<dyn StateStore>,
-    providers: &[Arc<dyn Provider>],
 ) -> Option<BTreeMap<String, Value>> {
     let (change, desired) = decided.get(a)?;
     if change.action == Action::NoOp {
@@ -223,5 +222,5 @@ fn planned_outputs(
             .map(|r| r.outputs);
     }
     let desired = desired.as_ref()?;
-    provider::for_kind(providers, a.kind).map(|p| p.known_outputs(desired))
+    Some(a.kind.model().known_outputs(desired))
 }

@@ -168,7 +168,7 @@ fn desired(t: &Tenant, connection: Value, overrides: &[(&str, Value)]) -> Desire
         spec.insert((*k).to_owned(), v.clone());
     }
     Desired {
-        address: Address::new(Kind::PostgresDatabase, t.database.replace('_', "-")),
+        address: Address::new(Kind::of("PostgresDatabase"), t.database.replace('_', "-")),
         spec: Value::Map(spec),
         connection,
         timeout: Duration::from_secs(120),
@@ -252,7 +252,7 @@ async fn drift(p: &PostgresProvider, d: &Desired, r: &Record) -> Vec<Drift> {
         .await
         .unwrap_or_else(|e| panic!("observe failed: {}", e.message))
         .expect("the tenant exists");
-    p.drift(d, Some(r), &observed)
+    d.address.kind.model().drift(d, Some(r), &observed)
 }
 
 fn fields(d: &[Drift]) -> Vec<&str> {

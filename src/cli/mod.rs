@@ -276,7 +276,7 @@ fn open_store(dir: &Path) -> anyhow::Result<Arc<dyn StateStore>> {
 }
 
 async fn run(cli: Cli, printer: Printer) -> anyhow::Result<u8> {
-    let providers = provider::registry(&provider::Context {
+    let providers = crate::registry::providers(&provider::Context {
         state_dir: cli.state.clone(),
     });
     let socket = cli
@@ -371,7 +371,7 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<u8> {
                     run.id, run.exit_code, run.summary
                 ));
             }
-            for t in crate::tenants::statuses(&records) {
+            for t in crate::provider::tenant::status::statuses(&records) {
                 out.push_str(&t.line());
                 out.push('\n');
             }
@@ -690,7 +690,8 @@ async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Resul
             printer.out(&s);
         }
         StateCmd::Show { address }
-            if address.kind == crate::address::Kind::TenantInstance && address.parent.is_none() =>
+            if address.kind.as_str() == crate::provider::tenant::INSTANCE
+                && address.parent.is_none() =>
         {
             let records = blocking(&store, |s| s.list()).await?;
             let children: Vec<_> = records
@@ -698,7 +699,7 @@ async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Resul
                 .filter(|r| r.address.parent_address().as_ref() == Some(&address))
                 .cloned()
                 .collect();
-            let Some(status) = crate::tenants::statuses(&children).pop() else {
+            let Some(status) = crate::provider::tenant::status::statuses(&children).pop() else {
                 printer.err(&format!("error: {address} has nothing in state"));
                 return Ok(1);
             };

@@ -177,7 +177,7 @@ pub struct StatusReply {
     pub daemon: DaemonStatus,
     pub resources: BTreeMap<String, usize>,
     #[serde(default)]
-    pub tenants: Vec<crate::tenants::TenantStatus>,
+    pub tenants: Vec<crate::provider::tenant::status::TenantStatus>,
 }
 
 async fn get_status(
@@ -192,7 +192,7 @@ async fn get_status(
             .entry(status_name(r.status).to_owned())
             .or_insert(0) += 1;
     }
-    let tenants = crate::tenants::statuses(&records);
+    let tenants = crate::provider::tenant::status::statuses(&records);
     let daemon = ctx.status.lock().map_err(internal)?.clone();
     Ok(Json(StatusReply {
         daemon,

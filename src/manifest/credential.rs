@@ -6,51 +6,43 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::Credential;
+use super::Credential as Loaded;
 use super::diag::{Diagnostic, suggest};
 use super::node::{Node, NodeValue, Pos};
+use crate::model::{Field, KindModel, Schema, Ty};
 use crate::value::{Sensitive, Value};
 
-/// `(key, is_secret)` for each key a provider's credential may hold.
+/// `(key, is_secret)` for each key a credential of this type may hold.
 pub fn keys(provider: &str) -> &'static [(&'static str, bool)] {
-    match provider {
-        "postgres" => &[
-            ("host", false),
-            ("port", false),
-            ("user", false),
-            ("password", true),
-            ("database", false),
-            ("sslmode", false),
-        ],
-        "nomad" => &[
-            ("address", false),
-            ("token", true),
-            ("region", false),
-            ("namespace", false),
-            ("ca_cert", false),
-            ("client_cert", false),
-            ("client_key", true),
-        ],
-        "digitalocean" => &[("token", true)],
-        "aws" => &[
-            ("access_key_id", false),
-            ("secret_access_key", true),
-            ("session_token", true),
-            ("region", false),
-        ],
-        "gcp" => &[("project", false), ("region", false), ("credentials", true)],
-        "azure" => &[
-            ("tenant_id", false),
-            ("client_id", false),
-            ("subscription_id", false),
-            ("client_secret", true),
-        ],
-        "pulumi" => &[
-            ("passphrase", true),
-            ("backend_url", false),
-            ("access_token", true),
-        ],
-        _ => &[],
+    crate::registry::credential_type(provider).map_or(&[], |t| t.keys)
+}
+
+/// The `Credential` kind: the core's own, read by the other kinds through their credential
+/// slots. Its `data` is checked against its type in [`read_data`].
+pub struct Credential;
+
+static SCHEMA: Schema = Schema {
+    fields: &[
+        Field::fixed(
+            "provider",
+            Ty::Names(crate::registry::credential_type_names),
+        )
+        .required(),
+        Field::fixed("default", Ty::Bool),
+        Field::fixed("data", Ty::CredData),
+    ],
+    outputs: &[],
+    open_outputs: false,
+    default_timeout: std::time::Duration::from_secs(120),
+};
+
+impl KindModel for Credential {
+    fn name(&self) -> &'static str {
+        "Credential"
+    }
+
+    fn schema(&self) -> &'static Schema {
+        &SCHEMA
     }
 }
 
@@ -222,10 +214,10 @@ fn read_file(ctx: &Source<'_>, arg: &str, pos: Pos) -> Result<String, Box<Diagno
 /// The credential a resource uses: the one it names, else the only one of the provider, else
 /// the one marked `default: true`. `Ok(None)` when the provider has none at all.
 pub fn pick<'a>(
-    credentials: &'a BTreeMap<String, Credential>,
+    credentials: &'a BTreeMap<String, Loaded>,
     provider: &str,
     named: Option<&str>,
-) -> Result<Option<&'a Credential>, String> {
+) -> Result<Option<&'a Loaded>, String> {
     if let Some(n) = named {
         return match credentials.get(n) {
             Some(c) if c.provider == provider => Ok(Some(c)),
@@ -236,7 +228,7 @@ pub fn pick<'a>(
             None => Err(format!("there is no Credential named `{n}`")),
         };
     }
-    let candidates: Vec<&Credential> = credentials
+    let candidates: Vec<&Loaded> = credentials
         .values()
         .filter(|c| c.provider == provider)
         .collect();
@@ -244,7 +236,7 @@ pub fn pick<'a>(
         [] => Ok(None),
         [only] => Ok(Some(only)),
         many => {
-            let defaults: Vec<&&Credential> = many.iter().filter(|c| c.default).collect();
+            let defaults: Vec<&&Loaded> = many.iter().filter(|c| c.default).collect();
             match defaults.as_slice() {
                 [d] => Ok(Some(d)),
                 _ => Err(format!(

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use super::diag::{Diagnostic, attach_source, suggest};
 use super::node::{Node, NodeValue, Pos, parse_documents};
 use super::refs::RefExpr;
-use super::schema::{self, Checker};
+use super::schema::Checker;
 use super::{Credential, Dep, LoadErrors, Manifest, ManifestSet, credential};
 use crate::address::{Address, Kind, is_dns_label};
 
@@ -173,8 +173,10 @@ pub fn load_files(root: &Path, files: Vec<super::SourceFile>) -> Result<Manifest
         );
     }
 
-    // Tenants expand into their children before edges are drawn.
-    super::tenant::expand(&mut manifests, &mut diags);
+    // Compositions (tenants) expand into their children before edges are drawn.
+    for model in crate::registry::MODELS {
+        model.expand(&mut manifests, &mut diags);
+    }
 
     // Cross-document edges: name fields, credentials and refs.
     let addresses: Vec<Address> = manifests.keys().cloned().collect();
@@ -262,7 +264,7 @@ fn check_document(
             Some(Ok(kind)) => Some(kind),
             _ => {
                 let got = k.as_str().unwrap_or("");
-                let names = Kind::ALL.iter().map(|k| k.as_str());
+                let names = Kind::all().map(|k| k.as_str());
                 let help = match suggest(got, names.clone()) {
                     Some(s) => format!("did you mean `{s}`?"),
                     None => format!("known kinds: {}", names.collect::<Vec<_>>().join(", ")),
@@ -285,14 +287,14 @@ fn check_document(
     });
     let kind = kind?;
     let mut refs = Vec::new();
-    let schema = schema::of(kind);
+    let model = kind.model();
     Checker {
         file,
         diags,
         refs: &mut refs,
     }
-    .check_fields(&spec, schema.fields, &format!("{kind} spec"));
-    schema::check_rules(kind, &spec, file, diags);
+    .check_fields(&spec, model.schema().fields, &format!("{kind} spec"));
+    model.check(&spec, file, diags);
     let name = name?;
     if diags.len() > before {
         return None;
@@ -300,13 +302,13 @@ fn check_document(
     let deps = refs
         .into_iter()
         .map(|r| Dep {
-            target: Address::new(Kind::Credential, String::new()), // fixed up in `edges`
+            target: Address::new(Kind::CREDENTIAL, String::new()), // fixed up in `edges`
             pos: r.pos,
             via: format!("${{{}.{}.{}}}", r.kind, r.name, r.path_text()),
             expr: Some(r),
         })
         .collect();
-    let cred = (kind == Kind::Credential).then(|| CredDoc {
+    let cred = (kind == Kind::CREDENTIAL).then(|| CredDoc {
         name: name.clone(),
         provider: spec
             .get("provider")
@@ -435,8 +437,13 @@ fn edges(
     }
     // Name fields.
     if let Some(entries) = m.spec.as_map() {
+        let name_fields = m.address.kind.model().name_fields();
         for (k, v) in entries {
-            let Some(kind) = super::kind_for_name_field(m.address.kind, &k.name) else {
+            let Some(kind) = name_fields
+                .iter()
+                .find(|f| f.field == k.name)
+                .and_then(|f| Kind::named(f.kind))
+            else {
                 continue;
             };
             let Some(name) = v.as_str() else { continue };
@@ -462,7 +469,7 @@ fn edges(
         }
     }
     // The credentials it uses.
-    for slot in credential_slots(m.address.kind) {
+    for slot in m.address.kind.model().credential_slots() {
         let named = slot.field.and_then(|f| m.spec.get(f));
         let pos = named.map_or(m.pos, |n| n.pos);
         let name = named.and_then(Node::as_str);
@@ -477,7 +484,7 @@ fn edges(
         };
         match picked {
             Ok(Some(c)) => deps.push(Dep {
-                target: Address::new(Kind::Credential, c.name.clone()),
+                target: Address::new(Kind::CREDENTIAL, c.name.clone()),
                 pos,
                 via: slot.via.into(),
                 expr: None,
@@ -499,57 +506,6 @@ fn edges(
     deps
 }
 
-/// A credential a kind uses: which provider's (`None`: any, but only when named), the spec
-/// field that names it, the edge's `via` label (read by `desired`), and whether it must exist.
-pub struct CredentialSlot {
-    pub provider: Option<&'static str>,
-    pub field: Option<&'static str>,
-    pub via: &'static str,
-    pub required: bool,
-}
-
-const fn slot(
-    provider: &'static str,
-    field: Option<&'static str>,
-    via: &'static str,
-    required: bool,
-) -> CredentialSlot {
-    CredentialSlot {
-        provider: Some(provider),
-        field,
-        via,
-        required,
-    }
-}
-
-/// The credentials each kind reads.
-pub fn credential_slots(kind: Kind) -> &'static [CredentialSlot] {
-    const SERVER: &[CredentialSlot] = &[slot("postgres", Some("credential"), "credential", false)];
-    const NOMAD: &[CredentialSlot] = &[slot("nomad", Some("credential"), "credential", false)];
-    const STACK: &[CredentialSlot] = &[
-        CredentialSlot {
-            provider: None,
-            field: Some("credential"),
-            via: "credential",
-            required: false,
-        },
-        slot("pulumi", None, "credential:pulumi", false),
-    ];
-    const CLUSTER: &[CredentialSlot] = &[
-        slot("digitalocean", Some("credential"), "credential", true),
-        slot("pulumi", None, "credential:pulumi", false),
-    ];
-    match kind {
-        Kind::PostgresServer => SERVER,
-        Kind::NomadJob => NOMAD,
-        Kind::PulumiStack => STACK,
-        Kind::DigitalOceanDatabaseCluster => CLUSTER,
-        Kind::Credential | Kind::PostgresDatabase | Kind::TenantTemplate | Kind::TenantInstance => {
-            &[]
-        }
-    }
-}
-
 type RefError = (String, Option<String>);
 
 fn check_ref(
@@ -559,7 +515,7 @@ fn check_ref(
 ) -> Result<Address, RefError> {
     let shown = format!("{}.{}.{}", r.kind, r.name, r.path_text());
     let kind: Kind = r.kind.parse().map_err(|()| {
-        let help = suggest(&r.kind, Kind::ALL.iter().map(|k| k.as_str()))
+        let help = suggest(&r.kind, Kind::all().map(|k| k.as_str()))
             .map(|s| format!("did you mean `{s}`?"));
         (format!("unknown kind `{}` in ref `{shown}`", r.kind), help)
     })?;
@@ -575,9 +531,9 @@ fn check_ref(
         return Err((format!("ref to {target}, which does not exist"), help));
     }
     let path: Vec<&str> = r.path.iter().map(String::as_str).collect();
-    let schema = schema::of(kind);
+    let schema = kind.model().schema();
     match path.as_slice() {
-        ["spec", "data", key] if kind == Kind::Credential => {
+        ["spec", "data", key] if kind == Kind::CREDENTIAL => {
             let has = credentials
                 .get(&r.name)
                 .is_some_and(|c| c.data.contains_key(*key));

@@ -13,7 +13,6 @@ pub mod node;
 pub mod refs;
 pub mod resolve;
 pub mod schema;
-mod tenant;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,7 +20,7 @@ use std::sync::Arc;
 
 pub use load::{is_manifest_path, load, load_files};
 
-use crate::address::{Address, Kind};
+use crate::address::Address;
 use diag::Diagnostic;
 use node::{Node, Pos};
 use refs::RefExpr;
@@ -104,12 +103,3 @@ impl std::fmt::Display for LoadErrors {
 }
 
 impl std::error::Error for LoadErrors {}
-
-/// The resource kinds a name reference points at (`server: main` → `PostgresServer.main`).
-pub fn kind_for_name_field(kind: Kind, field: &str) -> Option<Kind> {
-    match (kind, field) {
-        (Kind::PostgresDatabase | Kind::TenantTemplate, "server") => Some(Kind::PostgresServer),
-        (Kind::TenantInstance, "template") => Some(Kind::TenantTemplate),
-        _ => None,
-    }
-}

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
-use crate::provider::{Desired, Drift, Observed, Provider};
+use crate::model::{Desired, Drift, KindModel, Observed};
 use crate::state::{Record, Status};
 use crate::value::{Reveal, SENSITIVE, UNKNOWN, Value};
 
@@ -164,7 +164,7 @@ pub enum Observation {
 /// Decide the change for a resource that has a manifest. `desired_hash` is the digest of
 /// `desired.spec`. Pure.
 pub fn decide(
-    provider: &dyn Provider,
+    model: &dyn KindModel,
     desired: &Desired,
     desired_hash: &str,
     recorded: Option<&Record>,
@@ -178,7 +178,7 @@ pub fn decide(
         reasons: Vec::new(),
         details: Vec::new(),
     };
-    let change = decide_inner(provider, desired, desired_hash, recorded, observed, change);
+    let change = decide_inner(model, desired, desired_hash, recorded, observed, change);
     attach_details(change, observed)
 }
 
@@ -190,7 +190,7 @@ fn attach_details(mut change: ResourceChange, observed: &Observation) -> Resourc
 }
 
 fn decide_inner(
-    provider: &dyn Provider,
+    model: &dyn KindModel,
     desired: &Desired,
     desired_hash: &str,
     recorded: Option<&Record>,
@@ -222,7 +222,7 @@ fn decide_inner(
         return change;
     }
     if rec.spec_hash != desired_hash {
-        let immutable = provider.immutable_fields(desired.address.kind);
+        let immutable = model.immutable_fields();
         change.fields = field_changes(Some(&rec.spec), Some(&desired.spec), immutable);
         let forced = change.fields.iter().any(|f| f.forces_replacement);
         change.action = if forced {
@@ -245,7 +245,7 @@ fn decide_inner(
             change.reasons.push("deleted outside tend".into());
         }
         Observation::Present(obs) => {
-            let drift = provider.drift(desired, Some(rec), obs);
+            let drift = model.drift(desired, Some(rec), obs);
             if !drift.is_empty() {
                 change.action = Action::Update;
                 change.drift = drift.iter().map(DriftItem::from).collect();

@@ -194,38 +194,29 @@ pub fn json(plan: &Plan) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     //! Plan rendering snapshots: one `check` helper builds a plan from desired × recorded ×
-    //! observed through the pure `decide` with a fake provider, and renders it.
+    //! observed through the pure `decide` with a fake kind model, and renders it.
 
     use std::time::Duration;
 
-    use async_trait::async_trait;
-
     use super::*;
     use crate::address::{Address, Kind};
+    use crate::model::{Desired, Drift, KindModel, Observed};
     use crate::plan::{Observation, decide, decide_orphan};
-    use crate::provider::{Applied, Desired, Drift, Journal, Observed, Provider, ProviderError};
     use crate::state::{Record, Status};
     use crate::value::{Sensitive, Value};
 
+    /// A pure model: what a plan needs of a kind, and nothing async.
     struct Fake;
 
-    #[async_trait]
-    impl Provider for Fake {
+    impl KindModel for Fake {
         fn name(&self) -> &'static str {
-            "fake"
+            "PostgresDatabase"
         }
-        fn kinds(&self) -> &'static [Kind] {
-            &[Kind::PostgresDatabase]
+        fn schema(&self) -> &'static crate::model::Schema {
+            Kind::of("PostgresDatabase").model().schema()
         }
-        fn immutable_fields(&self, _: Kind) -> &'static [&'static str] {
+        fn immutable_fields(&self) -> &'static [&'static str] {
             &["database"]
-        }
-        async fn observe(
-            &self,
-            _: &Desired,
-            _: Option<&Record>,
-        ) -> Result<Option<Observed>, ProviderError> {
-            Ok(None)
         }
         fn drift(&self, desired: &Desired, _: Option<&Record>, observed: &Observed) -> Vec<Drift> {
             match (desired.spec.get("owner"), observed.fields.get("owner")) {
@@ -236,17 +227,6 @@ mod tests {
                 }],
                 _ => Vec::new(),
             }
-        }
-        async fn apply(
-            &self,
-            _: &dyn Journal,
-            _: &Desired,
-            _: Option<&Record>,
-        ) -> Result<Applied, ProviderError> {
-            Ok(Applied::default())
-        }
-        async fn destroy(&self, _: &Record) -> Result<(), ProviderError> {
-            Ok(())
         }
     }
 
@@ -261,7 +241,7 @@ mod tests {
 
     fn desired(name: &str, spec: Value) -> Desired {
         Desired {
-            address: Address::new(Kind::PostgresDatabase, name),
+            address: Address::new(Kind::of("PostgresDatabase"), name),
             spec,
             connection: Value::map(),
             timeout: Duration::from_secs(1),
@@ -271,7 +251,7 @@ mod tests {
     }
 
     fn recorded(name: &str, spec: Value) -> Record {
-        let mut r = Record::new(Address::new(Kind::PostgresDatabase, name), 0);
+        let mut r = Record::new(Address::new(Kind::of("PostgresDatabase"), name), 0);
         r.spec_hash = spec.digest(b"k");
         r.spec = spec;
         r.status = Status::Ready;

@@ -1,66 +1,27 @@
-//! The provider contract: how tend observes, diffs, applies and destroys one resource, and the
-//! explicit list of providers (see [`registry`]).
+//! The provider contract: how tend observes, applies and destroys one resource in an outside
+//! system. Each provider folder also holds its kinds' pure models (`model.rs`, see
+//! [`crate::model`]); the one list of both is [`crate::registry`].
 //!
-//! Shaped like a reconcile function (kube-runtime, Terraform's resource lifecycle). The trait's
-//! pure parts (`immutable_fields`, `known_outputs`, `drift`) take values and return values; the
-//! async parts talk to the outside system. Providers never touch the state store directly: they
-//! persist through the [`Journal`] the executor hands them.
+//! Shaped like a reconcile function (kube-runtime, Terraform's resource lifecycle). The trait
+//! holds only what talks to the outside system; everything pure about a kind (schema, defaults,
+//! drift, replace-forcing fields, concurrency) is its model's. Providers never touch the state
+//! store directly: they persist through the [`Journal`] the executor hands them.
 
 pub mod nomad;
 pub mod postgres;
 pub mod pulumi;
+pub mod tenant;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::address::{Address, Kind};
+use crate::address::Kind;
 use crate::state::Record;
 use crate::value::Value;
 
-/// A resource as the manifests want it, with every ref resolved.
-#[derive(Clone, Debug)]
-pub struct Desired {
-    pub address: Address,
-    /// The resolved spec: a [`Value::Map`]. May hold [`Value::Unknown`] during planning, never
-    /// when handed to `apply`.
-    pub spec: Value,
-    /// How to reach the outside system (e.g. a PostgreSQL server's admin connection, resolved
-    /// from a PostgresServer and a Credential). Not part of the spec's digest: rotating an admin
-    /// password is not a change to every database. Recorded so a destroy can still connect
-    /// after the manifests that described the connection are gone.
-    pub connection: Value,
-    /// Per-resource timeout for one action.
-    pub timeout: Duration,
-    pub prevent_destroy: bool,
-    /// Addresses this resource reads from (graph edges), recorded so deletes run in reverse.
-    pub depends_on: Vec<Address>,
-}
-
-/// What a provider read from the real system, normalised so that server-side defaults never
-/// show up as differences. Keys are field names in the provider's own vocabulary.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Observed {
-    pub fields: BTreeMap<String, Value>,
-    /// Lines the system itself says about the change (e.g. Nomad's plan diff), shown under the
-    /// resource when the plan changes it. Free of secrets.
-    pub details: Vec<String>,
-    /// Things the operator should know even if nothing changes (e.g. placement failures).
-    pub warnings: Vec<String>,
-}
-
-/// One difference between what should be and what is.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Drift {
-    /// The field, e.g. `owner`, `role.attributes`, `password`.
-    pub field: String,
-    /// What it should be (rendered; `(sensitive)` for secrets).
-    pub expected: String,
-    /// What was found.
-    pub found: String,
-}
+pub use crate::model::{Desired, Drift, Observed};
 
 /// What an apply produced.
 #[derive(Clone, Debug, Default)]
@@ -135,39 +96,12 @@ pub trait Provider: Send + Sync {
     /// A short name for logs and concurrency limits, e.g. `postgres`.
     fn name(&self) -> &'static str;
 
-    /// The kinds this provider converges.
-    fn kinds(&self) -> &'static [Kind];
-
-    /// Spec fields whose change forces `-/+` replace.
-    fn immutable_fields(&self, kind: Kind) -> &'static [&'static str];
-
-    /// Outputs the provider can tell from the spec alone, before any apply (pure).
-    fn known_outputs(&self, desired: &Desired) -> BTreeMap<String, Value> {
-        let _ = desired;
-        BTreeMap::new()
-    }
-
-    /// A key and a limit for concurrent actions against one outside system (e.g. one
-    /// PostgreSQL server), so one slow system never starves the others.
-    fn concurrency(&self, desired: &Desired) -> (String, usize) {
-        let _ = desired;
-        (self.name().to_owned(), 4)
-    }
-
     /// Read the real object (read-only). `Ok(None)` when it does not exist.
     async fn observe(
         &self,
         desired: &Desired,
         recorded: Option<&Record>,
     ) -> Result<Option<Observed>, ProviderError>;
-
-    /// Differences between desired and observed that an apply would repair (pure).
-    fn drift(
-        &self,
-        desired: &Desired,
-        recorded: Option<&Record>,
-        observed: &Observed,
-    ) -> Vec<Drift>;
 
     /// Make the object match `desired`, idempotently.
     async fn apply(
@@ -209,19 +143,8 @@ pub struct Context {
     pub state_dir: std::path::PathBuf,
 }
 
-/// The providers tend ships, in one explicit list.
-pub fn registry(ctx: &Context) -> Vec<Arc<dyn Provider>> {
-    vec![
-        Arc::new(postgres::PostgresProvider::default()),
-        Arc::new(nomad::NomadProvider::default()),
-        Arc::new(pulumi::PulumiProvider::new(ctx)),
-    ]
-}
-
-/// The provider for a kind, if the kind is managed.
+/// The provider that converges `kind`, if its model names one.
 pub fn for_kind(providers: &[Arc<dyn Provider>], kind: Kind) -> Option<Arc<dyn Provider>> {
-    providers
-        .iter()
-        .find(|p| p.kinds().contains(&kind))
-        .cloned()
+    let name = kind.model().provider()?;
+    providers.iter().find(|p| p.name() == name).cloned()
 }

@@ -14,6 +14,7 @@
 
 mod conn;
 mod error;
+pub mod model;
 mod observed;
 mod reconcile;
 mod spec;
@@ -27,8 +28,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use rand::TryRngCore;
 use rand::rngs::OsRng;
 
-use crate::address::Kind;
-use crate::provider::{Applied, Desired, Drift, Journal, Observed, Provider, ProviderError};
+use crate::provider::{Applied, Desired, Journal, Observed, Provider, ProviderError};
 use crate::state::Record;
 use crate::value::{Sensitive, Value};
 
@@ -58,49 +58,6 @@ pub struct PostgresProvider {
 impl Provider for PostgresProvider {
     fn name(&self) -> &'static str {
         "postgres"
-    }
-
-    fn kinds(&self) -> &'static [Kind] {
-        &[Kind::PostgresDatabase]
-    }
-
-    fn immutable_fields(&self, kind: Kind) -> &'static [&'static str] {
-        match kind {
-            Kind::PostgresDatabase => &["server", "database", "owner"],
-            _ => &[],
-        }
-    }
-
-    fn known_outputs(&self, desired: &Desired) -> BTreeMap<String, Value> {
-        let mut out = BTreeMap::new();
-        let conn = &desired.connection;
-        if let Some(host) = conn.get("host") {
-            out.insert("host".to_owned(), host.clone());
-        }
-        let port = conn.get("port").cloned().unwrap_or(Value::Int(5432));
-        out.insert("port".to_owned(), port);
-        if let Some(database) = desired.spec.get("database") {
-            out.insert("database".to_owned(), database.clone());
-        }
-        if let Some(owner) = desired.spec.get("owner") {
-            out.insert("username".to_owned(), owner.clone());
-        }
-        out
-    }
-
-    fn concurrency(&self, desired: &Desired) -> (String, usize) {
-        let key = match Server::from_value(&desired.connection) {
-            Ok(server) => server.endpoint(),
-            Err(_) => {
-                let text = |k: &str| desired.connection.get(k).map(Value::to_text);
-                format!(
-                    "postgres://{}:{}",
-                    text("host").unwrap_or_default(),
-                    text("port").unwrap_or_else(|| "5432".to_owned())
-                )
-            }
-        };
-        (key, conn::MAX_ADMIN_CONNECTIONS)
     }
 
     async fn observe(
@@ -155,22 +112,6 @@ impl Provider for PostgresProvider {
             state.password_ok = Some(ok);
         }
         Ok(Some(state.to_observed()))
-    }
-
-    fn drift(
-        &self,
-        desired: &Desired,
-        _recorded: Option<&Record>,
-        observed: &Observed,
-    ) -> Vec<Drift> {
-        match Tenant::from_value(&desired.spec) {
-            Ok(tenant) => observed::differences(&tenant, &TenantState::from_observed(observed)),
-            Err(e) => {
-                // Not drift: the apply reports the invalid spec.
-                tracing::debug!(address = %desired.address, error = %e, "drift skipped");
-                Vec::new()
-            }
-        }
     }
 
     async fn apply(
@@ -322,7 +263,7 @@ fn connection_url(tenant: &Tenant, server: &Server, password: &Sensitive) -> Sen
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::address::Address;
+    use crate::model::KindModel;
     use std::time::Duration;
 
     fn s(v: &str) -> Value {
@@ -339,7 +280,7 @@ mod tests {
             )
         };
         Desired {
-            address: Address::new(Kind::PostgresDatabase, "org-1"),
+            address: "PostgresDatabase.org-1".parse().expect("address"),
             spec: map(spec),
             connection: map(conn),
             timeout: Duration::from_secs(120),
@@ -398,7 +339,7 @@ mod tests {
 
     #[test]
     fn known_outputs_and_concurrency_come_from_spec_and_connection() {
-        let p = PostgresProvider::default();
+        let p = model::PostgresDatabase;
         let d = sample();
         let known = p.known_outputs(&d);
         assert_eq!(known.get("host"), Some(&s("db.internal")));
@@ -407,18 +348,15 @@ mod tests {
         assert_eq!(known.get("username"), Some(&s("app_user_1")));
         assert!(!known.contains_key("password"));
         assert_eq!(
-            p.concurrency(&d),
+            p.concurrency(&d.connection),
             ("postgres://db.internal:25060".to_owned(), 4)
         );
-        assert_eq!(
-            p.immutable_fields(Kind::PostgresDatabase),
-            ["server", "database", "owner"]
-        );
+        assert_eq!(p.immutable_fields(), ["server", "database", "owner"]);
     }
 
     #[test]
     fn drift_goes_through_the_observed_fields() {
-        let p = PostgresProvider::default();
+        let p = model::PostgresDatabase;
         let d = sample();
         let observed = TenantState {
             role: Some(observed::RoleState::desired(-1)),

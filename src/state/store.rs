@@ -785,7 +785,7 @@ mod tests {
     const SECRET: &str = "s3cret-Zebra-Quokka-91";
 
     fn addr(name: &str) -> Address {
-        Address::new(Kind::PostgresDatabase, name)
+        Address::new(Kind::of("PostgresDatabase"), name)
     }
 
     fn secret(s: &str) -> Value {
@@ -823,7 +823,7 @@ mod tests {
         r.status = Status::Ready;
         r.last_error = Some("none".to_owned());
         r.prevent_destroy = true;
-        r.depends_on = vec![Address::new(Kind::PostgresServer, "main")];
+        r.depends_on = vec![Address::new(Kind::of("PostgresServer"), "main")];
         r.generation = 4;
         r
     }
@@ -1142,10 +1142,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
         let addrs = [
-            Address::new(Kind::PostgresDatabase, "b"),
-            Address::new(Kind::PostgresServer, "z"),
-            Address::new(Kind::PostgresDatabase, "a"),
-            Address::new(Kind::Credential, "c"),
+            Address::new(Kind::of("PostgresDatabase"), "b"),
+            Address::new(Kind::of("PostgresServer"), "z"),
+            Address::new(Kind::of("PostgresDatabase"), "a"),
+            Address::new(Kind::CREDENTIAL, "c"),
         ];
         for a in &addrs {
             store.put(&Record::new(a.clone(), 1)).expect("put");

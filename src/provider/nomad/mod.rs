@@ -15,6 +15,7 @@
 
 mod client;
 mod diff;
+pub mod model;
 mod secrets;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,7 +25,6 @@ use async_trait::async_trait;
 use rand::TryRngCore;
 use rand::rngs::OsRng;
 
-use crate::address::Kind;
 use crate::provider::{
     Applied, Desired, Drift, ErrorClass, Journal, Observed, Provider, ProviderError,
 };
@@ -181,35 +181,6 @@ impl Provider for NomadProvider {
         "nomad"
     }
 
-    fn kinds(&self) -> &'static [Kind] {
-        &[Kind::NomadJob]
-    }
-
-    fn immutable_fields(&self, kind: Kind) -> &'static [&'static str] {
-        match kind {
-            Kind::NomadJob => &["job.ID", "job.Namespace", "job.Region", "job.Type"],
-            _ => &[],
-        }
-    }
-
-    fn known_outputs(&self, desired: &Desired) -> BTreeMap<String, Value> {
-        let mut out = BTreeMap::new();
-        if let Some(id) = JobSpec::from_value(&desired.spec).ok().and_then(|s| s.id()) {
-            out.insert("job_id".to_owned(), Value::Str(id.to_owned()));
-        }
-        out
-    }
-
-    fn concurrency(&self, desired: &Desired) -> (String, usize) {
-        let address = desired
-            .connection
-            .get("address")
-            .map(Value::to_text)
-            .unwrap_or_default();
-        let key = client::normalize_address(&address).unwrap_or(address);
-        (key, CLUSTER_CONCURRENCY)
-    }
-
     async fn observe(
         &self,
         desired: &Desired,
@@ -326,23 +297,6 @@ impl Provider for NomadProvider {
             .fields
             .insert(F_VARIABLE_IN_SYNC.to_owned(), Value::Bool(in_sync));
         Ok(Some(observed))
-    }
-
-    fn drift(
-        &self,
-        desired: &Desired,
-        recorded: Option<&Record>,
-        observed: &Observed,
-    ) -> Vec<Drift> {
-        let declared_stop = desired
-            .spec
-            .get_path(["job", "Stop"])
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let recorded_index = recorded
-            .and_then(|r| r.private.get(PRIVATE_JOB_MODIFY_INDEX))
-            .and_then(Value::as_i64);
-        differences(observed, declared_stop, recorded_index)
     }
 
     async fn apply(
@@ -704,6 +658,7 @@ fn applied(info: &JobInfo, running: u64, prepared: &Prepared) -> Applied {
 mod tests {
     use super::*;
     use crate::address::Address;
+    use crate::model::KindModel;
     use serde_json::json;
     use std::time::Duration;
 
@@ -715,7 +670,7 @@ mod tests {
         conn.insert("address", Value::Str("http://127.0.0.1:4646/".into()));
         conn.insert("token", Value::Secret(Sensitive::new("s3cr3t-token")));
         Desired {
-            address: Address::new(Kind::NomadJob, "web"),
+            address: "NomadJob.web".parse::<Address>().expect("address"),
             spec,
             connection: conn,
             timeout: Duration::from_secs(120),
@@ -732,7 +687,7 @@ mod tests {
     }
 
     fn record_with_index(i: i64) -> Record {
-        let mut r = Record::new(Address::new(Kind::NomadJob, "web"), 0);
+        let mut r = Record::new("NomadJob.web".parse::<Address>().expect("address"), 0);
         r.private
             .insert(PRIVATE_JOB_MODIFY_INDEX.to_owned(), Value::Int(i));
         r
@@ -740,9 +695,9 @@ mod tests {
 
     #[test]
     fn the_contract_names_immutable_fields_outputs_and_the_cluster() {
-        let p = NomadProvider::default();
+        let p = model::NomadJob;
         assert_eq!(
-            p.immutable_fields(Kind::NomadJob),
+            p.immutable_fields(),
             ["job.ID", "job.Namespace", "job.Region", "job.Type"]
         );
         let d = desired(json!({"ID": "web", "Name": "web"}));
@@ -750,12 +705,15 @@ mod tests {
             p.known_outputs(&d).get("job_id"),
             Some(&Value::Str("web".into()))
         );
-        assert_eq!(p.concurrency(&d), ("http://127.0.0.1:4646".to_owned(), 8));
+        assert_eq!(
+            p.concurrency(&d.connection),
+            ("http://127.0.0.1:4646".to_owned(), 8)
+        );
     }
 
     #[test]
     fn an_in_sync_job_has_no_drift() {
-        let p = NomadProvider::default();
+        let p = model::NomadJob;
         let d = desired(json!({"ID": "web"}));
         let o = observed(vec![
             (F_DIFF_TYPE, Value::Str("None".into())),
@@ -768,7 +726,7 @@ mod tests {
 
     #[test]
     fn drift_comes_from_the_plan_diff_the_index_the_stop_and_the_secrets() {
-        let p = NomadProvider::default();
+        let p = model::NomadJob;
         let d = desired(json!({"ID": "web"}));
         let o = observed(vec![
             (F_DIFF_TYPE, Value::Str("Edited".into())),
@@ -795,7 +753,7 @@ mod tests {
 
     #[test]
     fn a_declared_stop_is_not_drift() {
-        let p = NomadProvider::default();
+        let p = model::NomadJob;
         let d = desired(json!({"ID": "web", "Stop": true}));
         let o = observed(vec![
             (F_DIFF_TYPE, Value::Str("None".into())),

@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 
-use crate::manifest::schema;
 use crate::provider::ProviderError;
 use crate::value::{Sensitive, Value};
 
@@ -79,7 +78,7 @@ impl Cluster {
         if engine_slug(&engine).is_none() {
             return Err(bad(format!(
                 "engine {engine:?} is not one of {}",
-                schema::DO_ENGINES.join(", ")
+                super::model::DO_ENGINES.join(", ")
             )));
         }
         let int = |k: &str| -> Result<Option<i64>, ProviderError> {
@@ -178,7 +177,7 @@ pub fn render_program(program: &str, set: &[String]) -> String {
 /// The kind's outputs from the stack's: every declared output, sensitive ones as secrets.
 pub fn outputs(stack: &BTreeMap<String, Value>) -> Result<BTreeMap<String, Value>, ProviderError> {
     let mut out = BTreeMap::new();
-    for o in schema::of(crate::address::Kind::DigitalOceanDatabaseCluster).outputs {
+    for o in super::model::cluster_schema().outputs {
         let v = stack.get(o.name).ok_or_else(|| {
             ProviderError::permanent(format!(
                 "the cluster's stack has no output `{}` (is the bundled program intact?)",

@@ -22,6 +22,7 @@
 
 mod cluster;
 mod command;
+pub mod model;
 mod parse;
 mod stack;
 
@@ -34,7 +35,6 @@ use rand::TryRngCore;
 use rand::rngs::OsRng;
 
 use crate::address::Kind;
-use crate::manifest::schema;
 use crate::provider::{
     Applied, Context, Desired, Drift, Journal, Observed, Provider, ProviderError,
 };
@@ -94,8 +94,8 @@ impl PulumiProvider {
             _ => pulumi_secret("passphrase"),
         };
         let mut env = stack::credential_vars(connection.get("credential"));
-        let (program_dir, project, stack_name, entries, program) = match kind {
-            Kind::DigitalOceanDatabaseCluster => {
+        let (program_dir, project, stack_name, entries, program) = match kind.as_str() {
+            model::CLUSTER => {
                 let dir = self
                     .root
                     .join("programs")
@@ -120,7 +120,7 @@ impl PulumiProvider {
                     program,
                 )
             }
-            Kind::PulumiStack => {
+            model::STACK => {
                 let dir = connection
                     .get("program_dir")
                     .and_then(Value::as_str)
@@ -455,24 +455,6 @@ impl Provider for PulumiProvider {
         "pulumi"
     }
 
-    fn kinds(&self) -> &'static [Kind] {
-        &[Kind::PulumiStack, Kind::DigitalOceanDatabaseCluster]
-    }
-
-    fn immutable_fields(&self, kind: Kind) -> &'static [&'static str] {
-        match kind {
-            // Another stack is another set of resources.
-            Kind::PulumiStack => &["stack"],
-            // What DigitalOcean (and the Pulumi provider) can only change by replacing.
-            Kind::DigitalOceanDatabaseCluster => &["cluster_name", "engine", "vpc"],
-            _ => &[],
-        }
-    }
-
-    fn concurrency(&self, _: &Desired) -> (String, usize) {
-        ("pulumi".to_owned(), CONCURRENCY)
-    }
-
     async fn observe(
         &self,
         desired: &Desired,
@@ -527,10 +509,6 @@ impl Provider for PulumiProvider {
         );
         observed.details = preview.details();
         Ok(Some(observed))
-    }
-
-    fn drift(&self, _: &Desired, _: Option<&Record>, observed: &Observed) -> Vec<Drift> {
-        differences(observed)
     }
 
     async fn apply(
@@ -595,8 +573,8 @@ impl Provider for PulumiProvider {
                 .await?;
         }
         let stack_outputs = session.outputs().await?;
-        let outputs = match a.kind {
-            Kind::DigitalOceanDatabaseCluster => cluster::outputs(&stack_outputs)?,
+        let outputs = match a.kind.as_str() {
+            model::CLUSTER => cluster::outputs(&stack_outputs)?,
             _ => stack_outputs,
         };
         let timeout_ms = i64::try_from(desired.timeout.as_millis()).unwrap_or(i64::MAX);
@@ -617,8 +595,7 @@ impl Provider for PulumiProvider {
             .and_then(Value::as_i64)
         {
             Some(ms) if ms > 0 => Duration::from_millis(ms.unsigned_abs()),
-            _ => humantime::parse_duration(schema::of(recorded.kind).default_timeout)
-                .unwrap_or(Duration::from_secs(600)),
+            _ => recorded.kind.model().schema().default_timeout,
         };
         let budget = Budget::starting_now(timeout);
         let a = &recorded.address;
@@ -647,7 +624,7 @@ impl Provider for PulumiProvider {
         } else {
             tracing::info!(address = %a, stack = %ws.stack, "the stack is already gone");
         }
-        if recorded.kind == Kind::DigitalOceanDatabaseCluster {
+        if recorded.kind.as_str() == model::CLUSTER {
             // tend's own working copy of the bundled program.
             let _ = std::fs::remove_dir_all(&ws.program_dir);
         }
@@ -680,7 +657,10 @@ fn differences(observed: &Observed) -> Vec<Drift> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::address::Address;
+
+    fn kind(name: &str) -> Kind {
+        Kind::named(name).expect("a registered kind")
+    }
 
     fn provider() -> PulumiProvider {
         PulumiProvider::new(&Context {
@@ -711,7 +691,7 @@ mod tests {
     fn a_cluster_runs_the_bundled_program_under_the_state_dir_with_its_token_in_env() {
         let (ws, program) = provider()
             .prepare(
-                Kind::DigitalOceanDatabaseCluster,
+                kind(model::CLUSTER),
                 "main",
                 &cluster_spec(),
                 &cluster_connection(),
@@ -753,7 +733,7 @@ mod tests {
         let p = provider();
         let prep = |private: Option<&BTreeMap<String, Value>>| {
             p.prepare(
-                Kind::DigitalOceanDatabaseCluster,
+                kind(model::CLUSTER),
                 "main",
                 &cluster_spec(),
                 &conn,
@@ -781,7 +761,7 @@ mod tests {
         spec.insert("program", Value::Str("program".into()));
         spec.insert("stack", Value::Str("dev".into()));
         let e = provider()
-            .prepare(Kind::PulumiStack, "app", &spec, &conn, None, true)
+            .prepare(kind(model::STACK), "app", &spec, &conn, None, true)
             .expect_err("no Pulumi.yaml");
         assert!(e.message.contains("Pulumi.yaml"), "{}", e.message);
     }
@@ -801,25 +781,25 @@ mod tests {
     }
 
     #[test]
-    fn the_contract_names_kinds_and_immutable_fields() {
-        let p = provider();
+    fn the_models_name_immutable_fields_and_one_concurrency_key() {
+        use crate::model::KindModel;
         assert_eq!(
-            p.kinds(),
-            [Kind::PulumiStack, Kind::DigitalOceanDatabaseCluster]
-        );
-        assert_eq!(
-            p.immutable_fields(Kind::DigitalOceanDatabaseCluster),
+            model::DigitalOceanDatabaseCluster.immutable_fields(),
             ["cluster_name", "engine", "vpc"]
         );
+        assert_eq!(model::PulumiStack.immutable_fields(), ["stack"]);
         let d = Desired {
-            address: Address::new(Kind::PulumiStack, "x"),
+            address: "PulumiStack.x".parse().expect("address"),
             spec: Value::map(),
             connection: Value::map(),
             timeout: Duration::from_secs(1),
             prevent_destroy: false,
             depends_on: Vec::new(),
         };
-        assert_eq!(p.concurrency(&d), ("pulumi".to_owned(), CONCURRENCY));
-        assert!(p.known_outputs(&d).is_empty());
+        assert_eq!(
+            model::PulumiStack.concurrency(&d.connection),
+            ("pulumi".to_owned(), CONCURRENCY)
+        );
+        assert!(model::PulumiStack.known_outputs(&d).is_empty());
     }
 }

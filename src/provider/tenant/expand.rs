@@ -5,17 +5,18 @@
 //! task through the job's Nomad Variable). Children are ordinary manifests from here on: the
 //! graph orders the database before the job, and plans list them under their parent.
 //!
-//! Pure: builds spec trees from spec trees. Must not know about providers.
+//! Pure: builds spec trees from spec trees. Must not know about providers' I/O.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::diag::{Diagnostic, suggest};
-use super::node::{Key, Node, NodeValue, Pos};
-use super::schema::{self, Checker};
-use super::{Dep, Manifest};
+use super::{DATABASE, INSTANCE, JOB, TEMPLATE, kind};
 use crate::address::{Address, Kind};
+use crate::manifest::diag::{Diagnostic, suggest};
+use crate::manifest::node::{Key, Node, NodeValue, Pos};
+use crate::manifest::schema::Checker;
+use crate::manifest::{Dep, Manifest};
 
 /// Placeholders a template may use in its names and its job.
 const PLACEHOLDERS: [&str; 4] = ["org_id", "version", "tier", "name"];
@@ -99,7 +100,7 @@ fn substitute(n: &mut Node, values: &BTreeMap<&str, String>) {
 pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagnostic>) {
     let instances: Vec<Manifest> = manifests
         .values()
-        .filter(|m| m.address.kind == Kind::TenantInstance)
+        .filter(|m| m.address.kind == kind(INSTANCE))
         .cloned()
         .collect();
     let mut org_ids: BTreeMap<String, &Manifest> = BTreeMap::new();
@@ -129,8 +130,7 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
         org_ids.insert(org_id.clone(), inst);
         let template_name = text("template");
         // A missing template is reported by the name-field check in `load::edges`.
-        let Some(template) = manifests.get(&Address::new(Kind::TenantTemplate, &template_name))
-        else {
+        let Some(template) = manifests.get(&Address::new(kind(TEMPLATE), &template_name)) else {
             continue;
         };
         let tier = text("tier");
@@ -208,11 +208,7 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
                 set(&mut db_spec, k, v.clone());
             }
         }
-        let db = Address::child(
-            Kind::TenantInstance,
-            &inst.address.name,
-            Kind::PostgresDatabase,
-        );
+        let db = Address::child(kind(INSTANCE), &inst.address.name, kind(DATABASE));
 
         // The job.
         let mut job = t.get("job").cloned().unwrap_or(map(pos, Vec::new()));
@@ -236,10 +232,10 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
                     map(
                         pos,
                         vec![
-                            ("kind", str_node("TenantInstance")),
+                            ("kind", str_node(INSTANCE)),
                             (
                                 "name",
-                                str_node(&format!("{}/PostgresDatabase", inst.address.name)),
+                                str_node(&format!("{}/{DATABASE}", inst.address.name)),
                             ),
                             ("field_path", str_node(&format!("status.outputs.{output}"))),
                         ],
@@ -290,7 +286,7 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
                 set(&mut job_spec, k, v.clone());
             }
         }
-        let job_addr = Address::child(Kind::TenantInstance, &inst.address.name, Kind::NomadJob);
+        let job_addr = Address::child(kind(INSTANCE), &inst.address.name, kind(JOB));
         children.push((db, db_spec, Arc::clone(&inst.file), inst));
         children.push((job_addr, job_spec, Arc::clone(&template.file), inst));
     }
@@ -303,13 +299,13 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
         }
         .check_fields(
             &spec,
-            schema::of(address.kind).fields,
+            address.kind.model().schema().fields,
             &format!("{address} spec"),
         );
         let mut deps: Vec<Dep> = refs
             .into_iter()
             .map(|r| Dep {
-                target: Address::new(Kind::Credential, String::new()),
+                target: Address::new(Kind::CREDENTIAL, String::new()),
                 pos: r.pos,
                 via: format!("${{{}.{}.{}}}", r.kind, r.name, r.path_text()),
                 expr: Some(r),
@@ -350,7 +346,7 @@ mod tests {
         )
     }
 
-    fn load(instances: &str) -> Result<super::super::ManifestSet, Vec<String>> {
+    fn load(instances: &str) -> Result<crate::manifest::ManifestSet, Vec<String>> {
         load_files(
             Path::new("/m"),
             vec![(PathBuf::from("t.yaml"), Ok(format!("{BASE}{instances}")))],

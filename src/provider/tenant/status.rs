@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::address::Kind;
+use super::{DATABASE, INSTANCE, JOB, kind};
 use crate::state::{Record, Status};
 use crate::value::Value;
 
@@ -29,12 +29,12 @@ pub fn statuses(records: &[Record]) -> Vec<TenantStatus> {
     let mut by_tenant: BTreeMap<&str, (Option<&Record>, Option<&Record>)> = BTreeMap::new();
     for r in records
         .iter()
-        .filter(|r| r.address.parent == Some(Kind::TenantInstance))
+        .filter(|r| r.address.parent == Some(kind(INSTANCE)))
     {
         let e = by_tenant.entry(r.address.name.as_str()).or_default();
-        match r.kind {
-            Kind::PostgresDatabase => e.0 = Some(r),
-            Kind::NomadJob => e.1 = Some(r),
+        match r.kind.as_str() {
+            DATABASE => e.0 = Some(r),
+            JOB => e.1 = Some(r),
             _ => {}
         }
     }
@@ -115,15 +115,15 @@ mod tests {
     use super::*;
     use crate::address::Address;
 
-    fn rec(kind: Kind, status: Status) -> Record {
-        let mut r = Record::new(Address::child(Kind::TenantInstance, "acme", kind), 0);
+    fn rec(child: &str, status: Status) -> Record {
+        let mut r = Record::new(Address::child(kind(INSTANCE), "acme", kind(child)), 0);
         r.status = status;
         r.generation = 1;
         r
     }
 
     fn job(stop: bool, running: i64, desired: i64) -> Record {
-        let mut r = rec(Kind::NomadJob, Status::Ready);
+        let mut r = rec(JOB, Status::Ready);
         let mut job = Value::map();
         job.insert("Stop", Value::Bool(stop));
         r.spec.insert("job", job);
@@ -138,7 +138,7 @@ mod tests {
 
     #[test]
     fn tenant_status_follows_its_children() {
-        let db = rec(Kind::PostgresDatabase, Status::Ready);
+        let db = rec(DATABASE, Status::Ready);
         let s = |records: Vec<Record>| statuses(&records).remove(0).status;
         assert_eq!(s(vec![db.clone(), job(false, 2, 2)]), "running");
         assert_eq!(s(vec![db.clone(), job(false, 1, 2)]), "provisioning");

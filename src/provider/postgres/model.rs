@@ -1,0 +1,213 @@
+//! The postgres kinds as pure models: `PostgresServer` (configuration: how to reach a server as
+//! its admin) and `PostgresDatabase` (a database and the LOGIN role that owns it, converged by
+//! [`super::PostgresProvider`]). Schema, credential slot, defaults, the server connection a
+//! database carries, replace-forcing fields, outputs known before apply, drift and the
+//! per-server concurrency key. Pure: no connection to any server.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::observed::{self, TenantState};
+use super::spec::{Server, Tenant};
+use crate::model::{
+    BuildCx, CredentialSlot, CredentialType, Desired, Drift, Field, KindModel, LIFECYCLE,
+    NameField, Observed, Output, Schema, Ty, or_insert,
+};
+use crate::state::Record;
+use crate::value::Value;
+
+/// The `postgres` credential: a server's admin log-in.
+pub static CREDENTIAL: CredentialType = CredentialType {
+    name: "postgres",
+    keys: &[
+        ("host", false),
+        ("port", false),
+        ("user", false),
+        ("password", true),
+        ("database", false),
+        ("sslmode", false),
+    ],
+};
+
+/// Keys a server takes from its credential when its spec does not say.
+const SERVER_KEYS: [&str; 6] = ["host", "port", "user", "password", "database", "sslmode"];
+
+pub struct PostgresServer;
+
+static SERVER_SCHEMA: Schema = Schema {
+    fields: &[
+        Field::new("host", Ty::Str),
+        Field::new("port", Ty::Int),
+        Field::new("user", Ty::Str),
+        Field::new("password", Ty::Str),
+        Field::new("sslmode", Ty::Enum(&["disable", "prefer", "require"])),
+        Field::new("database", Ty::Str),
+        Field::fixed("credential", Ty::Str),
+    ],
+    outputs: &[],
+    open_outputs: false,
+    default_timeout: Duration::from_secs(120),
+};
+
+impl KindModel for PostgresServer {
+    fn name(&self) -> &'static str {
+        "PostgresServer"
+    }
+
+    fn schema(&self) -> &'static Schema {
+        &SERVER_SCHEMA
+    }
+
+    fn credential_slots(&self) -> &'static [CredentialSlot] {
+        &[CredentialSlot {
+            provider: Some("postgres"),
+            field: Some("credential"),
+            via: "credential",
+            required: false,
+        }]
+    }
+
+    /// A server's spec is its admin connection: spec fields, else the postgres credential's
+    /// data, else defaults.
+    fn complete(&self, cx: &BuildCx<'_>, spec: &mut Value) -> Value {
+        if let Some(cred) = cx.credential("credential") {
+            for key in SERVER_KEYS {
+                if let Some(v) = cred.data.get(key) {
+                    or_insert(spec, key, || v.clone());
+                }
+            }
+        }
+        if let Some(p) = spec.get("port").and_then(Value::as_i64) {
+            spec.insert("port", Value::Int(p));
+        }
+        or_insert(spec, "port", || Value::Int(5432));
+        or_insert(spec, "database", || Value::Str("postgres".into()));
+        or_insert(spec, "sslmode", || Value::Str("prefer".into()));
+        if let Value::Map(m) = spec {
+            m.remove("credential");
+        }
+        Value::map()
+    }
+}
+
+pub struct PostgresDatabase;
+
+const PASSWORD: &[Field] = &[Field::fixed(
+    "generate",
+    Ty::Obj(&[Field::fixed("length", Ty::Int)]),
+)];
+
+static DATABASE_SCHEMA: Schema = Schema {
+    fields: &[
+        Field::fixed("server", Ty::Str).required(),
+        Field::new("database", Ty::Str),
+        Field::new("owner", Ty::Str),
+        Field::fixed("password", Ty::Obj(PASSWORD)),
+        Field::new("rotation", Ty::Int),
+        Field::new("connection_limit", Ty::Int),
+        Field::new("isolate", Ty::Bool),
+        Field::fixed("on_delete", Ty::Enum(&["retain", "drop"])),
+        Field::fixed("timeout", Ty::Duration),
+        Field::fixed("lifecycle", Ty::Obj(LIFECYCLE)),
+    ],
+    outputs: &[
+        Output::plain("host"),
+        Output::plain("port"),
+        Output::plain("database"),
+        Output::plain("username"),
+        Output::secret("password"),
+        Output::secret("url"),
+    ],
+    open_outputs: false,
+    default_timeout: Duration::from_secs(120),
+};
+
+impl KindModel for PostgresDatabase {
+    fn name(&self) -> &'static str {
+        "PostgresDatabase"
+    }
+
+    fn schema(&self) -> &'static Schema {
+        &DATABASE_SCHEMA
+    }
+
+    fn provider(&self) -> Option<&'static str> {
+        Some("postgres")
+    }
+
+    fn name_fields(&self) -> &'static [NameField] {
+        &[NameField {
+            field: "server",
+            kind: "PostgresServer",
+        }]
+    }
+
+    /// The database and its owner default to the resource name; the password is generated;
+    /// the connection is the server's admin connection.
+    fn complete(&self, cx: &BuildCx<'_>, spec: &mut Value) -> Value {
+        let name = cx.manifest.address.name.as_str();
+        or_insert(spec, "database", || Value::Str(name.to_owned()));
+        let database = spec.get("database").cloned().unwrap_or(Value::Null);
+        or_insert(spec, "owner", || database);
+        let mut generate = Value::map();
+        generate.insert("length", Value::Int(32));
+        let mut password = Value::map();
+        password.insert("generate", generate);
+        or_insert(spec, "password", || password);
+        or_insert(spec, "rotation", || Value::Int(0));
+        or_insert(spec, "connection_limit", || Value::Int(-1));
+        or_insert(spec, "isolate", || Value::Bool(true));
+        or_insert(spec, "on_delete", || Value::Str("retain".into()));
+        cx.named("server")
+            .map(|server| server.spec.clone())
+            .unwrap_or_else(Value::map)
+    }
+
+    fn immutable_fields(&self) -> &'static [&'static str] {
+        &["server", "database", "owner"]
+    }
+
+    fn known_outputs(&self, desired: &Desired) -> BTreeMap<String, Value> {
+        let mut out = BTreeMap::new();
+        let conn = &desired.connection;
+        if let Some(host) = conn.get("host") {
+            out.insert("host".to_owned(), host.clone());
+        }
+        let port = conn.get("port").cloned().unwrap_or(Value::Int(5432));
+        out.insert("port".to_owned(), port);
+        if let Some(database) = desired.spec.get("database") {
+            out.insert("database".to_owned(), database.clone());
+        }
+        if let Some(owner) = desired.spec.get("owner") {
+            out.insert("username".to_owned(), owner.clone());
+        }
+        out
+    }
+
+    fn drift(&self, desired: &Desired, _: Option<&Record>, observed: &Observed) -> Vec<Drift> {
+        match Tenant::from_value(&desired.spec) {
+            Ok(tenant) => observed::differences(&tenant, &TenantState::from_observed(observed)),
+            Err(e) => {
+                // Not drift: the apply reports the invalid spec.
+                tracing::debug!(address = %desired.address, error = %e, "drift skipped");
+                Vec::new()
+            }
+        }
+    }
+
+    /// One key per server, limited to the admin pool's size.
+    fn concurrency(&self, connection: &Value) -> (String, usize) {
+        let key = match Server::from_value(connection) {
+            Ok(server) => server.endpoint(),
+            Err(_) => {
+                let text = |k: &str| connection.get(k).map(Value::to_text);
+                format!(
+                    "postgres://{}:{}",
+                    text("host").unwrap_or_default(),
+                    text("port").unwrap_or_else(|| "5432".to_owned())
+                )
+            }
+        };
+        (key, super::conn::MAX_ADMIN_CONNECTIONS)
+    }
+}
