@@ -116,7 +116,7 @@ impl Graph {
                 (
                     self.graph[e.target()].to_string(),
                     self.graph[e.source()].to_string(),
-                    e.weight().via.clone(),
+                    e.weight().via.to_string(),
                 )
             })
             .collect();

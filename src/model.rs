@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::address::{Address, Kind};
 use crate::manifest::diag::Diagnostic;
 use crate::manifest::node::Node;
-use crate::manifest::{Credential, Dep, Manifest};
+use crate::manifest::{Credential, Dep, Manifest, Via};
 use crate::state::Record;
 use crate::value::Value;
 
@@ -214,14 +214,19 @@ impl<'a> BuildCx<'a> {
         self.manifest
             .deps
             .iter()
-            .filter(|d| d.via == via && d.target.kind == Kind::CREDENTIAL)
+            .filter(|d| {
+                matches!(d.via, Via::Credential(v) if v == via) && d.target.kind == Kind::CREDENTIAL
+            })
             .find_map(|d| (self.credentials)(d))
     }
 
     /// The resource named by a name field (`spec.server`), resolved.
     pub fn named(&self, field: &str) -> Option<Arc<Desired>> {
-        let via = format!("spec.{field}");
-        let dep = self.manifest.deps.iter().find(|d| d.via == via)?;
+        let dep = self
+            .manifest
+            .deps
+            .iter()
+            .find(|d| matches!(d.via, Via::Field(f) if f == field))?;
         (self.resolved)(&dep.target)
     }
 

@@ -12,7 +12,7 @@ use super::diag::{Diagnostic, attach_source, suggest};
 use super::node::{Node, NodeValue, Pos, parse_documents};
 use super::refs::RefExpr;
 use super::schema::Checker;
-use super::{Credential, Dep, LoadErrors, Manifest, ManifestSet, credential};
+use super::{Credential, Dep, LoadErrors, Manifest, ManifestSet, Via, credential};
 use crate::address::{Address, Kind, is_dns_label};
 
 /// Whether a path inside the manifests tree is a manifest: `*.yaml` / `*.yml`, not hidden, not
@@ -304,7 +304,7 @@ fn check_document(
         .map(|r| Dep {
             target: Address::new(Kind::CREDENTIAL, String::new()), // fixed up in `edges`
             pos: r.pos,
-            via: format!("${{{}.{}.{}}}", r.kind, r.name, r.path_text()),
+            via: Via::of_ref(&r),
             expr: Some(r),
         })
         .collect();
@@ -439,10 +439,10 @@ fn edges(
     if let Some(entries) = m.spec.as_map() {
         let name_fields = m.address.kind.model().name_fields();
         for (k, v) in entries {
-            let Some(kind) = name_fields
+            let Some((field, kind)) = name_fields
                 .iter()
                 .find(|f| f.field == k.name)
-                .and_then(|f| Kind::named(f.kind))
+                .and_then(|f| Some((f.field, Kind::named(f.kind)?)))
             else {
                 continue;
             };
@@ -452,7 +452,7 @@ fn edges(
                 deps.push(Dep {
                     target,
                     pos: v.pos,
-                    via: format!("spec.{}", k.name),
+                    via: Via::Field(field),
                     expr: None,
                 });
             } else {
@@ -486,7 +486,7 @@ fn edges(
             Ok(Some(c)) => deps.push(Dep {
                 target: Address::new(Kind::CREDENTIAL, c.name.clone()),
                 pos,
-                via: slot.via.into(),
+                via: Via::Credential(slot.via),
                 expr: None,
             }),
             Ok(None) if slot.required => diags.push(Diagnostic::new(

@@ -48,10 +48,41 @@ pub struct Manifest {
 pub struct Dep {
     pub target: Address,
     pub pos: Pos,
-    /// How, e.g. `spec.server` or `${…status.outputs.host}`.
-    pub via: String,
+    /// How: shown as `spec.server`, `${…status.outputs.host}`, `credential`.
+    pub via: Via,
     /// The ref, when the edge is a ref.
     pub expr: Option<RefExpr>,
+}
+
+/// How a manifest reads another resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// A ref, as written: `${Kind.name.path}`.
+    Ref(String),
+    /// A name field (`server: main`), by field name.
+    Field(&'static str),
+    /// A credential, by the `via` label of the slot that picked it.
+    Credential(&'static str),
+    /// A child's edge to the composition it was expanded from.
+    ExpandedFrom,
+}
+
+impl Via {
+    /// The `via` of a ref edge.
+    pub fn of_ref(r: &RefExpr) -> Via {
+        Via::Ref(format!("${{{}.{}.{}}}", r.kind, r.name, r.path_text()))
+    }
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Via::Ref(text) => f.write_str(text),
+            Via::Field(field) => write!(f, "spec.{field}"),
+            Via::Credential(label) => f.write_str(label),
+            Via::ExpandedFrom => f.write_str("expanded from"),
+        }
+    }
 }
 
 /// A Credential with its data read from its sources.

@@ -16,7 +16,7 @@ use crate::address::{Address, Kind};
 use crate::manifest::diag::{Diagnostic, suggest};
 use crate::manifest::node::{Key, Node, NodeValue, Pos};
 use crate::manifest::schema::Checker;
-use crate::manifest::{Dep, Manifest};
+use crate::manifest::{Dep, Manifest, Via};
 
 /// Placeholders a template may use in its names and its job.
 const PLACEHOLDERS: [&str; 4] = ["org_id", "version", "tier", "name"];
@@ -307,14 +307,14 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
             .map(|r| Dep {
                 target: Address::new(Kind::CREDENTIAL, String::new()),
                 pos: r.pos,
-                via: format!("${{{}.{}.{}}}", r.kind, r.name, r.path_text()),
+                via: Via::of_ref(&r),
                 expr: Some(r),
             })
             .collect();
         deps.push(Dep {
             target: inst.address.clone(),
             pos: inst.pos,
-            via: "expanded from".into(),
+            via: Via::ExpandedFrom,
             expr: None,
         });
         manifests.insert(
