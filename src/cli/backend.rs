@@ -345,7 +345,9 @@ impl Backend for Daemon {
             None if !reply.plan.has_changes() => {
                 bail!("the daemon did not apply: it found nothing to change any more")
             }
-            None => bail!("the daemon stopped before the apply finished"),
+            None => bail!(
+                "the daemon stopped during the apply and cancelled it (its resources are refreshed at the next start)"
+            ),
         }
     }
 

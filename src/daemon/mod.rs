@@ -588,6 +588,9 @@ impl Daemon {
                         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
                         match tokio::time::timeout(self.opts.grace, &mut run).await {
                             Ok(r) => {
+                                if let (Some(e), Ok(run)) = (&echo, &r) {
+                                    e.run(run);
+                                }
                                 self.log_run(r);
                             }
                             Err(_) => tracing::warn!("grace period over: cancelling the running apply (its resources stay `applying` and are refreshed at the next start)"),
