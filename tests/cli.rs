@@ -222,14 +222,8 @@ fn a_second_process_gets_a_clear_lock_error() {
 /// Run tend on a pseudo-terminal (util-linux `script`), typing `answer` at the prompt.
 pub fn on_a_tty(w: &Workspace, args: &str, answer: &str) -> util::Run {
     use std::io::Write;
-    let cmd = format!(
-        "{} --manifests {} --state {} {args}",
-        env!("CARGO_BIN_EXE_tend"),
-        w.manifests.display(),
-        w.state.display()
-    );
-    let mut child = std::process::Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
+    let mut child = w
+        .on_a_tty(args)
         .env("TEND_CLI_TEST_PW", "pw-not-for-output")
         .env("NO_COLOR", "1")
         .stdin(std::process::Stdio::piped())

@@ -314,6 +314,109 @@ async fn the_cli_talks_to_a_running_daemon_through_its_socket() {
     assert!(!socket.exists(), "the socket is removed on exit");
 }
 
+/// `tend ARGS` on a pseudo-terminal with colour allowed; what the terminal showed.
+fn on_a_terminal(w: &Workspace, args: &str) -> String {
+    let out = w
+        .on_a_tty(args)
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    assert!(out.status.success(), "{args}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_through_the_daemon_is_the_local_plan_rendered_by_the_cli() {
+    let w = Workspace::new();
+    let (db, role) = (unique("tend_dp_"), unique("tend_up_"));
+    w.write("server.yaml", &server_yaml());
+    w.write("db.yaml", &database_yaml("a", &db, &role, ""));
+    let plans = |w: &Workspace| {
+        let text = w.run(&["plan"]).ok().stdout;
+        let json = w.run(&["plan", "--json"]).ok().stdout;
+        let detailed = w.run(&["plan", "--detailed-exitcode"]);
+        (text, json, detailed.code, detailed.stdout)
+    };
+
+    // Without a daemon: the CLI plans from the state directory.
+    let local = plans(&w);
+    assert!(
+        local.0.contains("PostgresDatabase.a will be created"),
+        "{}",
+        local.0
+    );
+    assert_eq!(local.2, 2);
+
+    // A daemon that waits for approval holds the store, so these plans can only come
+    // through its socket (a local open would fail on sled's lock).
+    let d = Daemon::start(&w, &["--approve", "manual"]);
+    eventually("the plan waits for approval", &d, || {
+        let r = w.run(&["status"]);
+        async move { r.stdout.contains("waiting for approval") }
+    })
+    .await;
+    let through = plans(&w);
+    assert_eq!(
+        through.0, local.0,
+        "the text plan differs through the daemon"
+    );
+    assert_eq!(
+        through.1, local.1,
+        "the JSON plan differs through the daemon"
+    );
+    assert_eq!(through.2, 2, "--detailed-exitcode through the daemon");
+    assert_eq!(through.3, local.3);
+
+    // On a terminal the CLI colours the plan the daemon sent; --no-color still works.
+    let tty = on_a_terminal(&w, "plan");
+    assert!(tty.contains("PostgresDatabase.a will be created"), "{tty}");
+    assert!(tty.contains("\x1b["), "no colour on a terminal: {tty:?}");
+    let plain = on_a_terminal(&w, "--no-color plan");
+    assert!(
+        plain.contains("will be created") && !plain.contains("\x1b["),
+        "{plain:?}"
+    );
+
+    // What the daemon cannot do is refused as an error (exit 1), not a plan.
+    let r = w.run(&["plan", "--out", "plan.json"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.starts_with("error: a daemon holds the state"),
+        "{}",
+        r.stderr
+    );
+
+    // Apply through the daemon prints what a local apply prints; then nothing is left to do.
+    let r = w.run(&["apply", "--auto-approve"]).ok();
+    assert!(r.stdout.starts_with(&local.0), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("PostgresDatabase.a: Creation complete"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("Apply complete! Resources: 1 added, 0 changed, 0 destroyed."),
+        "{}",
+        r.stdout
+    );
+    assert!(util::exists("db", &db).await);
+    let in_sync = plans(&w);
+    assert_eq!(in_sync.2, 0, "no changes: {}", in_sync.3);
+    let runs = w.run(&["runs", "list"]).ok().stdout;
+    let id = runs.split_whitespace().next().expect("a run").to_owned();
+    let run = w.run(&["runs", "show", &id]).ok().stdout;
+    let r = w.run(&["runs", "show", "nope"]);
+    assert_eq!((r.code, r.stderr.as_str()), (1, "error: no run nope\n"));
+    assert_eq!(d.stop(), 0);
+
+    // The same answers from the state directory once the daemon is gone.
+    assert_eq!(plans(&w), in_sync);
+    assert_eq!(w.run(&["runs", "list"]).ok().stdout, runs);
+    assert_eq!(w.run(&["runs", "show", &id]).ok().stdout, run);
+}
+
 fn git(dir: &std::path::Path, args: &[&str]) -> String {
     let out = std::process::Command::new("git")
         .arg("-C")

@@ -1,10 +1,13 @@
-//! The command line: `validate`, `plan`, `apply`, `graph`, `state …`, `runs …`. Parses
-//! arguments, drives manifest → graph → plan → apply → state, and maps every outcome to an
-//! exit code in one place (0 success, 1 error, 2 changes present with `--detailed-exitcode`).
+//! The command line: `validate`, `plan`, `apply`, `graph`, `state …`, `runs …`, `status`,
+//! `daemon`. Parses arguments, writes `plan`, `apply`, `status` and `runs` once against a
+//! [`Backend`] (this process's store, or a running daemon's socket), and maps every outcome to
+//! an exit code in one place, [`exit_code`] (0 success, 1 error, 2 changes present with
+//! `--detailed-exitcode`).
 
+mod backend;
 pub mod output;
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,17 +15,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
-use crate::apply::{ApplyOptions, apply};
-use crate::engine::{PlanOptions, blocking, plan};
-use crate::graph::Graph;
-use crate::manifest::{self, ManifestSet};
-use crate::plan::{Plan, render};
+use crate::engine::blocking;
+use crate::manifest;
+use crate::plan::render;
 use crate::provider;
-use crate::state::{SledStore, StateError, StateStore, Status, Trigger};
+use crate::state::Status;
 use crate::value::Reveal;
+use backend::{Backend, load, open_store};
 use output::Printer;
 
 #[derive(Parser, Debug)]
@@ -196,17 +197,20 @@ enum RunsCmd {
     Show { id: String },
 }
 
-/// A plan saved to a file, with what it was made against.
-#[derive(Serialize, Deserialize)]
-struct PlanFile {
-    format: u32,
-    lineage: String,
-    serial: u64,
-    manifests_digest: String,
-    plan: Plan,
+/// How a command ended, before it becomes an exit code in [`exit_code`]. What went wrong has
+/// been printed by then (a plan's errors, a failed apply's summary); an `Err` instead is
+/// printed by [`exit_code`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Done: exit 0.
+    Success,
+    /// The plan has changes and `--detailed-exitcode` asks to say so: exit 2.
+    Changes,
+    /// Refused or failed, already reported: exit 1.
+    Failed,
 }
 
-/// Entry point: every outcome becomes an exit code here.
+/// Entry point.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
@@ -214,21 +218,28 @@ pub fn main() -> ExitCode {
         _ => init_logging("warn", false),
     }
     let printer = Printer::new(cli.no_color);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let outcome = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-    {
-        Ok(r) => r,
+        .context("cannot start the runtime")
+        .and_then(|runtime| runtime.block_on(run(cli, printer)));
+    exit_code(outcome, printer)
+}
+
+/// The one place outcomes become exit codes: 0 success, 1 error, 2 changes present (with
+/// `--detailed-exitcode`). An error is reported here: manifest diagnostics as they are, anything
+/// else as `error: …` with its causes.
+fn exit_code(outcome: anyhow::Result<Outcome>, printer: Printer) -> ExitCode {
+    match outcome {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Changes) => ExitCode::from(2),
+        Ok(Outcome::Failed) => ExitCode::FAILURE,
         Err(e) => {
-            printer.err(&format!("error: cannot start the runtime: {e}"));
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(run(cli, printer)) {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            printer.err(&format!("error: {e:#}"));
-            ExitCode::from(1)
+            match e.downcast_ref::<manifest::LoadErrors>() {
+                Some(diagnostics) => printer.err(&diagnostics.to_string()),
+                None => printer.err(&format!("error: {e:#}")),
+            }
+            ExitCode::FAILURE
         }
     }
 }
@@ -248,144 +259,35 @@ fn init_logging(default: &str, json: bool) {
     };
 }
 
-/// Load manifests and the graph, or print every diagnostic.
-fn load(dir: &Path, printer: &Printer) -> Option<(ManifestSet, Graph)> {
-    let set = match manifest::load(dir) {
-        Ok(set) => set,
-        Err(errors) => {
-            printer.err(&errors.to_string());
-            return None;
-        }
-    };
-    match Graph::build(&set) {
-        Ok(g) => Some((set, g)),
-        Err(diags) => {
-            let e = manifest::LoadErrors(diags);
-            printer.err(&e.to_string());
-            None
-        }
-    }
-}
-
-fn open_store(dir: &Path) -> anyhow::Result<Arc<dyn StateStore>> {
-    match SledStore::open(dir) {
-        Ok(s) => Ok(Arc::new(s)),
-        Err(e @ StateError::Locked(_)) => bail!("{e}"),
-        Err(e) => Err(e).with_context(|| format!("cannot open state in {}", dir.display())),
-    }
-}
-
-async fn run(cli: Cli, printer: Printer) -> anyhow::Result<u8> {
-    let providers = crate::registry::providers(&provider::Context {
-        state_dir: cli.state.clone(),
-    });
+async fn run(cli: Cli, printer: Printer) -> anyhow::Result<Outcome> {
     let socket = cli
         .socket
         .clone()
         .unwrap_or_else(|| crate::daemon::control::default_socket(&cli.state));
-    if let Some(code) = through_daemon(&cli, &socket, printer).await? {
-        return Ok(code);
-    }
+    let connect = || backend::connect(&cli.manifests, &cli.state, &socket);
     match cli.command {
         Command::Validate => {
-            let Some((set, _)) = load(&cli.manifests, &printer) else {
-                return Ok(1);
-            };
+            let (set, _) = load(&cli.manifests)?;
             printer.out(&format!(
                 "Success! {} manifests in {} are valid.",
                 set.manifests.len(),
                 cli.manifests.display()
             ));
-            Ok(0)
+            Ok(Outcome::Success)
         }
         Command::Graph { format } => {
-            let Some((_, graph)) = load(&cli.manifests, &printer) else {
-                return Ok(1);
-            };
+            let (_, graph) = load(&cli.manifests)?;
             printer.out(&match format {
                 GraphFormat::Text => graph.to_text(),
                 GraphFormat::Dot => graph.to_dot(),
             });
-            Ok(0)
+            Ok(Outcome::Success)
         }
-        Command::Plan(args) => {
-            let Some((set, graph)) = load(&cli.manifests, &printer) else {
-                return Ok(1);
-            };
-            let store = open_store(&cli.state)?;
-            let plan = plan(&set, &graph, &store, &providers, &plan_options(&args.flags)).await?;
-            if args.json {
-                printer.out(&serde_json::to_string_pretty(&render::json(&plan))?);
-            } else {
-                printer.out(&render::text(&plan, printer.style));
-            }
-            if let Some(path) = &args.out {
-                let meta = blocking(&store, |s| s.meta()).await?;
-                let file = PlanFile {
-                    format: 1,
-                    lineage: meta.lineage,
-                    serial: meta.serial,
-                    manifests_digest: set.digest.clone(),
-                    plan: plan.clone(),
-                };
-                write_private(path, &serde_json::to_vec_pretty(&file)?)?;
-                if !args.json {
-                    printer.out(&format!(
-                        "Saved the plan to {}. Apply it with: tend apply {}",
-                        path.display(),
-                        path.display()
-                    ));
-                }
-            }
-            Ok(if !plan.errors.is_empty() {
-                1
-            } else if args.detailed_exitcode && plan.has_changes() {
-                2
-            } else {
-                0
-            })
-        }
-        Command::Apply(args) => {
-            apply_cmd(&cli.manifests, &cli.state, args, &providers, printer).await
-        }
+        Command::Plan(ref args) => plan_cmd(connect().await?.as_mut(), args, printer).await,
+        Command::Apply(ref args) => apply_cmd(connect().await?.as_mut(), args, printer).await,
+        Command::Status => status_cmd(connect().await?.as_mut(), &socket, printer).await,
+        Command::Runs(ref cmd) => runs_cmd(connect().await?.as_mut(), cmd, printer).await,
         Command::State(cmd) => state_cmd(&cli.state, cmd, printer).await,
-        Command::Runs(cmd) => runs_cmd(&cli.state, cmd, printer).await,
-        Command::Status => {
-            let store = open_store(&cli.state)?;
-            let records = blocking(&store, |s| s.list()).await?;
-            let runs = blocking(&store, |s| s.runs(1)).await?;
-            let mut counts = std::collections::BTreeMap::new();
-            for r in &records {
-                *counts
-                    .entry(format!("{:?}", r.status).to_lowercase())
-                    .or_insert(0usize) += 1;
-            }
-            let mut out = format!(
-                "No daemon is running (no answer on {}).\n",
-                socket.display()
-            );
-            out.push_str(&format!("Resources in state: {}\n", counts_line(&counts)));
-            if let Some(run) = runs.first() {
-                out.push_str(&format!(
-                    "Last run: {} (exit {}) {}\n",
-                    run.id, run.exit_code, run.summary
-                ));
-            }
-            for t in crate::provider::tenant::status::statuses(&records) {
-                out.push_str(&t.line());
-                out.push('\n');
-            }
-            for r in records.iter().filter(|r| r.status != Status::Ready) {
-                out.push_str(&format!(
-                    "  {} {:?}: {}\n",
-                    r.address,
-                    r.status,
-                    r.last_error.as_deref().unwrap_or("")
-                ));
-            }
-            printer.out(&out);
-            Ok(0)
-        }
         Command::Daemon(args) => {
             let store = open_store(&cli.state)?;
             let opts = crate::daemon::Options {
@@ -403,83 +305,73 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<u8> {
                 debounce: Duration::from_millis(200),
                 grace: args.grace,
             };
-            crate::daemon::run(opts, store, providers).await
+            let providers = crate::registry::providers(&provider::Context {
+                state_dir: cli.state.clone(),
+            });
+            Ok(match crate::daemon::run(opts, store, providers).await? {
+                0 => Outcome::Success,
+                _ => Outcome::Failed,
+            })
         }
     }
 }
 
-fn plan_options(f: &PlanFlags) -> PlanOptions {
-    PlanOptions {
-        refresh: f.refresh,
-        targets: f.targets.clone(),
-        parallelism: f.parallelism,
-    }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
-}
-
-async fn apply_cmd(
-    manifests: &Path,
-    state: &Path,
-    args: ApplyArgs,
-    providers: &[Arc<dyn provider::Provider>],
+/// The plan, as text or JSON; with `--out` saved too.
+async fn plan_cmd(
+    backend: &mut dyn Backend,
+    args: &PlanArgs,
     printer: Printer,
-) -> anyhow::Result<u8> {
-    let Some((set, graph)) = load(manifests, &printer) else {
-        return Ok(1);
-    };
-    let store = open_store(state)?;
-    let plan = match &args.planfile {
-        Some(path) => {
-            let bytes = std::fs::read(path)
-                .with_context(|| format!("cannot read plan file {}", path.display()))?;
-            let file: PlanFile = serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is not a tend plan file", path.display()))?;
-            let meta = blocking(&store, |s| s.meta()).await?;
-            if file.lineage != meta.lineage || file.serial != meta.serial {
-                printer.err("error: the saved plan is stale: state changed since it was made (run `tend plan --out` again)");
-                return Ok(1);
-            }
-            if file.manifests_digest != set.digest {
-                printer.err("error: the saved plan is stale: manifests changed since it was made (run `tend plan --out` again)");
-                return Ok(1);
-            }
-            file.plan
+) -> anyhow::Result<Outcome> {
+    let plan = backend.plan(&args.flags, args.out.is_some()).await?;
+    if args.json {
+        printer.out(&serde_json::to_string_pretty(&render::json(&plan))?);
+    } else {
+        printer.out(&render::text(&plan, printer.style));
+    }
+    if let Some(path) = &args.out {
+        backend.save(&plan, path).await?;
+        if !args.json {
+            printer.out(&format!(
+                "Saved the plan to {}. Apply it with: tend apply {}",
+                path.display(),
+                path.display()
+            ));
         }
-        None => plan(&set, &graph, &store, providers, &plan_options(&args.flags)).await?,
+    }
+    Ok(if !plan.errors.is_empty() {
+        Outcome::Failed
+    } else if args.detailed_exitcode && plan.has_changes() {
+        Outcome::Changes
+    } else {
+        Outcome::Success
+    })
+}
+
+/// Show the plan (fresh or saved), ask, apply, and sum up.
+async fn apply_cmd(
+    backend: &mut dyn Backend,
+    args: &ApplyArgs,
+    printer: Printer,
+) -> anyhow::Result<Outcome> {
+    let plan = match &args.planfile {
+        Some(path) => backend.saved(path).await?,
+        None => backend.plan(&args.flags, false).await?,
     };
     printer.out(&render::text(&plan, printer.style));
     if !plan.errors.is_empty() {
-        return Ok(1);
+        return Ok(Outcome::Failed);
     }
     if !plan.has_changes() {
-        return Ok(0);
+        return Ok(Outcome::Success);
     }
     if args.planfile.is_none() && !args.auto_approve && !confirm(printer)? {
-        return Ok(1);
+        return Ok(Outcome::Failed);
     }
     printer.out("");
-    let progress_printer = printer;
-    let opts = ApplyOptions {
-        parallelism: args.flags.parallelism,
-        trigger: Trigger::Cli,
-        progress: Arc::new(move |line| progress_printer.out(&line)),
-        heartbeat: Duration::from_secs(10),
-        revision: None,
-    };
-    let run = apply(&set, &graph, &plan, &store, providers, opts).await?;
+    let progress = Arc::new(move |line: String| printer.out(&line));
+    let run = backend
+        .apply(&plan, args.flags.parallelism, progress)
+        .await?;
     let count = |outcome: &str, actions: &[&str]| {
         run.results
             .iter()
@@ -494,7 +386,7 @@ async fn apply_cmd(
             "\nApply complete! Resources: {added} added, {changed} changed, {destroyed} destroyed. (run {})",
             run.id
         )));
-        Ok(0)
+        Ok(Outcome::Success)
     } else {
         let mut s = format!(
             "\nApply finished with errors. Resources: {added} added, {changed} changed, {destroyed} destroyed. (run {})\n",
@@ -513,8 +405,69 @@ async fn apply_cmd(
             ));
         }
         printer.err(&s);
-        Ok(1)
+        Ok(Outcome::Failed)
     }
+}
+
+/// What the daemon is doing, or (with no daemon) what state holds.
+async fn status_cmd(
+    backend: &mut dyn Backend,
+    socket: &Path,
+    printer: Printer,
+) -> anyhow::Result<Outcome> {
+    let s = backend.status().await?;
+    let mut out = String::new();
+    match &s.daemon {
+        Some(d) => {
+            out.push_str(&format!(
+                "tend daemon (pid {}) watching {}\n{}: {}\n",
+                d.pid, d.manifests, d.phase, d.summary
+            ));
+            if let Some(rev) = &d.revision {
+                out.push_str(&format!("Revision: {rev}\n"));
+            }
+            if d.failures > 0 {
+                out.push_str(&format!("Failed runs in a row: {}\n", d.failures));
+            }
+            if let Some(at) = d.next_retry_at.filter(|_| d.failures > 0) {
+                let secs = at.saturating_sub(crate::apply::now_ms()) / 1000;
+                out.push_str(&format!("Next retry in {secs}s\n"));
+            }
+        }
+        None => out.push_str(&format!(
+            "No daemon is running (no answer on {}).\n",
+            socket.display()
+        )),
+    }
+    out.push_str(&format!(
+        "Resources in state: {}\n",
+        counts_line(&s.resources)
+    ));
+    if let Some(run) = &s.last_run {
+        out.push_str(&format!("Last run: {run}\n"));
+    }
+    for t in &s.tenants {
+        out.push_str(&t.line());
+        out.push('\n');
+    }
+    if let Some(d) = &s.daemon {
+        for o in &d.orphans {
+            out.push_str(&format!(
+                "Orphaned (manifest removed, kept without --prune): {o}\n"
+            ));
+        }
+        for h in &d.held {
+            out.push_str(&format!("Delete held for approval (`tend apply`): {h}\n"));
+        }
+        for e in &d.load_errors {
+            out.push_str(e);
+        }
+    }
+    for u in &s.unready {
+        out.push_str(&format!("  {u}\n"));
+    }
+    printer.out(&out);
+    Ok(Outcome::Success)
 }
 
 fn counts_line(counts: &std::collections::BTreeMap<String, usize>) -> String {
@@ -528,136 +481,12 @@ fn counts_line(counts: &std::collections::BTreeMap<String, usize>) -> String {
         .join(", ")
 }
 
-/// Ask the daemon, when one answers on the socket, for the commands it serves. `Ok(None)`:
-/// no daemon (or a command it does not serve); go on locally.
-async fn through_daemon(cli: &Cli, socket: &Path, printer: Printer) -> anyhow::Result<Option<u8>> {
-    use crate::daemon::control::{ApplyReply, PlanReply, StatusReply, request};
-    let (method, path) = match &cli.command {
-        Command::Status => ("GET", "/v1/status".to_owned()),
-        Command::Plan(_) => ("POST", "/v1/plan".to_owned()),
-        Command::Apply(a) if a.planfile.is_none() => ("POST", "/v1/plan".to_owned()),
-        Command::Runs(RunsCmd::List { limit }) => ("GET", format!("/v1/runs?limit={limit}")),
-        Command::Runs(RunsCmd::Show { id }) => ("GET", format!("/v1/runs/{id}")),
-        _ => return Ok(None),
-    };
-    let Some((status, body)) = request(socket, method, &path).await? else {
-        return Ok(None);
-    };
-    if status != 200 {
-        printer.err(&format!(
-            "error: the daemon answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        ));
-        return Ok(Some(1));
-    }
-    match &cli.command {
-        Command::Status => {
-            let s: StatusReply = serde_json::from_slice(&body)?;
-            let d = &s.daemon;
-            let mut out = format!(
-                "tend daemon (pid {}) watching {}\n{}: {}\n",
-                d.pid, d.manifests, d.phase, d.summary
-            );
-            if let Some(rev) = &d.revision {
-                out.push_str(&format!("Revision: {rev}\n"));
-            }
-            if d.failures > 0 {
-                out.push_str(&format!("Failed runs in a row: {}\n", d.failures));
-            }
-            if let Some(at) = d.next_retry_at.filter(|_| d.failures > 0) {
-                let secs = at.saturating_sub(crate::apply::now_ms()) / 1000;
-                out.push_str(&format!("Next retry in {secs}s\n"));
-            }
-            out.push_str(&format!(
-                "Resources in state: {}\n",
-                counts_line(&s.resources)
-            ));
-            if let Some(run) = &d.last_run {
-                out.push_str(&format!("Last run: {run}\n"));
-            }
-            for t in &s.tenants {
-                out.push_str(&t.line());
-                out.push('\n');
-            }
-            for o in &d.orphans {
-                out.push_str(&format!(
-                    "Orphaned (manifest removed, kept without --prune): {o}\n"
-                ));
-            }
-            for h in &d.held {
-                out.push_str(&format!("Delete held for approval (`tend apply`): {h}\n"));
-            }
-            for e in &d.load_errors {
-                out.push_str(e);
-            }
-            printer.out(&out);
-            Ok(Some(0))
-        }
-        Command::Plan(args) => {
-            if args.out.is_some() || !args.flags.targets.is_empty() || !args.flags.refresh {
-                printer.err("error: a daemon holds the state: --out, --target and --refresh=false are not available through it");
-                return Ok(Some(1));
-            }
-            let p: PlanReply = serde_json::from_slice(&body)?;
-            if args.json {
-                printer.out(&serde_json::to_string_pretty(&p.json)?);
-            } else {
-                printer.out(&p.text);
-            }
-            Ok(Some(if p.has_errors {
-                1
-            } else if args.detailed_exitcode && p.has_changes {
-                2
-            } else {
-                0
-            }))
-        }
-        Command::Apply(args) => {
-            let p: PlanReply = serde_json::from_slice(&body)?;
-            printer.out(&p.text);
-            if p.has_errors {
-                return Ok(Some(1));
-            }
-            if !p.has_changes {
-                return Ok(Some(0));
-            }
-            if !args.auto_approve && !confirm(printer)? {
-                return Ok(Some(1));
-            }
-            let Some((status, body)) = request(socket, "POST", "/v1/apply").await? else {
-                printer.err("error: the daemon went away");
-                return Ok(Some(1));
-            };
-            if status != 200 {
-                printer.err(&format!(
-                    "error: the daemon answered {status}: {}",
-                    String::from_utf8_lossy(&body)
-                ));
-                return Ok(Some(1));
-            }
-            let a: ApplyReply = serde_json::from_slice(&body)?;
-            printer.out(&a.text);
-            Ok(Some(a.exit_code))
-        }
-        Command::Runs(RunsCmd::List { .. }) => {
-            let runs: Vec<crate::state::Run> = serde_json::from_slice(&body)?;
-            printer.out(&runs_table(&runs));
-            Ok(Some(0))
-        }
-        Command::Runs(RunsCmd::Show { .. }) => {
-            let run: serde_json::Value = serde_json::from_slice(&body)?;
-            printer.out(&serde_json::to_string_pretty(&run)?);
-            Ok(Some(0))
-        }
-        _ => Ok(None),
-    }
-}
-
 /// Ask on a terminal; refuse without one. `Ok(true)` to go ahead.
 fn confirm(printer: Printer) -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() {
-        printer.err("error: refusing to apply without confirmation: stdin is not a terminal (use --auto-approve)");
-        return Ok(false);
+        bail!(
+            "refusing to apply without confirmation: stdin is not a terminal (use --auto-approve)"
+        );
     }
     printer.out("Do you want to perform these actions?\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
     let mut answer = String::new();
@@ -669,7 +498,7 @@ fn confirm(printer: Printer) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Result<u8> {
+async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Result<Outcome> {
     let store = open_store(dir)?;
     match cmd {
         StateCmd::List => {
@@ -700,8 +529,7 @@ async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Resul
                 .cloned()
                 .collect();
             let Some(status) = crate::provider::tenant::status::statuses(&children).pop() else {
-                printer.err(&format!("error: {address} has nothing in state"));
-                return Ok(1);
+                bail!("{address} has nothing in state");
             };
             let doc = serde_json::json!({
                 "tenant": status,
@@ -717,8 +545,7 @@ async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Resul
         StateCmd::Show { address } => {
             let a = address.clone();
             let Some(r) = blocking(&store, move |s| s.get(&a)).await? else {
-                printer.err(&format!("error: {address} is not in state"));
-                return Ok(1);
+                bail!("{address} is not in state");
             };
             let json =
                 |m: &std::collections::BTreeMap<String, crate::value::Value>| -> serde_json::Value {
@@ -750,8 +577,7 @@ async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Resul
             })
             .await?;
             if !existed {
-                printer.err(&format!("error: {address} is not in state"));
-                return Ok(1);
+                bail!("{address} is not in state");
             }
             printer.out(&format!(
                 "Removed {address} from state (the real object was not touched)."
@@ -774,7 +600,7 @@ async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Resul
             printer.out(&format!("Imported state from {}.", file.display()));
         }
     }
-    Ok(0)
+    Ok(Outcome::Success)
 }
 
 fn runs_table(runs: &[crate::state::Run]) -> String {
@@ -798,21 +624,17 @@ fn runs_table(runs: &[crate::state::Run]) -> String {
     s
 }
 
-async fn runs_cmd(dir: &Path, cmd: RunsCmd, printer: Printer) -> anyhow::Result<u8> {
-    let store = open_store(dir)?;
+async fn runs_cmd(
+    backend: &mut dyn Backend,
+    cmd: &RunsCmd,
+    printer: Printer,
+) -> anyhow::Result<Outcome> {
     match cmd {
-        RunsCmd::List { limit } => {
-            let runs = blocking(&store, move |s| s.runs(limit)).await?;
-            printer.out(&runs_table(&runs));
-        }
-        RunsCmd::Show { id } => {
-            let i = id.clone();
-            let Some(run) = blocking(&store, move |s| s.run(&i)).await? else {
-                printer.err(&format!("error: no run {id}"));
-                return Ok(1);
-            };
-            printer.out(&serde_json::to_string_pretty(&run)?);
-        }
+        RunsCmd::List { limit } => printer.out(&runs_table(&backend.runs(*limit).await?)),
+        RunsCmd::Show { id } => match backend.run(id).await? {
+            Some(run) => printer.out(&serde_json::to_string_pretty(&run)?),
+            None => bail!("no run {id}"),
+        },
     }
-    Ok(0)
+    Ok(Outcome::Success)
 }

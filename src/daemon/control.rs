@@ -1,9 +1,11 @@
 //! The daemon's control API: HTTP over a Unix socket (mode 0600, and a peer of another user is
 //! refused), for `tend status`, `runs`, `plan` and `apply`. Reads (status, resources, runs) are
 //! answered from shared state; plan and apply are requests into the daemon's event loop, so the
-//! loop stays the only writer.
+//! loop stays the only writer. Plans travel as data (the plan JSON of `tend plan --json`), never
+//! as rendered text: the CLI renders them, with colour on a terminal.
 //!
-//! Also [`request`], the client the CLI uses. Must not touch manifests or providers itself.
+//! Also [`answers`] and [`request`], the client the CLI uses. Must not touch manifests or
+//! providers itself.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -19,7 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Event;
 use crate::engine::blocking;
-use crate::state::{Run, StateStore, Status};
+use crate::plan::Plan;
+use crate::plan::render;
+use crate::state::{Record, Run, StateStore, Status};
 
 /// What the daemon is doing, kept up to date by the event loop.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -50,29 +54,55 @@ pub struct DaemonStatus {
     pub failures: u32,
 }
 
-/// A plan made by the daemon for a client.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PlanReply {
-    /// The plan rendered as text (no colour).
-    pub text: String,
-    /// The plan as `tend plan --json` prints it.
-    pub json: serde_json::Value,
-    pub has_changes: bool,
-    pub has_errors: bool,
-}
-
-/// The outcome of an apply requested by a client.
+/// The outcome of an apply requested by a client (`POST /v1/apply`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ApplyReply {
-    /// The plan, progress lines and summary, as `tend apply` prints them.
-    pub text: String,
-    pub exit_code: u8,
+    /// The plan the daemon made and acted on, as the plan JSON.
+    #[serde(with = "render::as_json")]
+    pub plan: Plan,
+    /// The apply's progress lines, in order.
+    pub progress: Vec<String>,
+    /// The run recorded; `None` when nothing was applied (the plan had errors or no changes,
+    /// or the daemon stopped first).
+    pub run: Option<Run>,
+}
+
+/// What the event loop fills in while it applies for a client.
+#[derive(Debug, Default)]
+pub struct Echo {
+    progress: Mutex<Vec<String>>,
+    run: Mutex<Option<Run>>,
+}
+
+impl Echo {
+    /// A progress line of the apply.
+    pub fn line(&self, line: &str) {
+        if let Ok(mut p) = self.progress.lock() {
+            p.push(line.to_owned());
+        }
+    }
+
+    /// The run the apply recorded.
+    pub fn run(&self, run: &Run) {
+        if let Ok(mut r) = self.run.lock() {
+            *r = Some(run.clone());
+        }
+    }
+
+    /// The reply for the client that asked.
+    pub fn reply(&self, plan: Plan) -> ApplyReply {
+        ApplyReply {
+            plan,
+            progress: self.progress.lock().map(|p| p.clone()).unwrap_or_default(),
+            run: self.run.lock().ok().and_then(|r| r.clone()),
+        }
+    }
 }
 
 /// A request into the event loop.
 #[derive(Debug)]
 pub enum Control {
-    Plan(oneshot::Sender<Result<PlanReply, String>>),
+    Plan(oneshot::Sender<Result<Plan, String>>),
     Apply(oneshot::Sender<Result<ApplyReply, String>>),
 }
 
@@ -186,12 +216,7 @@ async fn get_status(
 ) -> Reply<StatusReply> {
     check_peer(&ctx, &info)?;
     let records = blocking(&ctx.store, |s| s.list()).await.map_err(internal)?;
-    let mut resources = BTreeMap::new();
-    for r in &records {
-        *resources
-            .entry(status_name(r.status).to_owned())
-            .or_insert(0) += 1;
-    }
+    let resources = counts(&records);
     let tenants = crate::provider::tenant::status::statuses(&records);
     let daemon = ctx.status.lock().map_err(internal)?.clone();
     Ok(Json(StatusReply {
@@ -199,6 +224,15 @@ async fn get_status(
         resources,
         tenants,
     }))
+}
+
+/// Records by status (`ready`, `failed`, `applying`), as `tend status` shows them.
+pub fn counts(records: &[Record]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for r in records {
+        *counts.entry(status_name(r.status).to_owned()).or_insert(0) += 1;
+    }
+    counts
 }
 
 fn status_name(s: Status) -> &'static str {
@@ -297,7 +331,7 @@ async fn get_run(
 async fn ask<T>(
     ctx: &Ctx,
     make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Control,
-) -> Reply<T> {
+) -> Result<T, (StatusCode, String)> {
     let stopping = || {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -309,18 +343,20 @@ async fn ask<T>(
         .send(Event::Control(make(tx)))
         .map_err(|_| stopping())?;
     match rx.await {
-        Ok(Ok(p)) => Ok(Json(p)),
+        Ok(Ok(p)) => Ok(p),
         Ok(Err(e)) => Err((StatusCode::UNPROCESSABLE_ENTITY, e)),
         Err(_) => Err(stopping()),
     }
 }
 
+/// A fresh plan as the plan JSON, exactly what `tend plan --json` prints.
 async fn post_plan(
     State(ctx): State<Ctx>,
     ConnectInfo(info): ConnectInfo<PeerUid>,
-) -> Reply<PlanReply> {
+) -> Reply<serde_json::Value> {
     check_peer(&ctx, &info)?;
-    ask(&ctx, Control::Plan).await
+    let plan = ask(&ctx, Control::Plan).await?;
+    Ok(Json(render::json(&plan)))
 }
 
 async fn post_apply(
@@ -328,7 +364,29 @@ async fn post_apply(
     ConnectInfo(info): ConnectInfo<PeerUid>,
 ) -> Reply<ApplyReply> {
     check_peer(&ctx, &info)?;
-    ask(&ctx, Control::Apply).await
+    ask(&ctx, Control::Apply).await.map(Json)
+}
+
+/// A connection to the daemon, `Ok(None)` when none answers on the socket (no file, or a
+/// stale one nobody listens on).
+async fn connect(socket: &Path) -> anyhow::Result<Option<tokio::net::UnixStream>> {
+    match tokio::net::UnixStream::connect(socket).await {
+        Ok(s) => Ok(Some(s)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => anyhow::bail!("cannot reach the daemon at {}: {e}", socket.display()),
+    }
+}
+
+/// Whether a daemon answers on the socket.
+pub async fn answers(socket: &Path) -> anyhow::Result<bool> {
+    Ok(connect(socket).await?.is_some())
 }
 
 /// The CLI's side: one HTTP request over the socket. `Ok(None)` when no daemon answers there.
@@ -338,17 +396,8 @@ pub async fn request(
     path: &str,
 ) -> anyhow::Result<Option<(u16, bytes::Bytes)>> {
     use http_body_util::{BodyExt, Empty};
-    let stream = match tokio::net::UnixStream::connect(socket).await {
-        Ok(s) => s,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Ok(None);
-        }
-        Err(e) => anyhow::bail!("cannot reach the daemon at {}: {e}", socket.display()),
+    let Some(stream) = connect(socket).await? else {
+        return Ok(None);
     };
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;

@@ -27,10 +27,10 @@ use crate::engine::{PlanOptions, plan};
 use crate::graph::Graph;
 use crate::manifest;
 use crate::manifest::ManifestSet;
-use crate::plan::{Action, Plan, render};
+use crate::plan::{Action, Plan};
 use crate::provider::Provider;
 use crate::state::{StateStore, Trigger};
-use control::{ApplyReply, Control, DaemonStatus, PlanReply};
+use control::{ApplyReply, Control, DaemonStatus, Echo};
 
 /// Whether plans are applied as they come or wait for an operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -524,17 +524,12 @@ impl Daemon {
     }
 
     /// Plan for `tend plan` through the socket: the full plan, nothing held back, nothing done.
-    async fn plan_for_client(&mut self) -> Result<PlanReply, String> {
+    async fn plan_for_client(&mut self) -> Result<Plan, String> {
         let p = self
             .prepare("tend plan", false)
             .await?
             .ok_or("nothing to plan")?;
-        Ok(PlanReply {
-            text: render::text(&p.plan, render::Style { color: false }),
-            json: render::json(&p.plan),
-            has_changes: p.plan.has_changes(),
-            has_errors: !p.plan.errors.is_empty(),
-        })
+        Ok(p.plan)
     }
 
     /// `tend apply` through the socket: the operator's approval, so held deletes and
@@ -549,29 +544,13 @@ impl Daemon {
             Err(e) => return (Flow::Continue, Err(e)),
         };
         self.last_good = Some(p.set.digest.clone());
-        let mut text = render::text(&p.plan, render::Style { color: false });
-        if !p.plan.errors.is_empty() {
-            return (Flow::Continue, Ok(ApplyReply { text, exit_code: 1 }));
+        let echo = Arc::new(Echo::default());
+        if !p.plan.errors.is_empty() || !p.plan.has_changes() {
+            return (Flow::Continue, Ok(echo.reply(p.plan)));
         }
-        if !p.plan.has_changes() {
-            return (Flow::Continue, Ok(ApplyReply { text, exit_code: 0 }));
-        }
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (flow, code) = self.execute(p, rx, Some(Arc::clone(&lines))).await;
-        text.push('\n');
-        if let Ok(l) = lines.lock() {
-            for line in l.iter() {
-                text.push_str(line);
-                text.push('\n');
-            }
-        }
-        (
-            flow,
-            Ok(ApplyReply {
-                text,
-                exit_code: code,
-            }),
-        )
+        let plan = p.plan.clone();
+        let (flow, _) = self.execute(p, rx, Some(Arc::clone(&echo))).await;
+        (flow, Ok(echo.reply(plan)))
     }
 
     /// Apply a prepared plan. Shutdown during the apply waits up to the grace period, then
@@ -580,17 +559,17 @@ impl Daemon {
         &mut self,
         p: Prepared,
         rx: &mut mpsc::UnboundedReceiver<Event>,
-        echo: Option<Arc<Mutex<Vec<String>>>>,
+        echo: Option<Arc<Echo>>,
     ) -> (Flow, u8) {
         self.phase("applying", format!("applying: {}", p.plan.summary().line()));
-        let sink = echo;
+        let sink = echo.clone();
         let apply_opts = ApplyOptions {
             parallelism: self.opts.parallelism,
             trigger: Trigger::Daemon,
             progress: Arc::new(move |line| {
                 tracing::info!("{line}");
-                if let Some(mut v) = sink.as_ref().and_then(|s| s.lock().ok()) {
-                    v.push(line);
+                if let Some(e) = &sink {
+                    e.line(&line);
                 }
             }),
             heartbeat: Duration::from_secs(10),
@@ -609,6 +588,9 @@ impl Daemon {
                         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
                         match tokio::time::timeout(self.opts.grace, &mut run).await {
                             Ok(r) => {
+                                if let (Some(e), Ok(run)) = (&echo, &r) {
+                                    e.run(run);
+                                }
                                 self.log_run(r);
                             }
                             Err(_) => tracing::warn!("grace period over: cancelling the running apply (its resources stay `applying` and are refreshed at the next start)"),
@@ -630,6 +612,9 @@ impl Daemon {
                 },
             }
         };
+        if let (Some(e), Ok(run)) = (&echo, &result) {
+            e.run(run);
+        }
         let code = self.log_run(result);
         for c in deferred {
             match c {

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use serde::Deserialize;
 use similar::TextDiff;
 
 use super::{Action, FieldChange, Plan, ResourceChange};
@@ -189,6 +190,57 @@ pub fn json(plan: &Plan) -> serde_json::Value {
         "errors": plan.errors,
         "warnings": plan.warnings,
     })
+}
+
+/// The plan back from its JSON view (as the daemon's control socket sends it): the inverse of
+/// [`json`], so `json(&from_json(&json(p))?) == json(p)` and the text views agree too. The
+/// summary is derived, so it is not read; a `format_version` other than `"1"` is refused.
+pub fn from_json(doc: &serde_json::Value) -> Result<Plan, serde_json::Error> {
+    PlanDoc::deserialize(doc).map(Plan::from)
+}
+
+/// The fields of the plan JSON that carry data (field names as documented in the README).
+#[derive(Deserialize)]
+struct PlanDoc {
+    /// Checked by deserialising: only `"1"` is known.
+    #[serde(rename = "format_version")]
+    _format_version: FormatVersion,
+    changes: Vec<ResourceChange>,
+    #[serde(default)]
+    errors: Vec<String>,
+    #[serde(default)]
+    warnings: Vec<String>,
+}
+
+#[derive(Deserialize)]
+enum FormatVersion {
+    #[serde(rename = "1")]
+    V1,
+}
+
+impl From<PlanDoc> for Plan {
+    fn from(d: PlanDoc) -> Self {
+        Plan {
+            changes: d.changes,
+            errors: d.errors,
+            warnings: d.warnings,
+        }
+    }
+}
+
+/// `#[serde(with = "as_json")]`: a [`Plan`] field written as the plan JSON.
+pub mod as_json {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{Plan, PlanDoc};
+
+    pub fn serialize<S: Serializer>(plan: &Plan, s: S) -> Result<S::Ok, S::Error> {
+        super::json(plan).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Plan, D::Error> {
+        PlanDoc::deserialize(d).map(Plan::from)
+    }
 }
 
 #[cfg(test)]
@@ -468,5 +520,44 @@ mod tests {
 
         Plan: 0 to add, 1 to change, 0 to destroy.
         "#);
+    }
+
+    #[test]
+    fn a_plan_read_back_from_its_json_renders_the_same() {
+        let mut changed = base();
+        changed.insert("database", Value::Str("org_2".into()));
+        changed.insert("admin_password", Value::Secret(Sensitive::new("hunter2")));
+        let mut plan = Plan::default();
+        for (d, r) in [
+            (desired("a", changed), Some(recorded("a", base()))),
+            (desired("b", base()), None),
+            (desired("c", base()), Some(recorded("c", base()))),
+        ] {
+            let hash = d.spec.digest(b"k");
+            let obs = Observation::NotRefreshed;
+            plan.changes
+                .push(decide(&Fake, &d, &hash, r.as_ref(), &obs));
+        }
+        let mut protected = recorded("p", base());
+        protected.prevent_destroy = true;
+        let (c, e) = decide_orphan(&protected);
+        plan.changes.push(c);
+        plan.errors.extend(e);
+        plan.warnings
+            .push("refresh of PostgresDatabase.c failed".into());
+        plan.changes[0].details.push("a detail".into());
+
+        let doc = json(&plan);
+        let back = from_json(&doc).expect("the plan JSON reads back");
+        assert_eq!(back, plan);
+        assert_eq!(json(&back), doc);
+        for color in [false, true] {
+            let style = Style { color };
+            assert_eq!(text(&back, style), text(&plan, style));
+        }
+
+        let mut future = doc;
+        future["format_version"] = serde_json::json!("2");
+        assert!(from_json(&future).is_err(), "an unknown format is refused");
     }
 }

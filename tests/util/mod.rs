@@ -53,6 +53,20 @@ impl Workspace {
         c
     }
 
+    /// `tend ARGS` (one shell word list) with this workspace's dirs on a pseudo-terminal
+    /// (util-linux `script`), so its stdout is a TTY. Colour is not turned off here.
+    pub fn on_a_tty(&self, args: &str) -> Command {
+        let cmd = format!(
+            "{} --manifests {} --state {} {args}",
+            env!("CARGO_BIN_EXE_tend"),
+            self.manifests.display(),
+            self.state.display()
+        );
+        let mut c = Command::new("script");
+        c.args(["-qec", &cmd, "/dev/null"]);
+        c
+    }
+
     pub fn run(&self, args: &[&str]) -> Run {
         Run::from(self.cmd(args).output().expect("run tend"))
     }

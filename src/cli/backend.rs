@@ -1,0 +1,372 @@
+//! Where `plan`, `apply`, `status` and `runs` get their answers: the [`Backend`] trait, with
+//! [`Local`] (this process opens the manifests and the sled store) and [`Daemon`] (a running
+//! `tend daemon` answers on its control socket). The commands in `cli` are written once against
+//! the trait; rendering, confirmation, flags and exit codes never depend on which one answered.
+//!
+//! **Invariant:** nothing here prints; a backend returns data (plans, runs, status) or an error.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::PlanFlags;
+use crate::apply::{ApplyOptions, apply};
+use crate::daemon::control::{self, ApplyReply, DaemonStatus, StatusReply};
+use crate::engine::{PlanOptions, blocking, plan};
+use crate::graph::Graph;
+use crate::manifest::{self, ManifestSet};
+use crate::plan::{Plan, render};
+use crate::provider::tenant::status::TenantStatus;
+use crate::provider::{self, Provider};
+use crate::state::{Run, SledStore, StateError, StateStore, Status, Trigger};
+
+/// Where an apply's progress lines go, one line at a time.
+pub type Progress = Arc<dyn Fn(String) + Send + Sync>;
+
+/// What `tend status` shows, from either backend.
+pub struct StatusView {
+    /// The daemon's own account; `None` when no daemon answers (state was read directly).
+    pub daemon: Option<DaemonStatus>,
+    /// Records by status.
+    pub resources: BTreeMap<String, usize>,
+    /// The `Last run:` line's text.
+    pub last_run: Option<String>,
+    pub tenants: Vec<TenantStatus>,
+    /// One line per record that is not ready (read from state only).
+    pub unready: Vec<String>,
+}
+
+/// One interface to a plan, an apply, status and runs; see the module doc.
+#[async_trait(?Send)]
+pub trait Backend {
+    /// A fresh plan. `saving`: the caller will [`Backend::save`] it.
+    async fn plan(&mut self, flags: &PlanFlags, saving: bool) -> anyhow::Result<Plan>;
+    /// Write a plan for a later `tend apply FILE`.
+    async fn save(&mut self, plan: &Plan, path: &Path) -> anyhow::Result<()>;
+    /// A plan written by [`Backend::save`]; an error if state or manifests changed since.
+    async fn saved(&mut self, path: &Path) -> anyhow::Result<Plan>;
+    /// Apply `plan` (already shown and approved); progress lines go to `progress`.
+    async fn apply(
+        &mut self,
+        plan: &Plan,
+        parallelism: usize,
+        progress: Progress,
+    ) -> anyhow::Result<Run>;
+    async fn status(&mut self) -> anyhow::Result<StatusView>;
+    /// The newest `limit` runs, newest first.
+    async fn runs(&mut self, limit: usize) -> anyhow::Result<Vec<Run>>;
+    async fn run(&mut self, id: &str) -> anyhow::Result<Option<Run>>;
+}
+
+/// The daemon when one answers on `socket`, otherwise the state directory.
+pub async fn connect(
+    manifests: &Path,
+    state: &Path,
+    socket: &Path,
+) -> anyhow::Result<Box<dyn Backend>> {
+    if control::answers(socket).await? {
+        return Ok(Box::new(Daemon {
+            socket: socket.to_owned(),
+        }));
+    }
+    Ok(Box::new(Local::new(manifests, state)))
+}
+
+/// Load manifests and the graph; every diagnostic in the error ([`manifest::LoadErrors`]).
+pub fn load(dir: &Path) -> anyhow::Result<(ManifestSet, Graph)> {
+    let set = manifest::load(dir)?;
+    let graph = Graph::build(&set).map_err(manifest::LoadErrors)?;
+    Ok((set, graph))
+}
+
+pub fn open_store(dir: &Path) -> anyhow::Result<Arc<dyn StateStore>> {
+    match SledStore::open(dir) {
+        Ok(s) => Ok(Arc::new(s)),
+        Err(e @ StateError::Locked(_)) => bail!("{e}"),
+        Err(e) => Err(e).with_context(|| format!("cannot open state in {}", dir.display())),
+    }
+}
+
+/// A plan saved to a file, with what it was made against.
+#[derive(Serialize, Deserialize)]
+struct PlanFile {
+    format: u32,
+    lineage: String,
+    serial: u64,
+    manifests_digest: String,
+    plan: Plan,
+}
+
+/// The manifests and their graph, loaded once per command.
+struct Loaded {
+    set: ManifestSet,
+    graph: Graph,
+}
+
+/// This process holds the store: manifests and state are opened on first use.
+pub struct Local {
+    manifests: PathBuf,
+    state: PathBuf,
+    providers: Vec<Arc<dyn Provider>>,
+    loaded: Option<Loaded>,
+    store: Option<Arc<dyn StateStore>>,
+}
+
+impl Local {
+    pub fn new(manifests: &Path, state: &Path) -> Self {
+        Local {
+            manifests: manifests.to_owned(),
+            state: state.to_owned(),
+            providers: crate::registry::providers(&provider::Context {
+                state_dir: state.to_owned(),
+            }),
+            loaded: None,
+            store: None,
+        }
+    }
+
+    /// The manifests and their graph, then the store: loaded first, as a plan needs them.
+    fn open(&mut self) -> anyhow::Result<(&Loaded, Arc<dyn StateStore>)> {
+        if self.loaded.is_none() {
+            let (set, graph) = load(&self.manifests)?;
+            self.loaded = Some(Loaded { set, graph });
+        }
+        let store = self.store()?;
+        match &self.loaded {
+            Some(l) => Ok((l, store)),
+            None => bail!("manifests not loaded"),
+        }
+    }
+
+    fn store(&mut self) -> anyhow::Result<Arc<dyn StateStore>> {
+        if let Some(s) = &self.store {
+            return Ok(Arc::clone(s));
+        }
+        let s = open_store(&self.state)?;
+        self.store = Some(Arc::clone(&s));
+        Ok(s)
+    }
+}
+
+#[async_trait(?Send)]
+impl Backend for Local {
+    async fn plan(&mut self, flags: &PlanFlags, _saving: bool) -> anyhow::Result<Plan> {
+        let providers = self.providers.clone();
+        let (Loaded { set, graph }, store) = self.open()?;
+        let opts = PlanOptions {
+            refresh: flags.refresh,
+            targets: flags.targets.clone(),
+            parallelism: flags.parallelism,
+        };
+        plan(set, graph, &store, &providers, &opts).await
+    }
+
+    async fn save(&mut self, plan: &Plan, path: &Path) -> anyhow::Result<()> {
+        let (Loaded { set, .. }, store) = self.open()?;
+        let digest = set.digest.clone();
+        let meta = blocking(&store, |s| s.meta()).await?;
+        let file = PlanFile {
+            format: 1,
+            lineage: meta.lineage,
+            serial: meta.serial,
+            manifests_digest: digest,
+            plan: plan.clone(),
+        };
+        write_private(path, &serde_json::to_vec_pretty(&file)?)
+    }
+
+    async fn saved(&mut self, path: &Path) -> anyhow::Result<Plan> {
+        let (Loaded { set, .. }, store) = self.open()?;
+        let digest = set.digest.clone();
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read plan file {}", path.display()))?;
+        let file: PlanFile = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a tend plan file", path.display()))?;
+        let meta = blocking(&store, |s| s.meta()).await?;
+        if file.lineage != meta.lineage || file.serial != meta.serial {
+            bail!(
+                "the saved plan is stale: state changed since it was made (run `tend plan --out` again)"
+            );
+        }
+        if file.manifests_digest != digest {
+            bail!(
+                "the saved plan is stale: manifests changed since it was made (run `tend plan --out` again)"
+            );
+        }
+        Ok(file.plan)
+    }
+
+    async fn apply(
+        &mut self,
+        plan: &Plan,
+        parallelism: usize,
+        progress: Progress,
+    ) -> anyhow::Result<Run> {
+        let providers = self.providers.clone();
+        let (Loaded { set, graph }, store) = self.open()?;
+        let opts = ApplyOptions {
+            parallelism,
+            trigger: Trigger::Cli,
+            progress,
+            heartbeat: Duration::from_secs(10),
+            revision: None,
+        };
+        apply(set, graph, plan, &store, &providers, opts).await
+    }
+
+    async fn status(&mut self) -> anyhow::Result<StatusView> {
+        let store = self.store()?;
+        let records = blocking(&store, |s| s.list()).await?;
+        let runs = blocking(&store, |s| s.runs(1)).await?;
+        Ok(StatusView {
+            daemon: None,
+            resources: control::counts(&records),
+            last_run: runs
+                .first()
+                .map(|r| format!("{} (exit {}) {}", r.id, r.exit_code, r.summary)),
+            tenants: crate::provider::tenant::status::statuses(&records),
+            unready: records
+                .iter()
+                .filter(|r| r.status != Status::Ready)
+                .map(|r| {
+                    format!(
+                        "{} {:?}: {}",
+                        r.address,
+                        r.status,
+                        r.last_error.as_deref().unwrap_or("")
+                    )
+                })
+                .collect(),
+        })
+    }
+
+    async fn runs(&mut self, limit: usize) -> anyhow::Result<Vec<Run>> {
+        let store = self.store()?;
+        Ok(blocking(&store, move |s| s.runs(limit)).await?)
+    }
+
+    async fn run(&mut self, id: &str) -> anyhow::Result<Option<Run>> {
+        let store = self.store()?;
+        let id = id.to_owned();
+        Ok(blocking(&store, move |s| s.run(&id)).await?)
+    }
+}
+
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// A running daemon holds the store; every answer comes over its control socket.
+pub struct Daemon {
+    socket: PathBuf,
+}
+
+impl Daemon {
+    /// One request; the body as `T`, `Ok(None)` for 404.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+    ) -> anyhow::Result<Option<T>> {
+        let Some((status, body)) = control::request(&self.socket, method, path).await? else {
+            bail!("the daemon went away");
+        };
+        match status {
+            200 => Ok(Some(serde_json::from_slice(&body).with_context(|| {
+                format!("the daemon's answer to {method} {path} is not understood")
+            })?)),
+            404 => Ok(None),
+            _ => bail!(
+                "the daemon answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            ),
+        }
+    }
+
+    async fn must<T: DeserializeOwned>(&self, method: &str, path: &str) -> anyhow::Result<T> {
+        match self.call(method, path).await? {
+            Some(t) => Ok(t),
+            None => bail!("the daemon does not serve {method} {path}"),
+        }
+    }
+}
+
+#[async_trait(?Send)]
+impl Backend for Daemon {
+    async fn plan(&mut self, flags: &PlanFlags, saving: bool) -> anyhow::Result<Plan> {
+        if saving || !flags.targets.is_empty() || !flags.refresh {
+            bail!(
+                "a daemon holds the state: --out, --target and --refresh=false are not available through it"
+            );
+        }
+        let doc: serde_json::Value = self.must("POST", "/v1/plan").await?;
+        render::from_json(&doc).context("the daemon's plan is not a tend plan JSON")
+    }
+
+    async fn save(&mut self, _: &Plan, _: &Path) -> anyhow::Result<()> {
+        bail!("a daemon holds the state: --out is not available through it")
+    }
+
+    async fn saved(&mut self, path: &Path) -> anyhow::Result<Plan> {
+        bail!(
+            "a daemon holds the state: a saved plan ({}) cannot be applied through it; run `tend apply` to let the daemon plan and apply",
+            path.display()
+        )
+    }
+
+    async fn apply(&mut self, _plan: &Plan, _: usize, progress: Progress) -> anyhow::Result<Run> {
+        let reply: ApplyReply = self.must("POST", "/v1/apply").await?;
+        for line in reply.progress {
+            progress(line);
+        }
+        match reply.run {
+            Some(run) => Ok(run),
+            None if !reply.plan.errors.is_empty() => bail!(
+                "the daemon did not apply: its plan has errors:\n{}",
+                reply.plan.errors.join("\n")
+            ),
+            None if !reply.plan.has_changes() => {
+                bail!("the daemon did not apply: it found nothing to change any more")
+            }
+            None => bail!(
+                "the daemon stopped during the apply and cancelled it (its resources are refreshed at the next start)"
+            ),
+        }
+    }
+
+    async fn status(&mut self) -> anyhow::Result<StatusView> {
+        let s: StatusReply = self.must("GET", "/v1/status").await?;
+        Ok(StatusView {
+            last_run: s.daemon.last_run.clone(),
+            daemon: Some(s.daemon),
+            resources: s.resources,
+            tenants: s.tenants,
+            unready: Vec::new(),
+        })
+    }
+
+    async fn runs(&mut self, limit: usize) -> anyhow::Result<Vec<Run>> {
+        self.must("GET", &format!("/v1/runs?limit={limit}")).await
+    }
+
+    async fn run(&mut self, id: &str) -> anyhow::Result<Option<Run>> {
+        self.call("GET", &format!("/v1/runs/{id}")).await
+    }
+}
