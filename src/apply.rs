@@ -17,8 +17,8 @@ use crate::engine::blocking;
 use crate::graph::Graph;
 use crate::manifest::ManifestSet;
 use crate::plan::{Action, Plan};
-use crate::provider::{self, Journal, Provider, ProviderError};
-use crate::state::{Record, ResourceResult, Run, StateStore, Status, Trigger};
+use crate::provider::{self, ErrorClass, Journal, Provider, ProviderError};
+use crate::state::{Record, ResourceResult, Run, RunOutcome, StateStore, Status, Trigger};
 use crate::value::Value;
 
 /// Unix milliseconds now.
@@ -46,7 +46,7 @@ pub struct ApplyOptions {
 pub enum Outcome {
     Applied,
     Unchanged,
-    Failed(String),
+    Failed(String, ErrorClass),
     Blocked(Address),
 }
 
@@ -192,7 +192,10 @@ pub async fn apply(
                         break o;
                     }
                     if rx.changed().await.is_err() {
-                        break Outcome::Failed("internal: dependency task vanished".into());
+                        break Outcome::Failed(
+                            "internal: dependency task vanished".into(),
+                            ErrorClass::Transient,
+                        );
                     }
                 };
                 if !outcome.ok() && blocked.is_none() {
@@ -232,23 +235,29 @@ pub async fn apply(
         run.output_tail = tail.iter().cloned().collect();
     }
     for (a, action, outcome, elapsed) in results {
-        let (result, detail) = match &outcome {
-            Outcome::Applied => ("applied", None),
+        let (result, detail, error_class) = match &outcome {
+            Outcome::Applied => (RunOutcome::Applied, None, None),
             Outcome::Unchanged => (
-                "unchanged",
+                RunOutcome::Unchanged,
                 Some("nothing to do once dependencies were known".to_owned()),
+                None,
             ),
-            Outcome::Failed(e) => ("failed", Some(e.clone())),
-            Outcome::Blocked(root) => ("blocked", Some(format!("blocked by {root}"))),
+            Outcome::Failed(e, class) => (RunOutcome::Failed, Some(e.clone()), Some(*class)),
+            Outcome::Blocked(root) => (
+                RunOutcome::Blocked,
+                Some(format!("blocked by {root}")),
+                None,
+            ),
         };
         if !outcome.ok() {
             run.exit_code = 1;
         }
         run.results.push(ResourceResult {
             address: a.to_string(),
-            action: action.verb().to_owned(),
-            outcome: result.to_owned(),
+            action,
+            outcome: result,
             detail,
+            error_class,
             elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
         });
     }
@@ -274,10 +283,10 @@ fn words(action: Action) -> (&'static str, &'static str) {
 
 async fn run_one(shared: &Shared<'_>, a: &Address, action: Action) -> Outcome {
     let Some(p) = provider::for_kind(&shared.providers, a.kind) else {
-        return Outcome::Failed(format!("no provider for {}", a.kind));
+        return Outcome::Failed(format!("no provider for {}", a.kind), ErrorClass::Permanent);
     };
     let Ok(_global) = shared.global.acquire().await else {
-        return Outcome::Failed("internal: executor closed".into());
+        return Outcome::Failed("internal: executor closed".into(), ErrorClass::Transient);
     };
     let (start_word, done_word) = words(action);
     let progress = &shared.opts.progress;
@@ -307,7 +316,7 @@ async fn run_one(shared: &Shared<'_>, a: &Address, action: Action) -> Outcome {
                 let addr = a.clone();
                 blocking(&shared.store, move |s| s.remove(&addr))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(state_error)?;
                 if let Ok(mut r) = shared.records.lock() {
                     r.remove(a);
                 }
@@ -323,21 +332,33 @@ async fn run_one(shared: &Shared<'_>, a: &Address, action: Action) -> Outcome {
         }
     };
     let outcome = tokio::select! {
-        r = work => r.unwrap_or_else(Outcome::Failed),
+        r = work => r.unwrap_or_else(|e| Outcome::Failed(e.message, e.class)),
         () = heartbeat => unreachable_outcome(),
     };
     let secs = started.elapsed().as_secs_f64();
     match &outcome {
         Outcome::Applied => progress(format!("{a}: {done_word} after {secs:.1}s")),
         Outcome::Unchanged => progress(format!("{a}: No changes needed after {secs:.1}s")),
-        Outcome::Failed(e) => progress(format!("{a}: Failed after {secs:.1}s: {e}")),
+        Outcome::Failed(e, _) => progress(format!("{a}: Failed after {secs:.1}s: {e}")),
         Outcome::Blocked(_) => {}
     }
     outcome
 }
 
 fn unreachable_outcome() -> Outcome {
-    Outcome::Failed("internal: heartbeat ended".into())
+    Outcome::Failed("internal: heartbeat ended".into(), ErrorClass::Transient)
+}
+
+/// A state write that failed: the outside system may be fine, so worth a retry.
+fn state_error(e: crate::state::StateError) -> ProviderError {
+    ProviderError::transient(e.to_string())
+}
+
+fn timed_out(timeout: Duration) -> ProviderError {
+    ProviderError::transient(format!(
+        "timed out after {}",
+        humantime::format_duration(timeout)
+    ))
 }
 
 async fn system_permit(
@@ -355,7 +376,7 @@ async fn system_permit(
     sem.acquire_owned().await.ok()
 }
 
-async fn destroy(shared: &Shared<'_>, p: &dyn Provider, rec: &Record) -> Result<(), String> {
+async fn destroy(shared: &Shared<'_>, p: &dyn Provider, rec: &Record) -> Result<(), ProviderError> {
     let timeout = shared.set.get(&rec.address).map_or_else(
         || crate::desired::default_timeout(rec.kind),
         crate::desired::timeout_of,
@@ -372,12 +393,8 @@ async fn destroy(shared: &Shared<'_>, p: &dyn Provider, rec: &Record) -> Result<
     let _permit = system_permit(shared, key, limit).await;
     let sink = output_sink(shared, &rec.address);
     match tokio::time::timeout(timeout, crate::provider::with_output(sink, p.destroy(rec))).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.message),
-        Err(_) => Err(format!(
-            "timed out after {}",
-            humantime::format_duration(timeout)
-        )),
+        Ok(r) => r,
+        Err(_) => Err(timed_out(timeout)),
     }
 }
 
@@ -407,7 +424,7 @@ async fn converge(
     a: &Address,
     recorded: Option<Record>,
     fresh: bool,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, ProviderError> {
     let desired = {
         // Look outputs up one by one: cloning every record for each action made an apply of
         // n resources cost O(n²).
@@ -422,12 +439,12 @@ async fn converge(
         let mut resolver = Resolver::new(shared.set);
         resolver
             .desired(a, &outputs)
-            .ok_or_else(|| format!("{a} has no manifest"))?
+            .ok_or_else(|| ProviderError::permanent(format!("{a} has no manifest")))?
     };
     if !desired.spec.is_known() || !desired.connection.is_known() {
-        return Err(
-            "a value it depends on is still unknown after its dependencies were applied".into(),
-        );
+        return Err(ProviderError::permanent(
+            "a value it depends on is still unknown after its dependencies were applied",
+        ));
     }
     let hash = desired.spec.digest(&shared.key);
     // A create starts from nothing, except after an attempt that never finished: its record
@@ -453,7 +470,7 @@ async fn converge(
     let marked = rec.clone();
     blocking(&shared.store, move |s| s.put(&marked))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(state_error)?;
 
     let journal = StoreJournal {
         store: Arc::clone(&shared.store),
@@ -483,25 +500,17 @@ async fn converge(
             rec.generation += 1;
             Ok(Outcome::Applied)
         }
-        Ok(Err(e)) => {
-            rec.status = Status::Failed;
-            rec.last_error = Some(e.message.clone());
-            Err(e.message)
-        }
-        Err(_) => {
-            let msg = format!(
-                "timed out after {}",
-                humantime::format_duration(desired.timeout)
-            );
-            rec.status = Status::Failed;
-            rec.last_error = Some(msg.clone());
-            Err(msg)
-        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(timed_out(desired.timeout)),
     };
+    if let Err(e) = &outcome {
+        rec.status = Status::Failed;
+        rec.last_error = Some(e.message.clone());
+    }
     let saved = rec.clone();
     blocking(&shared.store, move |s| s.put(&saved))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(state_error)?;
     if let Ok(mut r) = shared.records.lock() {
         r.insert(a.clone(), rec);
     }
@@ -646,19 +655,25 @@ mod tests {
             run.results
                 .iter()
                 .find(|r| r.address == a)
-                .map(|r| (r.outcome.clone(), r.detail.clone().unwrap_or_default()))
+                .map(|r| (r.outcome, r.detail.clone().unwrap_or_default()))
                 .expect("result")
         };
-        assert_eq!(outcome("PostgresDatabase.bad").0, "failed");
+        assert_eq!(outcome("PostgresDatabase.bad").0, RunOutcome::Failed);
         assert_eq!(
             outcome("PostgresDatabase.child"),
-            ("blocked".into(), "blocked by PostgresDatabase.bad".into())
+            (
+                RunOutcome::Blocked,
+                "blocked by PostgresDatabase.bad".into()
+            )
         );
         assert_eq!(
             outcome("PostgresDatabase.grandchild"),
-            ("blocked".into(), "blocked by PostgresDatabase.bad".into())
+            (
+                RunOutcome::Blocked,
+                "blocked by PostgresDatabase.bad".into()
+            )
         );
-        assert_eq!(outcome("PostgresDatabase.free").0, "applied");
+        assert_eq!(outcome("PostgresDatabase.free").0, RunOutcome::Applied);
         assert_eq!(run.exit_code, 1);
     }
 

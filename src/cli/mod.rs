@@ -19,9 +19,9 @@ use crate::apply::{ApplyOptions, apply};
 use crate::engine::{PlanOptions, blocking, plan};
 use crate::graph::Graph;
 use crate::manifest::{self, ManifestSet};
-use crate::plan::{Plan, render};
+use crate::plan::{Action, Plan, render};
 use crate::provider;
-use crate::state::{SledStore, StateError, StateStore, Status, Trigger};
+use crate::state::{RunOutcome, SledStore, StateError, StateStore, Status, Trigger};
 use crate::value::Reveal;
 use output::Printer;
 
@@ -480,15 +480,15 @@ async fn apply_cmd(
         revision: None,
     };
     let run = apply(&set, &graph, &plan, &store, providers, opts).await?;
-    let count = |outcome: &str, actions: &[&str]| {
+    let count = |actions: &[Action]| {
         run.results
             .iter()
-            .filter(|r| r.outcome == outcome && actions.contains(&r.action.as_str()))
+            .filter(|r| r.outcome == RunOutcome::Applied && actions.contains(&r.action))
             .count()
     };
-    let added = count("applied", &["create", "replace"]);
-    let changed = count("applied", &["update"]);
-    let destroyed = count("applied", &["delete", "replace"]);
+    let added = count(&[Action::Create, Action::Replace]);
+    let changed = count(&[Action::Update]);
+    let destroyed = count(&[Action::Delete, Action::Replace]);
     if run.exit_code == 0 {
         printer.out(&printer.style.bold(&format!(
             "\nApply complete! Resources: {added} added, {changed} changed, {destroyed} destroyed. (run {})",
@@ -500,14 +500,10 @@ async fn apply_cmd(
             "\nApply finished with errors. Resources: {added} added, {changed} changed, {destroyed} destroyed. (run {})\n",
             run.id
         );
-        for r in run
-            .results
-            .iter()
-            .filter(|r| r.outcome == "failed" || r.outcome == "blocked")
-        {
+        for r in run.results.iter().filter(|r| !r.outcome.ok()) {
             s.push_str(&format!(
                 "  {} {}: {}\n",
-                r.outcome,
+                r.outcome.as_str(),
                 r.address,
                 r.detail.as_deref().unwrap_or("")
             ));
@@ -779,11 +775,7 @@ async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Resul
 fn runs_table(runs: &[crate::state::Run]) -> String {
     let mut s = String::new();
     for r in runs {
-        let failed = r
-            .results
-            .iter()
-            .filter(|x| x.outcome != "applied" && x.outcome != "unchanged")
-            .count();
+        let failed = r.results.iter().filter(|x| !x.outcome.ok()).count();
         s.push_str(&format!(
             "{}  {:<6} exit {}  {:>5}ms  {} resources, {failed} not applied  {}\n",
             r.id,

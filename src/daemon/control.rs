@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Event;
 use crate::engine::blocking;
-use crate::state::{Run, StateStore, Status};
+use crate::state::{Run, StateStore};
 
 /// What the daemon is doing, kept up to date by the event loop.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -188,9 +188,7 @@ async fn get_status(
     let records = blocking(&ctx.store, |s| s.list()).await.map_err(internal)?;
     let mut resources = BTreeMap::new();
     for r in &records {
-        *resources
-            .entry(status_name(r.status).to_owned())
-            .or_insert(0) += 1;
+        *resources.entry(r.status.as_str().to_owned()).or_insert(0) += 1;
     }
     let tenants = crate::tenants::statuses(&records);
     let daemon = ctx.status.lock().map_err(internal)?.clone();
@@ -199,14 +197,6 @@ async fn get_status(
         resources,
         tenants,
     }))
-}
-
-fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::Ready => "ready",
-        Status::Failed => "failed",
-        Status::Applying => "applying",
-    }
 }
 
 /// One resource as the control API lists it (no spec, no secrets).
@@ -230,7 +220,7 @@ async fn get_resources(
             .into_iter()
             .map(|r| ResourceBrief {
                 address: r.address.to_string(),
-                status: status_name(r.status).to_owned(),
+                status: r.status.as_str().to_owned(),
                 generation: r.generation,
                 last_error: r.last_error,
                 updated_at: r.updated_at,

@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 
 use super::control::DaemonStatus;
 use crate::engine::blocking;
-use crate::state::StateStore;
+use crate::state::{StateStore, Status};
 
 type Labels = Vec<(String, String)>;
 
@@ -140,17 +140,16 @@ async fn scrape(State(ctx): State<Ctx>) -> impl IntoResponse {
     match blocking(&ctx.store, |s| s.list_sealed()).await {
         Ok(records) => {
             ctx.metrics.resources.clear();
-            for status in ["ready", "failed", "applying"] {
+            for status in Status::ALL {
                 ctx.metrics
                     .resources
-                    .get_or_create(&vec![("status".into(), status.into())])
+                    .get_or_create(&vec![("status".into(), status.as_str().into())])
                     .set(0);
             }
             for r in records {
-                let status = format!("{:?}", r.status).to_lowercase();
                 ctx.metrics
                     .resources
-                    .get_or_create(&vec![("status".into(), status)])
+                    .get_or_create(&vec![("status".into(), r.status.as_str().into())])
                     .inc();
             }
         }

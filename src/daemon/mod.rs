@@ -90,6 +90,35 @@ pub enum Event {
     Control(Control),
 }
 
+/// Why the loop reloads (logged as `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reason {
+    Startup,
+    ManifestsChanged,
+    /// Files changed while an apply ran.
+    ChangedDuringApply,
+    Resync,
+    Retry,
+    Sighup,
+    TendPlan,
+    TendApply,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::Startup => "startup",
+            Reason::ManifestsChanged => "manifests changed",
+            Reason::ChangedDuringApply => "manifests changed after an apply",
+            Reason::Resync => "resync",
+            Reason::Retry => "retry",
+            Reason::Sighup => "SIGHUP",
+            Reason::TendPlan => "tend plan",
+            Reason::TendApply => "tend apply",
+        }
+    }
+}
+
 /// The daemon's memory between reloads.
 struct Daemon {
     opts: Options,
@@ -101,7 +130,7 @@ struct Daemon {
     retry_at: Option<tokio::time::Instant>,
     status: Arc<Mutex<DaemonStatus>>,
     /// A trigger that arrived during an apply, run right after it.
-    pending: Option<&'static str>,
+    pending: Option<Reason>,
     metrics: Arc<metrics::Metrics>,
     /// With `--source git`: the repository, and the revision of the last load.
     repo: Option<git::Repo>,
@@ -187,7 +216,7 @@ pub async fn run(
     let mut resync = tokio::time::interval(d.opts.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await; // the first tick is now: startup reloads below instead
-    if d.reconcile("startup", &mut rx).await == Flow::Stop {
+    if d.reconcile(Reason::Startup, &mut rx).await == Flow::Stop {
         return Ok(stop(watchdog));
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -217,11 +246,11 @@ pub async fn run(
                 if debounce(&mut rx, d.opts.debounce).await == Flow::Stop {
                     return Ok(stop(watchdog));
                 }
-                "manifests changed"
+                Reason::ManifestsChanged
             }
-            Event::Resync => "resync",
-            Event::RetryDue => "retry",
-            Event::Reload => "SIGHUP",
+            Event::Resync => Reason::Resync,
+            Event::RetryDue => Reason::Retry,
+            Event::Reload => Reason::Sighup,
             Event::Control(Control::Plan(reply)) => {
                 let _ = reply.send(d.plan_for_client().await);
                 continue;
@@ -366,9 +395,10 @@ impl Daemon {
     /// `skip_unchanged` and the files hash as the last good load did.
     async fn prepare(
         &mut self,
-        why: &str,
+        why: Reason,
         skip_unchanged: bool,
     ) -> Result<Option<Prepared>, String> {
+        let why = why.as_str();
         tracing::info!(reason = why, "reloading");
         let loaded = match &self.repo {
             None => manifest::load(&self.opts.manifests),
@@ -469,12 +499,13 @@ impl Daemon {
     }
 
     /// A reload from a trigger: plan, hold back what needs approval, apply the rest.
-    async fn reconcile(&mut self, why: &str, rx: &mut mpsc::UnboundedReceiver<Event>) -> Flow {
+    async fn reconcile(&mut self, reason: Reason, rx: &mut mpsc::UnboundedReceiver<Event>) -> Flow {
         // A rescan that finds the same files as the last good load changes nothing.
-        let unchanged_is_noop = why == "manifests changed";
-        let Ok(Some(mut p)) = self.prepare(why, unchanged_is_noop).await else {
+        let unchanged_is_noop = reason == Reason::ManifestsChanged;
+        let Ok(Some(mut p)) = self.prepare(reason, unchanged_is_noop).await else {
             return Flow::Continue;
         };
+        let why = reason.as_str();
         self.last_good = Some(p.set.digest.clone());
         let (orphans, held) = hold_back_deletes(&mut p.plan, self.opts.prune, self.opts.max_prune);
         self.update(|s| {
@@ -489,7 +520,7 @@ impl Daemon {
             return Flow::Continue;
         }
         let summary = p.plan.summary().line();
-        if self.stalled.is_some() && self.stalled == self.last_good && !matches!(why, "SIGHUP") {
+        if self.stalled.is_some() && self.stalled == self.last_good && reason != Reason::Sighup {
             tracing::warn!(
                 reason = why,
                 "{summary} Stalled after repeated failures: not applying until the manifests change"
@@ -526,7 +557,7 @@ impl Daemon {
     /// Plan for `tend plan` through the socket: the full plan, nothing held back, nothing done.
     async fn plan_for_client(&mut self) -> Result<PlanReply, String> {
         let p = self
-            .prepare("tend plan", false)
+            .prepare(Reason::TendPlan, false)
             .await?
             .ok_or("nothing to plan")?;
         Ok(PlanReply {
@@ -543,7 +574,7 @@ impl Daemon {
         &mut self,
         rx: &mut mpsc::UnboundedReceiver<Event>,
     ) -> (Flow, Result<ApplyReply, String>) {
-        let p = match self.prepare("tend apply", false).await {
+        let p = match self.prepare(Reason::TendApply, false).await {
             Ok(Some(p)) => p,
             Ok(None) => return (Flow::Continue, Err("nothing to apply".into())),
             Err(e) => return (Flow::Continue, Err(e)),
@@ -618,14 +649,14 @@ impl Daemon {
                     // Clients asking during an apply are answered after it; other triggers
                     // run one reconcile right after it.
                     Some(Event::Control(c)) => deferred.push(c),
-                    Some(Event::Reload) => self.pending = Some("SIGHUP"),
+                    Some(Event::Reload) => self.pending = Some(Reason::Sighup),
                     Some(Event::ManifestsChanged) => {
-                        if self.pending != Some("SIGHUP") {
-                            self.pending = Some("manifests changed after an apply");
+                        if self.pending != Some(Reason::Sighup) {
+                            self.pending = Some(Reason::ChangedDuringApply);
                         }
                     }
                     Some(Event::Resync | Event::RetryDue) => {
-                        self.pending.get_or_insert("resync");
+                        self.pending.get_or_insert(Reason::Resync);
                     }
                 },
             }
@@ -665,7 +696,7 @@ impl Daemon {
                 let failed: Vec<String> = run
                     .results
                     .iter()
-                    .filter(|r| r.outcome == "failed" || r.outcome == "blocked")
+                    .filter(|r| !r.outcome.ok())
                     .map(|r| format!("{} ({})", r.address, r.detail.clone().unwrap_or_default()))
                     .collect();
                 tracing::error!(run = %run.id, failed = ?failed, "apply finished with failures");

@@ -186,7 +186,7 @@ pub fn json(plan: &Plan) -> serde_json::Value {
             "reasons": c.reasons,
             "details": c.details,
         })).collect::<Vec<_>>(),
-        "errors": plan.errors,
+        "errors": plan.errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
         "warnings": plan.warnings,
     })
 }

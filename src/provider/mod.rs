@@ -72,7 +72,10 @@ pub struct Applied {
 }
 
 /// How the executor and the daemon should treat a failure (kube's `error_policy`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum ErrorClass {
     /// Back off and retry (network, server restarting, lock held).
     Transient,
@@ -80,6 +83,30 @@ pub enum ErrorClass {
     Conflict,
     /// Retrying will not help until the manifest or the system changes.
     Permanent,
+}
+
+impl ErrorClass {
+    /// Every class, for metrics that report zeros too.
+    pub const ALL: [ErrorClass; 3] = [
+        ErrorClass::Transient,
+        ErrorClass::Conflict,
+        ErrorClass::Permanent,
+    ];
+
+    /// The name used in state, the control API and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Conflict => "conflict",
+            ErrorClass::Permanent => "permanent",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A provider failure. The message must never contain a secret.

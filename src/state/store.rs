@@ -835,8 +835,9 @@ mod tests {
             summary: "Plan: 1 to add, 0 to change, 0 to destroy.".to_owned(),
             results: vec![ResourceResult {
                 address: "PostgresDatabase.a".to_owned(),
-                action: "create".to_owned(),
-                outcome: "applied".to_owned(),
+                action: crate::plan::Action::Create,
+                outcome: crate::state::RunOutcome::Applied,
+                error_class: None,
                 detail: None,
                 elapsed_ms: 12,
             }],
