@@ -17,7 +17,7 @@ use crate::engine::blocking;
 use crate::graph::Graph;
 use crate::manifest::ManifestSet;
 use crate::plan::{Action, Plan};
-use crate::provider::{self, ErrorClass, Journal, Provider, ProviderError};
+use crate::provider::{self, Desired, ErrorClass, Journal, Provider, ProviderError};
 use crate::state::{Record, ResourceResult, Run, RunOutcome, StateStore, Status, Trigger};
 use crate::value::Value;
 
@@ -48,6 +48,17 @@ pub enum Outcome {
     Unchanged,
     Failed(String, ErrorClass),
     Blocked(Address),
+}
+
+/// A digest of everything an action on `desired` depends on: its resolved spec (which holds
+/// the outputs of what it refs) and its connection (server, credential). A failed resource
+/// records it, so the daemon can tell whether anything changed since the failure.
+pub fn inputs_digest(desired: &Desired, key: &[u8]) -> String {
+    format!(
+        "{}:{}",
+        desired.spec.digest(key),
+        desired.connection.digest(key)
+    )
 }
 
 impl Outcome {
@@ -479,11 +490,23 @@ async fn converge(
     let (key, limit) = p.concurrency(&desired);
     let _permit = system_permit(shared, key, limit).await;
     let sink = output_sink(shared, a);
-    let result = tokio::time::timeout(
-        desired.timeout,
-        crate::provider::with_output(sink, p.apply(&journal, &desired, recorded.as_ref())),
-    )
-    .await;
+    let attempt = async {
+        match p.apply(&journal, &desired, recorded.as_ref()).await {
+            // Someone else changed the object: observe it again, then retry once from what
+            // this attempt persisted (kube's `error_policy`; providers re-read before acting).
+            Err(e) if e.class == ErrorClass::Conflict => {
+                (shared.opts.progress)(format!(
+                    "{a}: Conflict ({e}): observing again, then retrying once"
+                ));
+                let again = journal.snapshot();
+                p.observe(&desired, Some(&again)).await?;
+                p.apply(&journal, &desired, Some(&again)).await
+            }
+            r => r,
+        }
+    };
+    let result =
+        tokio::time::timeout(desired.timeout, crate::provider::with_output(sink, attempt)).await;
     let mut rec = journal.snapshot();
     rec.updated_at = now_ms();
     let outcome = match result {
@@ -495,6 +518,8 @@ async fn converge(
             rec.private.extend(applied.private);
             rec.status = Status::Ready;
             rec.last_error = None;
+            rec.error_class = None;
+            rec.failed_inputs = None;
             rec.prevent_destroy = desired.prevent_destroy;
             rec.depends_on = desired.depends_on.clone();
             rec.generation += 1;
@@ -506,6 +531,8 @@ async fn converge(
     if let Err(e) = &outcome {
         rec.status = Status::Failed;
         rec.last_error = Some(e.message.clone());
+        rec.error_class = Some(e.class);
+        rec.failed_inputs = Some(inputs_digest(&desired, &shared.key));
     }
     let saved = rec.clone();
     blocking(&shared.store, move |s| s.put(&saved))
@@ -597,7 +624,7 @@ mod tests {
 
     async fn run(
         docs: &str,
-        provider: Arc<Slow>,
+        provider: Arc<dyn Provider>,
         parallelism: usize,
         heartbeat: Duration,
     ) -> (Run, Vec<String>, tempfile::TempDir) {
@@ -681,10 +708,10 @@ mod tests {
     async fn parallelism_and_the_per_system_limit_bound_concurrent_actions() {
         let docs: String = (0..8).map(|i| db(&format!("d{i}"), "ok")).collect();
         let p = slow(30, 3);
-        run(&docs, Arc::clone(&p), 10, Duration::from_secs(10)).await;
+        run(&docs, p.clone(), 10, Duration::from_secs(10)).await;
         assert_eq!(p.peak.load(Ordering::SeqCst), 3, "per-system limit");
         let p = slow(30, 8);
-        run(&docs, Arc::clone(&p), 2, Duration::from_secs(10)).await;
+        run(&docs, p.clone(), 2, Duration::from_secs(10)).await;
         assert_eq!(p.peak.load(Ordering::SeqCst), 2, "--parallelism");
     }
 
@@ -718,6 +745,129 @@ mod tests {
             .expect("recorded");
         assert_eq!(child.spec.get("owner"), Some(&Value::Str("alice".into())));
         assert_eq!(child.status, Status::Ready);
+    }
+
+    /// Fails its first applies with the errors it is given; counts applies and observations.
+    #[derive(Default)]
+    struct Scripted {
+        errors: Mutex<Vec<ProviderError>>,
+        applies: AtomicUsize,
+        observes: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Provider for Scripted {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+        fn kinds(&self) -> &'static [Kind] {
+            &[Kind::PostgresDatabase]
+        }
+        fn immutable_fields(&self, _: Kind) -> &'static [&'static str] {
+            &[]
+        }
+        async fn observe(
+            &self,
+            _: &Desired,
+            _: Option<&Record>,
+        ) -> Result<Option<Observed>, ProviderError> {
+            self.observes.fetch_add(1, Ordering::SeqCst);
+            Ok(None)
+        }
+        fn drift(&self, _: &Desired, _: Option<&Record>, _: &Observed) -> Vec<Drift> {
+            Vec::new()
+        }
+        async fn apply(
+            &self,
+            _: &dyn Journal,
+            _: &Desired,
+            _: Option<&Record>,
+        ) -> Result<Applied, ProviderError> {
+            self.applies.fetch_add(1, Ordering::SeqCst);
+            match self.errors.lock().expect("errors").pop() {
+                Some(e) => Err(e),
+                None => Ok(Applied::default()),
+            }
+        }
+        async fn destroy(&self, _: &Record) -> Result<(), ProviderError> {
+            Ok(())
+        }
+    }
+
+    fn scripted(errors: Vec<ProviderError>) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            errors: Mutex::new(errors),
+            ..Scripted::default()
+        })
+    }
+
+    fn recorded(dir: &tempfile::TempDir, a: &str) -> Record {
+        SledStore::open(dir.path())
+            .expect("store")
+            .get(&a.parse().expect("addr"))
+            .expect("get")
+            .expect("recorded")
+    }
+
+    #[tokio::test]
+    async fn a_conflict_is_observed_again_and_retried_once() {
+        let p = scripted(vec![ProviderError::conflict("job modify index changed")]);
+        let (run, lines, dir) = run(&db("a", "ok"), p.clone(), 10, Duration::from_secs(10)).await;
+        assert_eq!(run.results[0].outcome, RunOutcome::Applied, "{lines:?}");
+        assert_eq!(p.applies.load(Ordering::SeqCst), 2);
+        // After the conflict (planning a resource not yet in state observes nothing).
+        assert_eq!(p.observes.load(Ordering::SeqCst), 1);
+        assert!(
+            lines.iter().any(|l| l
+                == "PostgresDatabase.a: Conflict (job modify index changed): observing again, then retrying once"),
+            "{lines:?}"
+        );
+        let rec = recorded(&dir, "PostgresDatabase.a");
+        assert_eq!((rec.status, rec.error_class), (Status::Ready, None));
+    }
+
+    #[tokio::test]
+    async fn a_conflict_that_persists_fails_with_its_class_after_one_retry() {
+        let p = scripted(vec![
+            ProviderError::conflict("still changing"),
+            ProviderError::conflict("changing"),
+        ]);
+        let (run, _, dir) = run(&db("a", "ok"), p.clone(), 10, Duration::from_secs(10)).await;
+        assert_eq!(p.applies.load(Ordering::SeqCst), 2, "exactly one retry");
+        let r = &run.results[0];
+        assert_eq!(
+            (r.outcome, r.error_class, r.detail.as_deref()),
+            (
+                RunOutcome::Failed,
+                Some(ErrorClass::Conflict),
+                Some("still changing")
+            )
+        );
+        let rec = recorded(&dir, "PostgresDatabase.a");
+        assert_eq!(rec.status, Status::Failed);
+        assert_eq!(rec.error_class, Some(ErrorClass::Conflict));
+        assert!(rec.failed_inputs.is_some());
+    }
+
+    #[tokio::test]
+    async fn other_classes_are_not_retried_by_the_executor_and_are_recorded() {
+        for (e, class) in [
+            (
+                ProviderError::transient("server starting"),
+                ErrorClass::Transient,
+            ),
+            (
+                ProviderError::permanent("reserved name"),
+                ErrorClass::Permanent,
+            ),
+        ] {
+            let p = scripted(vec![e]);
+            let (run, _, dir) = run(&db("a", "ok"), p.clone(), 10, Duration::from_secs(10)).await;
+            assert_eq!(p.applies.load(Ordering::SeqCst), 1);
+            assert_eq!(run.results[0].error_class, Some(class));
+            let rec = recorded(&dir, "PostgresDatabase.a");
+            assert_eq!((rec.status, rec.error_class), (Status::Failed, Some(class)));
+        }
     }
 
     #[tokio::test]

@@ -376,8 +376,9 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<u8> {
                 out.push('\n');
             }
             for r in records.iter().filter(|r| r.status != Status::Ready) {
+                let class = r.error_class.map(|c| format!(" ({c})")).unwrap_or_default();
                 out.push_str(&format!(
-                    "  {} {:?}: {}\n",
+                    "  {} {:?}{class}: {}\n",
                     r.address,
                     r.status,
                     r.last_error.as_deref().unwrap_or("")
@@ -725,6 +726,7 @@ async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Resul
                 "address": r.address.to_string(),
                 "status": r.status,
                 "last_error": r.last_error,
+                "error_class": r.error_class,
                 "generation": r.generation,
                 "prevent_destroy": r.prevent_destroy,
                 "depends_on": r.depends_on.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Event;
 use crate::engine::blocking;
+use crate::provider::ErrorClass;
 use crate::state::{Run, StateStore};
 
 /// What the daemon is doing, kept up to date by the event loop.
@@ -206,6 +207,8 @@ pub struct ResourceBrief {
     pub status: String,
     pub generation: u64,
     pub last_error: Option<String>,
+    #[serde(default)]
+    pub error_class: Option<ErrorClass>,
     pub updated_at: u64,
 }
 
@@ -223,6 +226,7 @@ async fn get_resources(
                 status: r.status.as_str().to_owned(),
                 generation: r.generation,
                 last_error: r.last_error,
+                error_class: r.error_class,
                 updated_at: r.updated_at,
             })
             .collect(),

@@ -71,7 +71,8 @@ pub struct Applied {
     pub private: BTreeMap<String, Value>,
 }
 
-/// How the executor and the daemon should treat a failure (kube's `error_policy`).
+/// How the executor and the daemon should treat a failure (kube's `error_policy`): the
+/// executor observes again and retries a Conflict once. Recorded on the failed resource.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]

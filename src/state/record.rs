@@ -56,6 +56,13 @@ pub struct Record {
     pub status: Status,
     /// The last error, free of secrets.
     pub last_error: Option<String>,
+    /// With `failed`: the class of the last error, which decides what happens next (a
+    /// `permanent` one is not retried by the daemon until the resource's inputs change).
+    pub error_class: Option<ErrorClass>,
+    /// With `failed`: a digest of the inputs the failed attempt had (resolved spec and
+    /// connection, so a manifest, a dependency's outputs or a credential), to tell whether
+    /// anything changed since.
+    pub failed_inputs: Option<String>,
     /// `lifecycle.prevent_destroy` as last applied (invariant 7: protection lives in state).
     pub prevent_destroy: bool,
     pub depends_on: Vec<Address>,
@@ -79,6 +86,8 @@ impl Record {
             private: BTreeMap::new(),
             status: Status::Applying,
             last_error: None,
+            error_class: None,
+            failed_inputs: None,
             prevent_destroy: false,
             depends_on: Vec::new(),
             created_at: now,
