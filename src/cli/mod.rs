@@ -561,9 +561,9 @@ async fn through_daemon(cli: &Cli, socket: &Path, printer: Printer) -> anyhow::R
             if d.failures > 0 {
                 out.push_str(&format!("Failed runs in a row: {}\n", d.failures));
             }
-            if let Some(at) = d.next_retry_at.filter(|_| d.failures > 0) {
-                let secs = at.saturating_sub(crate::apply::now_ms()) / 1000;
-                out.push_str(&format!("Next retry in {secs}s\n"));
+            let retry_in = |at: u64| at.saturating_sub(crate::apply::now_ms()) / 1000;
+            if let Some(at) = d.next_retry_at {
+                out.push_str(&format!("Next retry in {}s\n", retry_in(at)));
             }
             out.push_str(&format!(
                 "Resources in state: {}\n",
@@ -583,6 +583,20 @@ async fn through_daemon(cli: &Cli, socket: &Path, printer: Printer) -> anyhow::R
             }
             for h in &d.held {
                 out.push_str(&format!("Delete held for approval (`tend apply`): {h}\n"));
+            }
+            for f in &d.failed {
+                let class = f.error_class.map_or("unclassified", |c| c.as_str());
+                let next = match f.next_retry_at {
+                    Some(at) => format!("next retry in {}s", retry_in(at)),
+                    None if f.error_class == Some(provider::ErrorClass::Permanent) => {
+                        "not retried until its manifest, credential or dependencies change (or `tend apply` / SIGHUP)".to_owned()
+                    }
+                    None => "no retry scheduled".to_owned(),
+                };
+                out.push_str(&format!(
+                    "Failed ({class}): {}: {}; {next}\n",
+                    f.address, f.error
+                ));
             }
             for e in &d.load_errors {
                 out.push_str(e);

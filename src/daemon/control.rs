@@ -46,9 +46,27 @@ pub struct DaemonStatus {
     /// Unix ms.
     pub last_reload_at: Option<u64>,
     pub last_good_reload_at: Option<u64>,
+    /// When failed resources are retried next (Unix ms); none while only permanent failures
+    /// remain.
     pub next_retry_at: Option<u64>,
     /// Failed attempts in a row.
     pub failures: u32,
+    /// Resources whose last action failed, with the error's class and their next retry.
+    #[serde(default)]
+    pub failed: Vec<FailedResource>,
+}
+
+/// A failed resource, as `tend status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedResource {
+    pub address: String,
+    pub error: String,
+    /// `transient`, `conflict` or `permanent` (absent for a failure recorded before classes
+    /// were, which is retried like a transient one).
+    pub error_class: Option<ErrorClass>,
+    /// Unix ms; none for a permanent failure, which waits for a change to its inputs (or
+    /// `tend apply` / SIGHUP).
+    pub next_retry_at: Option<u64>,
 }
 
 /// A plan made by the daemon for a client.

@@ -72,7 +72,9 @@ pub struct Applied {
 }
 
 /// How the executor and the daemon should treat a failure (kube's `error_policy`): the
-/// executor observes again and retries a Conflict once. Recorded on the failed resource.
+/// executor observes again and retries a Conflict once; the daemon backs off and retries a
+/// Transient one (and a Conflict that persisted), and leaves a Permanent one `failed` until its
+/// inputs change or an operator asks (`tend apply`, SIGHUP). Recorded on the failed resource.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
