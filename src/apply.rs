@@ -17,8 +17,8 @@ use crate::engine::blocking;
 use crate::graph::Graph;
 use crate::manifest::ManifestSet;
 use crate::plan::{Action, Plan};
-use crate::provider::{self, Journal, Provider, ProviderError};
-use crate::state::{Record, ResourceResult, Run, StateStore, Status, Trigger};
+use crate::provider::{self, Desired, ErrorClass, Journal, Provider, ProviderError};
+use crate::state::{Record, ResourceResult, Run, RunOutcome, StateStore, Status, Trigger};
 use crate::value::Value;
 
 /// Unix milliseconds now.
@@ -46,8 +46,19 @@ pub struct ApplyOptions {
 pub enum Outcome {
     Applied,
     Unchanged,
-    Failed(String),
+    Failed(String, ErrorClass),
     Blocked(Address),
+}
+
+/// A digest of everything an action on `desired` depends on: its resolved spec (which holds
+/// the outputs of what it refs) and its connection (server, credential). A failed resource
+/// records it, so the daemon can tell whether anything changed since the failure.
+pub fn inputs_digest(desired: &Desired, key: &[u8]) -> String {
+    format!(
+        "{}:{}",
+        desired.spec.digest(key),
+        desired.connection.digest(key)
+    )
 }
 
 impl Outcome {
@@ -192,7 +203,10 @@ pub async fn apply(
                         break o;
                     }
                     if rx.changed().await.is_err() {
-                        break Outcome::Failed("internal: dependency task vanished".into());
+                        break Outcome::Failed(
+                            "internal: dependency task vanished".into(),
+                            ErrorClass::Transient,
+                        );
                     }
                 };
                 if !outcome.ok() && blocked.is_none() {
@@ -232,23 +246,29 @@ pub async fn apply(
         run.output_tail = tail.iter().cloned().collect();
     }
     for (a, action, outcome, elapsed) in results {
-        let (result, detail) = match &outcome {
-            Outcome::Applied => ("applied", None),
+        let (result, detail, error_class) = match &outcome {
+            Outcome::Applied => (RunOutcome::Applied, None, None),
             Outcome::Unchanged => (
-                "unchanged",
+                RunOutcome::Unchanged,
                 Some("nothing to do once dependencies were known".to_owned()),
+                None,
             ),
-            Outcome::Failed(e) => ("failed", Some(e.clone())),
-            Outcome::Blocked(root) => ("blocked", Some(format!("blocked by {root}"))),
+            Outcome::Failed(e, class) => (RunOutcome::Failed, Some(e.clone()), Some(*class)),
+            Outcome::Blocked(root) => (
+                RunOutcome::Blocked,
+                Some(format!("blocked by {root}")),
+                None,
+            ),
         };
         if !outcome.ok() {
             run.exit_code = 1;
         }
         run.results.push(ResourceResult {
             address: a.to_string(),
-            action: action.verb().to_owned(),
-            outcome: result.to_owned(),
+            action,
+            outcome: result,
             detail,
+            error_class,
             elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
         });
     }
@@ -274,10 +294,10 @@ fn words(action: Action) -> (&'static str, &'static str) {
 
 async fn run_one(shared: &Shared<'_>, a: &Address, action: Action) -> Outcome {
     let Some(p) = provider::for_kind(&shared.providers, a.kind) else {
-        return Outcome::Failed(format!("no provider for {}", a.kind));
+        return Outcome::Failed(format!("no provider for {}", a.kind), ErrorClass::Permanent);
     };
     let Ok(_global) = shared.global.acquire().await else {
-        return Outcome::Failed("internal: executor closed".into());
+        return Outcome::Failed("internal: executor closed".into(), ErrorClass::Transient);
     };
     let (start_word, done_word) = words(action);
     let progress = &shared.opts.progress;
@@ -307,7 +327,7 @@ async fn run_one(shared: &Shared<'_>, a: &Address, action: Action) -> Outcome {
                 let addr = a.clone();
                 blocking(&shared.store, move |s| s.remove(&addr))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(state_error)?;
                 if let Ok(mut r) = shared.records.lock() {
                     r.remove(a);
                 }
@@ -323,21 +343,33 @@ async fn run_one(shared: &Shared<'_>, a: &Address, action: Action) -> Outcome {
         }
     };
     let outcome = tokio::select! {
-        r = work => r.unwrap_or_else(Outcome::Failed),
+        r = work => r.unwrap_or_else(|e| Outcome::Failed(e.message, e.class)),
         () = heartbeat => unreachable_outcome(),
     };
     let secs = started.elapsed().as_secs_f64();
     match &outcome {
         Outcome::Applied => progress(format!("{a}: {done_word} after {secs:.1}s")),
         Outcome::Unchanged => progress(format!("{a}: No changes needed after {secs:.1}s")),
-        Outcome::Failed(e) => progress(format!("{a}: Failed after {secs:.1}s: {e}")),
+        Outcome::Failed(e, _) => progress(format!("{a}: Failed after {secs:.1}s: {e}")),
         Outcome::Blocked(_) => {}
     }
     outcome
 }
 
 fn unreachable_outcome() -> Outcome {
-    Outcome::Failed("internal: heartbeat ended".into())
+    Outcome::Failed("internal: heartbeat ended".into(), ErrorClass::Transient)
+}
+
+/// A state write that failed: the outside system may be fine, so worth a retry.
+fn state_error(e: crate::state::StateError) -> ProviderError {
+    ProviderError::transient(e.to_string())
+}
+
+fn timed_out(timeout: Duration) -> ProviderError {
+    ProviderError::transient(format!(
+        "timed out after {}",
+        humantime::format_duration(timeout)
+    ))
 }
 
 async fn system_permit(
@@ -355,7 +387,7 @@ async fn system_permit(
     sem.acquire_owned().await.ok()
 }
 
-async fn destroy(shared: &Shared<'_>, p: &dyn Provider, rec: &Record) -> Result<(), String> {
+async fn destroy(shared: &Shared<'_>, p: &dyn Provider, rec: &Record) -> Result<(), ProviderError> {
     let timeout = shared.set.get(&rec.address).map_or_else(
         || crate::desired::default_timeout(rec.kind),
         crate::desired::timeout_of,
@@ -364,12 +396,8 @@ async fn destroy(shared: &Shared<'_>, p: &dyn Provider, rec: &Record) -> Result<
     let _permit = system_permit(shared, key, limit).await;
     let sink = output_sink(shared, &rec.address);
     match tokio::time::timeout(timeout, crate::provider::with_output(sink, p.destroy(rec))).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.message),
-        Err(_) => Err(format!(
-            "timed out after {}",
-            humantime::format_duration(timeout)
-        )),
+        Ok(r) => r,
+        Err(_) => Err(timed_out(timeout)),
     }
 }
 
@@ -399,7 +427,7 @@ async fn converge(
     a: &Address,
     recorded: Option<Record>,
     fresh: bool,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, ProviderError> {
     let desired = {
         // Look outputs up one by one: cloning every record for each action made an apply of
         // n resources cost O(n²).
@@ -414,12 +442,12 @@ async fn converge(
         let mut resolver = Resolver::new(shared.set);
         resolver
             .desired(a, &outputs)
-            .ok_or_else(|| format!("{a} has no manifest"))?
+            .ok_or_else(|| ProviderError::permanent(format!("{a} has no manifest")))?
     };
     if !desired.spec.is_known() || !desired.connection.is_known() {
-        return Err(
-            "a value it depends on is still unknown after its dependencies were applied".into(),
-        );
+        return Err(ProviderError::permanent(
+            "a value it depends on is still unknown after its dependencies were applied",
+        ));
     }
     let hash = desired.spec.digest(&shared.key);
     // A create starts from nothing, except after an attempt that never finished: its record
@@ -445,7 +473,7 @@ async fn converge(
     let marked = rec.clone();
     blocking(&shared.store, move |s| s.put(&marked))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(state_error)?;
 
     let journal = StoreJournal {
         store: Arc::clone(&shared.store),
@@ -454,11 +482,23 @@ async fn converge(
     let (key, limit) = a.kind.model().concurrency(&desired.connection);
     let _permit = system_permit(shared, key, limit).await;
     let sink = output_sink(shared, a);
-    let result = tokio::time::timeout(
-        desired.timeout,
-        crate::provider::with_output(sink, p.apply(&journal, &desired, recorded.as_ref())),
-    )
-    .await;
+    let attempt = async {
+        match p.apply(&journal, &desired, recorded.as_ref()).await {
+            // Someone else changed the object: observe it again, then retry once from what
+            // this attempt persisted (kube's `error_policy`; providers re-read before acting).
+            Err(e) if e.class == ErrorClass::Conflict => {
+                (shared.opts.progress)(format!(
+                    "{a}: Conflict ({e}): observing again, then retrying once"
+                ));
+                let again = journal.snapshot();
+                p.observe(&desired, Some(&again)).await?;
+                p.apply(&journal, &desired, Some(&again)).await
+            }
+            r => r,
+        }
+    };
+    let result =
+        tokio::time::timeout(desired.timeout, crate::provider::with_output(sink, attempt)).await;
     let mut rec = journal.snapshot();
     rec.updated_at = now_ms();
     let outcome = match result {
@@ -470,30 +510,26 @@ async fn converge(
             rec.private.extend(applied.private);
             rec.status = Status::Ready;
             rec.last_error = None;
+            rec.error_class = None;
+            rec.failed_inputs = None;
             rec.prevent_destroy = desired.prevent_destroy;
             rec.depends_on = desired.depends_on.clone();
             rec.generation += 1;
             Ok(Outcome::Applied)
         }
-        Ok(Err(e)) => {
-            rec.status = Status::Failed;
-            rec.last_error = Some(e.message.clone());
-            Err(e.message)
-        }
-        Err(_) => {
-            let msg = format!(
-                "timed out after {}",
-                humantime::format_duration(desired.timeout)
-            );
-            rec.status = Status::Failed;
-            rec.last_error = Some(msg.clone());
-            Err(msg)
-        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(timed_out(desired.timeout)),
     };
+    if let Err(e) = &outcome {
+        rec.status = Status::Failed;
+        rec.last_error = Some(e.message.clone());
+        rec.error_class = Some(e.class);
+        rec.failed_inputs = Some(inputs_digest(&desired, &shared.key));
+    }
     let saved = rec.clone();
     blocking(&shared.store, move |s| s.put(&saved))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(state_error)?;
     if let Ok(mut r) = shared.records.lock() {
         r.insert(a.clone(), rec);
     }
@@ -568,7 +604,7 @@ mod tests {
 
     async fn run(
         docs: &str,
-        provider: Arc<Slow>,
+        provider: Arc<dyn Provider>,
         parallelism: usize,
         heartbeat: Duration,
     ) -> (Run, Vec<String>, tempfile::TempDir) {
@@ -625,19 +661,25 @@ mod tests {
             run.results
                 .iter()
                 .find(|r| r.address == a)
-                .map(|r| (r.outcome.clone(), r.detail.clone().unwrap_or_default()))
+                .map(|r| (r.outcome, r.detail.clone().unwrap_or_default()))
                 .expect("result")
         };
-        assert_eq!(outcome("PostgresDatabase.bad").0, "failed");
+        assert_eq!(outcome("PostgresDatabase.bad").0, RunOutcome::Failed);
         assert_eq!(
             outcome("PostgresDatabase.child"),
-            ("blocked".into(), "blocked by PostgresDatabase.bad".into())
+            (
+                RunOutcome::Blocked,
+                "blocked by PostgresDatabase.bad".into()
+            )
         );
         assert_eq!(
             outcome("PostgresDatabase.grandchild"),
-            ("blocked".into(), "blocked by PostgresDatabase.bad".into())
+            (
+                RunOutcome::Blocked,
+                "blocked by PostgresDatabase.bad".into()
+            )
         );
-        assert_eq!(outcome("PostgresDatabase.free").0, "applied");
+        assert_eq!(outcome("PostgresDatabase.free").0, RunOutcome::Applied);
         assert_eq!(run.exit_code, 1);
     }
 
@@ -650,10 +692,10 @@ mod tests {
             .concurrency(&Value::map());
         assert!(limit < 8);
         let p = slow(30);
-        run(&docs, Arc::clone(&p), 10, Duration::from_secs(10)).await;
+        run(&docs, p.clone(), 10, Duration::from_secs(10)).await;
         assert_eq!(p.peak.load(Ordering::SeqCst), limit, "per-system limit");
         let p = slow(30);
-        run(&docs, Arc::clone(&p), 2, Duration::from_secs(10)).await;
+        run(&docs, p.clone(), 2, Duration::from_secs(10)).await;
         assert_eq!(p.peak.load(Ordering::SeqCst), 2, "--parallelism");
     }
 
@@ -687,6 +729,121 @@ mod tests {
             .expect("recorded");
         assert_eq!(child.spec.get("owner"), Some(&Value::Str("alice".into())));
         assert_eq!(child.status, Status::Ready);
+    }
+
+    /// Stands in for the postgres provider: fails its first applies with the errors it is
+    /// given; counts applies and observations.
+    #[derive(Default)]
+    struct Scripted {
+        errors: Mutex<Vec<ProviderError>>,
+        applies: AtomicUsize,
+        observes: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Provider for Scripted {
+        fn name(&self) -> &'static str {
+            "postgres"
+        }
+        async fn observe(
+            &self,
+            _: &Desired,
+            _: Option<&Record>,
+        ) -> Result<Option<Observed>, ProviderError> {
+            self.observes.fetch_add(1, Ordering::SeqCst);
+            Ok(None)
+        }
+        async fn apply(
+            &self,
+            _: &dyn Journal,
+            _: &Desired,
+            _: Option<&Record>,
+        ) -> Result<Applied, ProviderError> {
+            self.applies.fetch_add(1, Ordering::SeqCst);
+            match self.errors.lock().expect("errors").pop() {
+                Some(e) => Err(e),
+                None => Ok(Applied::default()),
+            }
+        }
+        async fn destroy(&self, _: &Record) -> Result<(), ProviderError> {
+            Ok(())
+        }
+    }
+
+    fn scripted(errors: Vec<ProviderError>) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            errors: Mutex::new(errors),
+            ..Scripted::default()
+        })
+    }
+
+    fn recorded(dir: &tempfile::TempDir, a: &str) -> Record {
+        SledStore::open(dir.path())
+            .expect("store")
+            .get(&a.parse().expect("addr"))
+            .expect("get")
+            .expect("recorded")
+    }
+
+    #[tokio::test]
+    async fn a_conflict_is_observed_again_and_retried_once() {
+        let p = scripted(vec![ProviderError::conflict("job modify index changed")]);
+        let (run, lines, dir) = run(&db("a", "ok"), p.clone(), 10, Duration::from_secs(10)).await;
+        assert_eq!(run.results[0].outcome, RunOutcome::Applied, "{lines:?}");
+        assert_eq!(p.applies.load(Ordering::SeqCst), 2);
+        // After the conflict (planning a resource not yet in state observes nothing).
+        assert_eq!(p.observes.load(Ordering::SeqCst), 1);
+        assert!(
+            lines.iter().any(|l| l
+                == "PostgresDatabase.a: Conflict (job modify index changed): observing again, then retrying once"),
+            "{lines:?}"
+        );
+        let rec = recorded(&dir, "PostgresDatabase.a");
+        assert_eq!((rec.status, rec.error_class), (Status::Ready, None));
+    }
+
+    #[tokio::test]
+    async fn a_conflict_that_persists_fails_with_its_class_after_one_retry() {
+        let p = scripted(vec![
+            ProviderError::conflict("still changing"),
+            ProviderError::conflict("changing"),
+        ]);
+        let (run, _, dir) = run(&db("a", "ok"), p.clone(), 10, Duration::from_secs(10)).await;
+        assert_eq!(p.applies.load(Ordering::SeqCst), 2, "exactly one retry");
+        let r = &run.results[0];
+        assert_eq!(
+            (r.outcome, r.error_class, r.detail.as_deref()),
+            (
+                RunOutcome::Failed,
+                Some(ErrorClass::Conflict),
+                Some("still changing")
+            )
+        );
+        let rec = recorded(&dir, "PostgresDatabase.a");
+        assert_eq!(rec.status, Status::Failed);
+        assert_eq!(rec.error_class, Some(ErrorClass::Conflict));
+        assert!(rec.failed_inputs.is_some());
+    }
+
+    #[tokio::test]
+    async fn other_classes_are_not_retried_by_the_executor_and_are_recorded() {
+        for (e, class) in [
+            (
+                ProviderError::transient("server starting"),
+                ErrorClass::Transient,
+            ),
+            (
+                ProviderError::permanent("reserved name"),
+                ErrorClass::Permanent,
+            ),
+        ] {
+            let p = scripted(vec![e]);
+            let (run, _, dir) = run(&db("a", "ok"), p.clone(), 10, Duration::from_secs(10)).await;
+            assert_eq!(p.applies.load(Ordering::SeqCst), 1);
+            assert_eq!(run.results[0].error_class, Some(class));
+            let rec = recorded(&dir, "PostgresDatabase.a");
+            assert_eq!((rec.status, rec.error_class), (Status::Failed, Some(class)));
+        }
     }
 
     #[tokio::test]

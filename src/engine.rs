@@ -171,9 +171,12 @@ pub async fn plan(
                 let model = desired.address.kind.model();
                 let change = plan::decide(model, &desired, &hash, rec.as_ref(), &obs);
                 if change.action == Action::Replace && desired.prevent_destroy {
-                    plan.errors.push(format!(
-                        "{} has lifecycle.prevent_destroy set, but this plan would replace it",
-                        desired.address
+                    plan.errors.push(plan::PlanError::about(
+                        &desired.address,
+                        format!(
+                            "{} has lifecycle.prevent_destroy set, but this plan would replace it",
+                            desired.address
+                        ),
                     ));
                 }
                 let address = desired.address.clone();

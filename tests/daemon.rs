@@ -649,7 +649,7 @@ async fn sigterm_during_a_refresh_that_hangs_exits_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failing_resource_is_retried_with_backoff_then_stalls_until_the_manifest_changes() {
+async fn a_permanent_failure_is_not_retried_until_its_manifest_changes() {
     let w = Workspace::new();
     let (ok_db, ok_role, bad_db, role) = (
         unique("tend_dr_"),
@@ -659,7 +659,7 @@ async fn a_failing_resource_is_retried_with_backoff_then_stalls_until_the_manife
     );
     w.write("server.yaml", &server_yaml());
     w.write("ok.yaml", &database_yaml("ok", &ok_db, &ok_role, ""));
-    // Reserved role name: fails every time, while `ok` converges.
+    // Reserved role name: a permanent error every time, while `ok` converges.
     w.write(
         "bad.yaml",
         &database_yaml("bad", &bad_db, "pg_reserved", ""),
@@ -684,28 +684,44 @@ async fn a_failing_resource_is_retried_with_backoff_then_stalls_until_the_manife
         ],
     );
     eventually("the healthy one converges", &d, || db_exists(&ok_db)).await;
-    eventually("stalled after 3 failed runs", &d, || {
+    eventually("reported as a permanent failure", &d, || {
         let r = w.run(&["status"]);
-        async move { r.stdout.contains("stalled after 3 failed attempts") }
+        async move {
+            r.stdout
+                .contains("Failed (permanent): PostgresDatabase.bad: ")
+                && r.stdout.contains("not retried until its manifest")
+        }
     })
     .await;
     let health = http_get(&metrics_addr, "/healthz");
     assert!(health.starts_with("HTTP/1.1 503"), "{health}");
-    let attempts = d.log().matches("PostgresDatabase.bad: Creating...").count();
-    assert_eq!(attempts, 3, "{}", d.log());
+    let metrics = http_get(&metrics_addr, "/metrics");
+    assert!(
+        metrics.contains("tend_failed_resources{class=\"permanent\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tend_next_retry_timestamp_seconds 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tend_resource_results_total{action=\"create\",outcome=\"failed\"} 1"),
+        "{metrics}"
+    );
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
         d.log().matches("PostgresDatabase.bad: Creating...").count(),
-        3,
-        "no retries while stalled"
+        1,
+        "no retries of a permanent failure: {}",
+        d.log()
     );
 
-    // Fixing the manifest un-stalls it.
+    // Fixing the manifest retries it.
     w.write("bad.yaml", &database_yaml("bad", &bad_db, &role, ""));
     eventually("converges once fixed", &d, || db_exists(&bad_db)).await;
     eventually("in sync", &d, || {
         let r = w.run(&["status"]);
-        async move { r.stdout.contains("in sync") }
+        async move { r.stdout.contains("in sync") && !r.stdout.contains("Failed (") }
     })
     .await;
     assert_eq!(d.stop(), 0);

@@ -510,17 +510,48 @@ fn an_invalid_job_shows_nomads_validation_message_under_its_address() {
 }
 
 #[test]
-fn an_enforce_index_conflict_is_reported_and_a_re_plan_converges() {
+fn an_enforce_index_conflict_is_observed_again_and_retried_once() {
+    let f = Fixture::new();
+    f.job(&job_yaml(IMAGE, "", "", ""));
+    f.apply().ok();
+    f.job(&job_yaml("ghcr.io/railzway/railzway:1.4.3", "", "", ""));
+    // Nomad's check-and-set failure. The double's `fail_next` answers the very next request,
+    // whatever it is, so without a refresh that is the apply's first read; it is classed and
+    // handled the same way a failed register is: observe again, then one more attempt, which
+    // reads the job afresh and registers against the index it just read.
+    f.nomad.fail_next(
+        1,
+        500,
+        "Enforcing job modify index 11: job exists with conflicting job modify index: 12",
+    );
+    let r = f.tend(&["apply", "--auto-approve", "--refresh=false"]).ok();
+    assert_has(
+        &r,
+        "the job changed in Nomad since tend read it (Enforcing job modify index",
+    );
+    assert_has(&r, "observing again, then retrying once");
+    assert_has(&r, "NomadJob.web: Modifications complete");
+    assert_eq!(
+        f.registers(),
+        2,
+        "one register for the create, one for the retry"
+    );
+    assert_eq!(
+        image_of(&f.stored("web")),
+        "ghcr.io/railzway/railzway:1.4.3"
+    );
+}
+
+#[test]
+fn a_conflict_that_persists_is_reported_and_a_re_plan_converges() {
     let f = Fixture::new();
     f.job(&job_yaml(IMAGE, "", "", ""));
     f.apply().ok();
     let before = f.stored("web");
     f.job(&job_yaml("ghcr.io/railzway/railzway:1.4.3", "", "", ""));
-    // Nomad's check-and-set failure. The double's `fail_next` answers the very next request,
-    // whatever it is, so without a refresh that is the apply's first read; it is classed and
-    // reported the same way a failed register is.
+    // The apply's first read, then the observation after it.
     f.nomad.fail_next(
-        1,
+        2,
         500,
         "Enforcing job modify index 11: job exists with conflicting job modify index: 12",
     );

@@ -235,8 +235,9 @@ impl Backend for Local {
                 .iter()
                 .filter(|r| r.status != Status::Ready)
                 .map(|r| {
+                    let class = r.error_class.map(|c| format!(" ({c})")).unwrap_or_default();
                     format!(
-                        "{} {:?}: {}",
+                        "{} {:?}{class}: {}",
                         r.address,
                         r.status,
                         r.last_error.as_deref().unwrap_or("")
@@ -340,7 +341,13 @@ impl Backend for Daemon {
             Some(run) => Ok(run),
             None if !reply.plan.errors.is_empty() => bail!(
                 "the daemon did not apply: its plan has errors:\n{}",
-                reply.plan.errors.join("\n")
+                reply
+                    .plan
+                    .errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             ),
             None if !reply.plan.has_changes() => {
                 bail!("the daemon did not apply: it found nothing to change any more")

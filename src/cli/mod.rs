@@ -19,9 +19,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::address::Address;
 use crate::engine::blocking;
 use crate::manifest;
-use crate::plan::render;
+use crate::plan::{Action, render};
 use crate::provider;
-use crate::state::Status;
+use crate::state::{RunOutcome, Status};
 use crate::value::Reveal;
 use backend::{Backend, load, open_store};
 use output::Printer;
@@ -372,15 +372,15 @@ async fn apply_cmd(
     let run = backend
         .apply(&plan, args.flags.parallelism, progress)
         .await?;
-    let count = |outcome: &str, actions: &[&str]| {
+    let count = |actions: &[Action]| {
         run.results
             .iter()
-            .filter(|r| r.outcome == outcome && actions.contains(&r.action.as_str()))
+            .filter(|r| r.outcome == RunOutcome::Applied && actions.contains(&r.action))
             .count()
     };
-    let added = count("applied", &["create", "replace"]);
-    let changed = count("applied", &["update"]);
-    let destroyed = count("applied", &["delete", "replace"]);
+    let added = count(&[Action::Create, Action::Replace]);
+    let changed = count(&[Action::Update]);
+    let destroyed = count(&[Action::Delete, Action::Replace]);
     if run.exit_code == 0 {
         printer.out(&printer.style.bold(&format!(
             "\nApply complete! Resources: {added} added, {changed} changed, {destroyed} destroyed. (run {})",
@@ -392,14 +392,10 @@ async fn apply_cmd(
             "\nApply finished with errors. Resources: {added} added, {changed} changed, {destroyed} destroyed. (run {})\n",
             run.id
         );
-        for r in run
-            .results
-            .iter()
-            .filter(|r| r.outcome == "failed" || r.outcome == "blocked")
-        {
+        for r in run.results.iter().filter(|r| !r.outcome.ok()) {
             s.push_str(&format!(
                 "  {} {}: {}\n",
-                r.outcome,
+                r.outcome.as_str(),
                 r.address,
                 r.detail.as_deref().unwrap_or("")
             ));
@@ -416,6 +412,7 @@ async fn status_cmd(
     printer: Printer,
 ) -> anyhow::Result<Outcome> {
     let s = backend.status().await?;
+    let retry_in = |at: u64| at.saturating_sub(crate::apply::now_ms()) / 1000;
     let mut out = String::new();
     match &s.daemon {
         Some(d) => {
@@ -429,9 +426,8 @@ async fn status_cmd(
             if d.failures > 0 {
                 out.push_str(&format!("Failed runs in a row: {}\n", d.failures));
             }
-            if let Some(at) = d.next_retry_at.filter(|_| d.failures > 0) {
-                let secs = at.saturating_sub(crate::apply::now_ms()) / 1000;
-                out.push_str(&format!("Next retry in {secs}s\n"));
+            if let Some(at) = d.next_retry_at {
+                out.push_str(&format!("Next retry in {}s\n", retry_in(at)));
             }
         }
         None => out.push_str(&format!(
@@ -458,6 +454,20 @@ async fn status_cmd(
         }
         for h in &d.held {
             out.push_str(&format!("Delete held for approval (`tend apply`): {h}\n"));
+        }
+        for f in &d.failed {
+            let class = f.error_class.map_or("unclassified", |c| c.as_str());
+            let next = match f.next_retry_at {
+                Some(at) => format!("next retry in {}s", retry_in(at)),
+                None if f.error_class == Some(provider::ErrorClass::Permanent) => {
+                    "not retried until its manifest, credential or dependencies change (or `tend apply` / SIGHUP)".to_owned()
+                }
+                None => "no retry scheduled".to_owned(),
+            };
+            out.push_str(&format!(
+                "Failed ({class}): {}: {}; {next}\n",
+                f.address, f.error
+            ));
         }
         for e in &d.load_errors {
             out.push_str(e);
@@ -557,6 +567,7 @@ async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Resul
                 "address": r.address.to_string(),
                 "status": r.status,
                 "last_error": r.last_error,
+                "error_class": r.error_class,
                 "generation": r.generation,
                 "prevent_destroy": r.prevent_destroy,
                 "depends_on": r.depends_on.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -606,11 +617,7 @@ async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Resul
 fn runs_table(runs: &[crate::state::Run]) -> String {
     let mut s = String::new();
     for r in runs {
-        let failed = r
-            .results
-            .iter()
-            .filter(|x| x.outcome != "applied" && x.outcome != "unchanged")
-            .count();
+        let failed = r.results.iter().filter(|x| !x.outcome.ok()).count();
         s.push_str(&format!(
             "{}  {:<6} exit {}  {:>5}ms  {} resources, {failed} not applied  {}\n",
             r.id,

@@ -23,7 +23,8 @@ use super::Event;
 use crate::engine::blocking;
 use crate::plan::Plan;
 use crate::plan::render;
-use crate::state::{Record, Run, StateStore, Status};
+use crate::provider::ErrorClass;
+use crate::state::{Record, Run, StateStore};
 
 /// What the daemon is doing, kept up to date by the event loop.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -49,9 +50,27 @@ pub struct DaemonStatus {
     /// Unix ms.
     pub last_reload_at: Option<u64>,
     pub last_good_reload_at: Option<u64>,
+    /// When failed resources are retried next (Unix ms); none while only permanent failures
+    /// remain.
     pub next_retry_at: Option<u64>,
     /// Failed attempts in a row.
     pub failures: u32,
+    /// Resources whose last action failed, with the error's class and their next retry.
+    #[serde(default)]
+    pub failed: Vec<FailedResource>,
+}
+
+/// A failed resource, as `tend status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedResource {
+    pub address: String,
+    pub error: String,
+    /// `transient`, `conflict` or `permanent` (absent for a failure recorded before classes
+    /// were, which is retried like a transient one).
+    pub error_class: Option<ErrorClass>,
+    /// Unix ms; none for a permanent failure, which waits for a change to its inputs (or
+    /// `tend apply` / SIGHUP).
+    pub next_retry_at: Option<u64>,
 }
 
 /// The outcome of an apply requested by a client (`POST /v1/apply`).
@@ -230,17 +249,9 @@ async fn get_status(
 pub fn counts(records: &[Record]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for r in records {
-        *counts.entry(status_name(r.status).to_owned()).or_insert(0) += 1;
+        *counts.entry(r.status.as_str().to_owned()).or_insert(0) += 1;
     }
     counts
-}
-
-fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::Ready => "ready",
-        Status::Failed => "failed",
-        Status::Applying => "applying",
-    }
 }
 
 /// One resource as the control API lists it (no spec, no secrets).
@@ -250,6 +261,8 @@ pub struct ResourceBrief {
     pub status: String,
     pub generation: u64,
     pub last_error: Option<String>,
+    #[serde(default)]
+    pub error_class: Option<ErrorClass>,
     pub updated_at: u64,
 }
 
@@ -264,9 +277,10 @@ async fn get_resources(
             .into_iter()
             .map(|r| ResourceBrief {
                 address: r.address.to_string(),
-                status: status_name(r.status).to_owned(),
+                status: r.status.as_str().to_owned(),
                 generation: r.generation,
                 last_error: r.last_error,
+                error_class: r.error_class,
                 updated_at: r.updated_at,
             })
             .collect(),

@@ -19,9 +19,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::control::DaemonStatus;
+use super::control::{DaemonStatus, FailedResource};
 use crate::engine::blocking;
-use crate::state::StateStore;
+use crate::provider::ErrorClass;
+use crate::state::{Run, StateStore, Status};
 
 type Labels = Vec<(String, String)>;
 
@@ -34,6 +35,9 @@ pub struct Metrics {
     drift: Counter,
     last_reload: Gauge<f64, AtomicU64>,
     reload_failures: Counter,
+    results: Family<Labels, Counter>,
+    failed: Family<Labels, Gauge>,
+    next_retry: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -45,6 +49,9 @@ impl Default for Metrics {
         let drift = Counter::default();
         let last_reload = Gauge::<f64, AtomicU64>::default();
         let reload_failures = Counter::default();
+        let results = Family::<Labels, Counter>::default();
+        let failed = Family::<Labels, Gauge>::default();
+        let next_retry = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "resources",
             "Resources in state by status",
@@ -71,6 +78,21 @@ impl Default for Metrics {
             "Reloads whose manifests failed to load",
             reload_failures.clone(),
         );
+        registry.register(
+            "resource_results",
+            "Resources handled by applies, by action and outcome",
+            results.clone(),
+        );
+        registry.register(
+            "failed_resources",
+            "Resources whose last action failed, by error class",
+            failed.clone(),
+        );
+        registry.register(
+            "next_retry_timestamp_seconds",
+            "When failed resources are retried next (Unix time; 0: no retry scheduled)",
+            next_retry.clone(),
+        );
         Metrics {
             registry,
             resources,
@@ -79,17 +101,44 @@ impl Default for Metrics {
             drift,
             last_reload,
             reload_failures,
+            results,
+            failed,
+            next_retry,
         }
     }
 }
 
 impl Metrics {
-    pub fn run_finished(&self, ok: bool, seconds: f64) {
-        let result = if ok { "ok" } else { "failed" };
+    pub fn run_finished(&self, run: &Run, seconds: f64) {
+        let result = if run.exit_code == 0 { "ok" } else { "failed" };
         self.runs
             .get_or_create(&vec![("result".into(), result.into())])
             .inc();
+        for r in &run.results {
+            self.results
+                .get_or_create(&vec![
+                    ("action".into(), r.action.verb().into()),
+                    ("outcome".into(), r.outcome.as_str().into()),
+                ])
+                .inc();
+        }
         self.apply_seconds.observe(seconds);
+    }
+
+    /// The failed resources by class (a failure recorded before classes were counts as
+    /// transient: it is retried like one), and the next retry.
+    pub fn failed(&self, failed: &[FailedResource], next_retry_at: Option<u64>) {
+        for class in ErrorClass::ALL {
+            let n = failed
+                .iter()
+                .filter(|f| f.error_class.unwrap_or(ErrorClass::Transient) == class)
+                .count();
+            self.failed
+                .get_or_create(&vec![("class".into(), class.as_str().into())])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.next_retry
+            .set(next_retry_at.map_or(0.0, |ms| ms as f64 / 1000.0));
     }
 
     pub fn drift_found(&self, n: usize) {
@@ -140,17 +189,16 @@ async fn scrape(State(ctx): State<Ctx>) -> impl IntoResponse {
     match blocking(&ctx.store, |s| s.list_sealed()).await {
         Ok(records) => {
             ctx.metrics.resources.clear();
-            for status in ["ready", "failed", "applying"] {
+            for status in Status::ALL {
                 ctx.metrics
                     .resources
-                    .get_or_create(&vec![("status".into(), status.into())])
+                    .get_or_create(&vec![("status".into(), status.as_str().into())])
                     .set(0);
             }
             for r in records {
-                let status = format!("{:?}", r.status).to_lowercase();
                 ctx.metrics
                     .resources
-                    .get_or_create(&vec![("status".into(), status)])
+                    .get_or_create(&vec![("status".into(), r.status.as_str().into())])
                     .inc();
             }
         }

@@ -13,6 +13,7 @@ mod git;
 mod metrics;
 mod watch;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,15 +23,16 @@ use tokio::sync::watch as flag;
 
 use crate::address::Address;
 use crate::apply::now_ms;
-use crate::apply::{ApplyOptions, apply};
-use crate::engine::{PlanOptions, plan};
+use crate::apply::{ApplyOptions, apply, inputs_digest};
+use crate::desired::Resolver;
+use crate::engine::{PlanOptions, blocking, plan};
 use crate::graph::Graph;
 use crate::manifest;
 use crate::manifest::ManifestSet;
 use crate::plan::{Action, Plan};
-use crate::provider::Provider;
-use crate::state::{StateStore, Trigger};
-use control::{ApplyReply, Control, DaemonStatus, Echo};
+use crate::provider::{ErrorClass, Provider};
+use crate::state::{Record, RunOutcome, StateStore, Status, Trigger};
+use control::{ApplyReply, Control, DaemonStatus, Echo, FailedResource};
 
 /// Whether plans are applied as they come or wait for an operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -90,6 +92,41 @@ pub enum Event {
     Control(Control),
 }
 
+/// Why the loop reloads (logged as `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reason {
+    Startup,
+    ManifestsChanged,
+    /// Files changed while an apply ran.
+    ChangedDuringApply,
+    Resync,
+    Retry,
+    Sighup,
+    TendPlan,
+    TendApply,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::Startup => "startup",
+            Reason::ManifestsChanged => "manifests changed",
+            Reason::ChangedDuringApply => "manifests changed after an apply",
+            Reason::Resync => "resync",
+            Reason::Retry => "retry",
+            Reason::Sighup => "SIGHUP",
+            Reason::TendPlan => "tend plan",
+            Reason::TendApply => "tend apply",
+        }
+    }
+
+    /// An operator's doing (starting the daemon, SIGHUP, `tend apply`): it also retries
+    /// resources that failed permanently with nothing changed since.
+    fn by_operator(self) -> bool {
+        matches!(self, Reason::Startup | Reason::Sighup | Reason::TendApply)
+    }
+}
+
 /// The daemon's memory between reloads.
 struct Daemon {
     opts: Options,
@@ -101,7 +138,7 @@ struct Daemon {
     retry_at: Option<tokio::time::Instant>,
     status: Arc<Mutex<DaemonStatus>>,
     /// A trigger that arrived during an apply, run right after it.
-    pending: Option<&'static str>,
+    pending: Option<Reason>,
     metrics: Arc<metrics::Metrics>,
     /// With `--source git`: the repository, and the revision of the last load.
     repo: Option<git::Repo>,
@@ -187,7 +224,7 @@ pub async fn run(
     let mut resync = tokio::time::interval(d.opts.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await; // the first tick is now: startup reloads below instead
-    if d.reconcile("startup", &mut rx).await == Flow::Stop {
+    if d.reconcile(Reason::Startup, &mut rx).await == Flow::Stop {
         return Ok(stop(watchdog));
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -217,11 +254,11 @@ pub async fn run(
                 if debounce(&mut rx, d.opts.debounce).await == Flow::Stop {
                     return Ok(stop(watchdog));
                 }
-                "manifests changed"
+                Reason::ManifestsChanged
             }
-            Event::Resync => "resync",
-            Event::RetryDue => "retry",
-            Event::Reload => "SIGHUP",
+            Event::Resync => Reason::Resync,
+            Event::RetryDue => Reason::Retry,
+            Event::Reload => Reason::Sighup,
             Event::Control(Control::Plan(reply)) => {
                 let _ = reply.send(d.plan_for_client().await);
                 continue;
@@ -366,9 +403,10 @@ impl Daemon {
     /// `skip_unchanged` and the files hash as the last good load did.
     async fn prepare(
         &mut self,
-        why: &str,
+        why: Reason,
         skip_unchanged: bool,
     ) -> Result<Option<Prepared>, String> {
+        let why = why.as_str();
         tracing::info!(reason = why, "reloading");
         let loaded = match &self.repo {
             None => manifest::load(&self.opts.manifests),
@@ -468,13 +506,32 @@ impl Daemon {
         }
     }
 
-    /// A reload from a trigger: plan, hold back what needs approval, apply the rest.
-    async fn reconcile(&mut self, why: &str, rx: &mut mpsc::UnboundedReceiver<Event>) -> Flow {
+    /// A reload from a trigger, then the failed resources and their retries reported.
+    async fn reconcile(&mut self, why: Reason, rx: &mut mpsc::UnboundedReceiver<Event>) -> Flow {
+        // A retry that came due is used up by this reload, whatever triggered it.
+        if self
+            .retry_at
+            .is_some_and(|at| at <= tokio::time::Instant::now())
+        {
+            self.retry_at = None;
+        }
+        let flow = self.reconcile_once(why, rx).await;
+        self.report_failed().await;
+        flow
+    }
+
+    /// Plan, hold back what needs approval and what failed permanently, apply the rest.
+    async fn reconcile_once(
+        &mut self,
+        reason: Reason,
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+    ) -> Flow {
         // A rescan that finds the same files as the last good load changes nothing.
-        let unchanged_is_noop = why == "manifests changed";
-        let Ok(Some(mut p)) = self.prepare(why, unchanged_is_noop).await else {
+        let unchanged_is_noop = reason == Reason::ManifestsChanged;
+        let Ok(Some(mut p)) = self.prepare(reason, unchanged_is_noop).await else {
             return Flow::Continue;
         };
+        let why = reason.as_str();
         self.last_good = Some(p.set.digest.clone());
         let (orphans, held) = hold_back_deletes(&mut p.plan, self.opts.prune, self.opts.max_prune);
         self.update(|s| {
@@ -488,8 +545,18 @@ impl Daemon {
             self.phase("degraded", "error: the plan cannot be applied".into());
             return Flow::Continue;
         }
+        if !reason.by_operator() {
+            let parked = self.park_permanent(&mut p).await;
+            if !parked.is_empty() {
+                tracing::info!(
+                    reason = why,
+                    held = ?parked.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "not retrying what failed permanently, nor what depends on it"
+                );
+            }
+        }
         let summary = p.plan.summary().line();
-        if self.stalled.is_some() && self.stalled == self.last_good && !matches!(why, "SIGHUP") {
+        if self.stalled.is_some() && self.stalled == self.last_good && reason != Reason::Sighup {
             tracing::warn!(
                 reason = why,
                 "{summary} Stalled after repeated failures: not applying until the manifests change"
@@ -526,7 +593,7 @@ impl Daemon {
     /// Plan for `tend plan` through the socket: the full plan, nothing held back, nothing done.
     async fn plan_for_client(&mut self) -> Result<Plan, String> {
         let p = self
-            .prepare("tend plan", false)
+            .prepare(Reason::TendPlan, false)
             .await?
             .ok_or("nothing to plan")?;
         Ok(p.plan)
@@ -538,7 +605,7 @@ impl Daemon {
         &mut self,
         rx: &mut mpsc::UnboundedReceiver<Event>,
     ) -> (Flow, Result<ApplyReply, String>) {
-        let p = match self.prepare("tend apply", false).await {
+        let p = match self.prepare(Reason::TendApply, false).await {
             Ok(Some(p)) => p,
             Ok(None) => return (Flow::Continue, Err("nothing to apply".into())),
             Err(e) => return (Flow::Continue, Err(e)),
@@ -550,6 +617,7 @@ impl Daemon {
         }
         let plan = p.plan.clone();
         let (flow, _) = self.execute(p, rx, Some(Arc::clone(&echo))).await;
+        self.report_failed().await;
         (flow, Ok(echo.reply(plan)))
     }
 
@@ -600,14 +668,14 @@ impl Daemon {
                     // Clients asking during an apply are answered after it; other triggers
                     // run one reconcile right after it.
                     Some(Event::Control(c)) => deferred.push(c),
-                    Some(Event::Reload) => self.pending = Some("SIGHUP"),
+                    Some(Event::Reload) => self.pending = Some(Reason::Sighup),
                     Some(Event::ManifestsChanged) => {
-                        if self.pending != Some("SIGHUP") {
-                            self.pending = Some("manifests changed after an apply");
+                        if self.pending != Some(Reason::Sighup) {
+                            self.pending = Some(Reason::ChangedDuringApply);
                         }
                     }
                     Some(Event::Resync | Event::RetryDue) => {
-                        self.pending.get_or_insert("resync");
+                        self.pending.get_or_insert(Reason::Resync);
                     }
                 },
             }
@@ -634,7 +702,7 @@ impl Daemon {
     fn log_run(&mut self, r: anyhow::Result<crate::state::Run>) -> u8 {
         if let Ok(run) = &r {
             let seconds = run.ended_at.saturating_sub(run.started_at) as f64 / 1000.0;
-            self.metrics.run_finished(run.exit_code == 0, seconds);
+            self.metrics.run_finished(run, seconds);
         }
         match r {
             Ok(run) if run.exit_code == 0 => {
@@ -650,9 +718,15 @@ impl Daemon {
                 let failed: Vec<String> = run
                     .results
                     .iter()
-                    .filter(|r| r.outcome == "failed" || r.outcome == "blocked")
+                    .filter(|r| !r.outcome.ok())
                     .map(|r| format!("{} ({})", r.address, r.detail.clone().unwrap_or_default()))
                     .collect();
+                // The error class decides what happens next: transient failures (and
+                // conflicts that outlived the executor's one retry) back off and retry;
+                // permanent ones wait for a change to their inputs or an operator.
+                let retryable = run.results.iter().any(|r| {
+                    r.outcome == RunOutcome::Failed && r.error_class != Some(ErrorClass::Permanent)
+                });
                 tracing::error!(run = %run.id, failed = ?failed, "apply finished with failures");
                 self.phase(
                     "degraded",
@@ -663,7 +737,17 @@ impl Daemon {
                     ),
                 );
                 self.update(|s| s.last_run = Some(run.id.clone()));
-                self.schedule_retry();
+                if retryable {
+                    self.schedule_retry();
+                } else {
+                    tracing::warn!(
+                        run = %run.id,
+                        "failed permanently: not retried until the resources' manifests, credentials or dependencies change (or `tend apply` / SIGHUP)"
+                    );
+                    self.failures = 0;
+                    self.retry_at = None;
+                    self.update(|s| s.failures = 0);
+                }
                 1
             }
             Err(e) => {
@@ -673,6 +757,155 @@ impl Daemon {
                 1
             }
         }
+    }
+
+    /// Take out of the plan the resources whose last attempt failed permanently when nothing
+    /// they depend on changed since (same resolved spec and connection, no dependency being
+    /// changed by this plan), and what depends on them: retrying would fail the same way.
+    /// Returns what was taken out.
+    async fn park_permanent(&self, p: &mut Prepared) -> Vec<Address> {
+        let changed: BTreeSet<Address> = p
+            .plan
+            .changes
+            .iter()
+            .filter(|c| matches!(c.action, Action::Create | Action::Update | Action::Replace))
+            .map(|c| c.address.clone())
+            .collect();
+        if changed.is_empty() {
+            return Vec::new();
+        }
+        let candidates = changed.clone();
+        let failed = blocking(&self.store, move |s| {
+            let mut out = Vec::new();
+            for sealed in s.list_sealed()? {
+                if sealed.status == Status::Failed && candidates.contains(&sealed.address) {
+                    let r = s.unseal(&sealed)?;
+                    if r.error_class == Some(ErrorClass::Permanent) {
+                        out.push(r);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await;
+        let failed: Vec<Record> = match failed {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read failed resources: retrying them all");
+                return Vec::new();
+            }
+        };
+        // A dependency this plan changes may change what the resource gets: retry it.
+        let failed: Vec<(Record, BTreeSet<Address>)> = failed
+            .into_iter()
+            .map(|r| {
+                let ancestors = p.graph.ancestors(&r.address);
+                (r, ancestors)
+            })
+            .filter(|(_, ancestors)| ancestors.is_disjoint(&changed))
+            .collect();
+        if failed.is_empty() {
+            return Vec::new();
+        }
+        // Resolve them as the executor would, with the outputs their dependencies have now.
+        let wanted: BTreeSet<Address> = failed.iter().flat_map(|(_, a)| a.clone()).collect();
+        let outputs = blocking(&self.store, move |s| {
+            let mut m = BTreeMap::new();
+            for a in wanted {
+                if let Some(r) = s.get(&a)?
+                    && r.status == Status::Ready
+                {
+                    m.insert(a, r.outputs);
+                }
+            }
+            Ok(m)
+        })
+        .await
+        .unwrap_or_default();
+        let lookup = |t: &Address| outputs.get(t).cloned();
+        let key = self.store.digest_key().to_vec();
+        let mut resolver = Resolver::new(&p.set);
+        let mut parked = Vec::new();
+        for (r, _) in failed {
+            let same = resolver.desired(&r.address, &lookup).is_some_and(|d| {
+                r.failed_inputs.as_deref() == Some(inputs_digest(&d, &key).as_str())
+            });
+            if same {
+                tracing::warn!(
+                    resource = %r.address,
+                    error = r.last_error.as_deref().unwrap_or(""),
+                    "failed permanently and nothing it depends on changed: not retrying it (`tend apply` or SIGHUP does)"
+                );
+                parked.push(r.address);
+            }
+        }
+        // What depends on a parked resource would only be blocked by it.
+        let mut held: BTreeSet<Address> = parked.iter().cloned().collect();
+        let mut queue = parked;
+        while let Some(a) = queue.pop() {
+            for d in p.graph.dependents(&a) {
+                if held.insert(d.clone()) {
+                    queue.push(d);
+                }
+            }
+        }
+        let held: Vec<Address> = held.into_iter().filter(|a| changed.contains(a)).collect();
+        p.plan.drop_changes(&held);
+        held
+    }
+
+    /// Publish the failed resources (status, metrics) with their class and next retry, and
+    /// call the daemon degraded while any remain.
+    async fn report_failed(&mut self) {
+        let records = blocking(&self.store, |s| {
+            let mut out = Vec::new();
+            for sealed in s.list_sealed()? {
+                if sealed.status == Status::Failed {
+                    out.push(s.unseal(&sealed)?);
+                }
+            }
+            Ok(out)
+        })
+        .await;
+        let records = match records {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read failed resources");
+                return;
+            }
+        };
+        let next_retry_at = self.retry_at.map(|at| {
+            let left = at.saturating_duration_since(tokio::time::Instant::now());
+            now_ms().saturating_add(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+        });
+        let failed: Vec<FailedResource> = records
+            .into_iter()
+            .map(|r| FailedResource {
+                address: r.address.to_string(),
+                error: r.last_error.unwrap_or_default(),
+                next_retry_at: match r.error_class {
+                    Some(ErrorClass::Permanent) => None,
+                    _ => next_retry_at,
+                },
+                error_class: r.error_class,
+            })
+            .collect();
+        self.metrics.failed(&failed, next_retry_at);
+        self.update(|s| {
+            s.next_retry_at = next_retry_at;
+            if s.phase == "in sync" && !failed.is_empty() {
+                let permanent = failed
+                    .iter()
+                    .filter(|f| f.error_class == Some(ErrorClass::Permanent))
+                    .count();
+                s.phase = "degraded".into();
+                s.summary = format!(
+                    "degraded: {} resources failed, {permanent} permanently (not retried until their inputs change, or `tend apply` / SIGHUP)",
+                    failed.len()
+                );
+            }
+            s.failed = failed;
+        });
     }
 
     /// Capped exponential backoff with jitter: `retry_base` (5 s), doubling, at most 5 min;
@@ -745,5 +978,355 @@ fn hold_back_deletes(
             "this reload would destroy more than --max-prune resources: holding the deletes until approved with `tend apply`"
         );
         (Vec::new(), deletes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop's retry policy, driven through `Daemon::reconcile` with a fake provider that
+    //! counts its calls, over a real (temporary) state store and manifests directory.
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::provider::{Applied, Desired, Journal, Observed, ProviderError};
+    use crate::state::SledStore;
+    use crate::value::Value;
+
+    /// Fails applies by the database's owner: `permanent…` with a Permanent error,
+    /// `transient…` with a Transient one; anything else succeeds. Counts applies per address.
+    #[derive(Default)]
+    struct Counting {
+        applies: Mutex<BTreeMap<String, usize>>,
+    }
+
+    impl Counting {
+        fn applies(&self, name: &str) -> usize {
+            self.applies
+                .lock()
+                .map(|m| m.get(&format!("PostgresDatabase.{name}")).copied())
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        }
+    }
+
+    #[async_trait]
+    impl Provider for Counting {
+        fn name(&self) -> &'static str {
+            "postgres"
+        }
+        async fn observe(
+            &self,
+            d: &Desired,
+            recorded: Option<&Record>,
+        ) -> Result<Option<Observed>, ProviderError> {
+            // What was applied is there, unchanged.
+            match recorded {
+                Some(_) => {
+                    crate::provider::postgres::model::PostgresDatabase::converged(d).map(Some)
+                }
+                None => Ok(None),
+            }
+        }
+        async fn apply(
+            &self,
+            _: &dyn Journal,
+            d: &Desired,
+            _: Option<&Record>,
+        ) -> Result<Applied, ProviderError> {
+            if let Ok(mut m) = self.applies.lock() {
+                *m.entry(d.address.to_string()).or_insert(0) += 1;
+            }
+            let owner = d.spec.get("owner").and_then(Value::as_str).unwrap_or("");
+            if owner.starts_with("permanent") {
+                return Err(ProviderError::permanent("role name is reserved"));
+            }
+            if owner.starts_with("transient") {
+                return Err(ProviderError::transient("server is starting up"));
+            }
+            let mut applied = Applied::default();
+            applied
+                .outputs
+                .insert("username".into(), Value::Str(owner.to_owned()));
+            Ok(applied)
+        }
+        async fn destroy(&self, _: &Record) -> Result<(), ProviderError> {
+            Ok(())
+        }
+    }
+
+    const SERVER: &str = "apiVersion: tend/v1\nkind: PostgresServer\nmetadata: {name: main}\nspec: {host: h, user: u}\n";
+
+    fn db(name: &str, owner: &str) -> String {
+        format!(
+            "apiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {{name: {name}}}\nspec: {{server: main, owner: \"{owner}\"}}\n"
+        )
+    }
+
+    struct Harness {
+        d: Daemon,
+        rx: mpsc::UnboundedReceiver<Event>,
+        provider: Arc<Counting>,
+        dir: tempfile::TempDir,
+        _shutdown: flag::Sender<bool>,
+        _events: mpsc::UnboundedSender<Event>,
+    }
+
+    impl Harness {
+        fn new(files: &[(&str, String)]) -> Harness {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let manifests = dir.path().join("manifests");
+            std::fs::create_dir_all(&manifests).expect("manifests dir");
+            std::fs::write(manifests.join("server.yaml"), SERVER).expect("write");
+            let h = |dir: tempfile::TempDir| {
+                let store: Arc<dyn StateStore> =
+                    Arc::new(SledStore::open(&dir.path().join("state")).expect("store"));
+                let provider = Arc::new(Counting::default());
+                let providers: Vec<Arc<dyn Provider>> = vec![Arc::clone(&provider) as _];
+                let (events, rx) = mpsc::unbounded_channel();
+                let (shutdown_tx, shutdown) = flag::channel(false);
+                let d = Daemon {
+                    opts: Options {
+                        manifests: dir.path().join("manifests"),
+                        resync: Duration::from_secs(3600),
+                        prune: false,
+                        max_prune: 3,
+                        approve: Approve::Auto,
+                        parallelism: 4,
+                        debounce: Duration::from_millis(10),
+                        grace: Duration::from_secs(1),
+                        socket: dir.path().join("tend.sock"),
+                        metrics_addr: None,
+                        source: Source::Files,
+                        retry_base: Duration::from_millis(20),
+                        stall_after: 100,
+                    },
+                    store,
+                    providers,
+                    last_good: None,
+                    failures: 0,
+                    retry_at: None,
+                    status: Arc::new(Mutex::new(DaemonStatus::default())),
+                    pending: None,
+                    metrics: Arc::new(metrics::Metrics::default()),
+                    repo: None,
+                    revision: None,
+                    stalled: None,
+                    shutdown,
+                };
+                Harness {
+                    d,
+                    rx,
+                    provider,
+                    dir,
+                    _shutdown: shutdown_tx,
+                    _events: events,
+                }
+            };
+            let harness = h(dir);
+            for (name, body) in files {
+                harness.write(name, body);
+            }
+            harness
+        }
+
+        fn write(&self, name: &str, body: &str) {
+            std::fs::write(self.dir.path().join("manifests").join(name), body).expect("write");
+        }
+
+        async fn reconcile(&mut self, why: Reason) {
+            assert_eq!(self.d.reconcile(why, &mut self.rx).await, Flow::Continue);
+        }
+
+        async fn record(&self, name: &str) -> Record {
+            let a: Address = format!("PostgresDatabase.{name}").parse().expect("address");
+            blocking(&self.d.store, move |s| s.get(&a))
+                .await
+                .expect("state")
+                .expect("recorded")
+        }
+
+        fn status(&self) -> DaemonStatus {
+            self.d.status.lock().expect("status").clone()
+        }
+
+        /// Wait for the retry timer as the loop does; false if none is set.
+        async fn retry_timer(&self) -> bool {
+            match self.d.retry_at {
+                Some(at) => {
+                    tokio::time::sleep_until(at).await;
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_is_not_retried_on_the_retry_timer_while_a_transient_one_is() {
+        let mut h = Harness::new(&[
+            ("bad.yaml", db("bad", "permanent")),
+            ("flaky.yaml", db("flaky", "transient")),
+            ("ok.yaml", db("ok", "fine")),
+        ]);
+        h.reconcile(Reason::Startup).await;
+        assert_eq!(
+            (
+                h.provider.applies("bad"),
+                h.provider.applies("flaky"),
+                h.provider.applies("ok")
+            ),
+            (1, 1, 1)
+        );
+        for attempt in 2..=4 {
+            assert!(h.retry_timer().await, "the transient failure set a retry");
+            h.reconcile(Reason::Retry).await;
+            assert_eq!(h.provider.applies("flaky"), attempt, "transient: retried");
+            assert_eq!(h.provider.applies("bad"), 1, "permanent: not retried");
+        }
+        h.reconcile(Reason::Resync).await;
+        assert_eq!(h.provider.applies("bad"), 1, "nor on a resync");
+        assert_eq!(h.provider.applies("ok"), 1);
+
+        // The class is recorded, and the status tells the two apart.
+        let bad = h.record("bad").await;
+        assert_eq!(bad.status, Status::Failed);
+        assert_eq!(bad.error_class, Some(ErrorClass::Permanent));
+        assert_eq!(bad.last_error.as_deref(), Some("role name is reserved"));
+        let status = h.status();
+        assert_eq!(status.phase, "degraded");
+        let entry = |name: &str| {
+            status
+                .failed
+                .iter()
+                .find(|f| f.address == format!("PostgresDatabase.{name}"))
+                .cloned()
+                .expect("listed as failed")
+        };
+        assert_eq!(entry("bad").error_class, Some(ErrorClass::Permanent));
+        assert_eq!(entry("bad").next_retry_at, None);
+        assert_eq!(entry("flaky").error_class, Some(ErrorClass::Transient));
+        assert!(entry("flaky").next_retry_at.is_some());
+        assert_eq!(status.next_retry_at, entry("flaky").next_retry_at);
+    }
+
+    #[tokio::test]
+    async fn transient_failures_back_off_and_stall_after_stall_after_runs() {
+        let mut h = Harness::new(&[("flaky.yaml", db("flaky", "transient"))]);
+        h.d.opts.stall_after = 3;
+        h.reconcile(Reason::Startup).await;
+        let first = h.d.retry_at.expect("a retry");
+        assert!(h.retry_timer().await);
+        h.reconcile(Reason::Retry).await;
+        let second = h.d.retry_at.expect("a retry");
+        // 20 ms, then 40 ms (each plus up to a fifth of jitter), from the end of each run.
+        assert!(
+            second - first >= Duration::from_millis(40),
+            "{:?}",
+            second - first
+        );
+        assert!(h.retry_timer().await);
+        h.reconcile(Reason::Retry).await;
+        assert_eq!(h.provider.applies("flaky"), 3);
+        assert_eq!(h.d.retry_at, None, "stalled");
+        assert_eq!(h.status().phase, "stalled");
+        h.reconcile(Reason::Resync).await;
+        assert_eq!(h.provider.applies("flaky"), 3, "not while stalled");
+        h.reconcile(Reason::Sighup).await;
+        assert_eq!(h.provider.applies("flaky"), 4, "SIGHUP un-stalls");
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_is_retried_when_a_dependency_or_its_connection_changes() {
+        let mut h = Harness::new(&[
+            ("parent.yaml", db("parent", "alice")),
+            (
+                "bad.yaml",
+                db(
+                    "bad",
+                    "permanent-${PostgresDatabase.parent.status.outputs.username}",
+                ),
+            ),
+        ]);
+        h.reconcile(Reason::Startup).await;
+        assert_eq!(
+            (h.provider.applies("parent"), h.provider.applies("bad")),
+            (1, 1)
+        );
+
+        // The dependency changes (and with it the output `bad` reads).
+        h.write("parent.yaml", &db("parent", "bob"));
+        h.reconcile(Reason::ManifestsChanged).await;
+        assert_eq!(
+            (h.provider.applies("parent"), h.provider.applies("bad")),
+            (2, 2)
+        );
+        h.reconcile(Reason::Resync).await;
+        assert_eq!(h.provider.applies("bad"), 2, "nothing changed since");
+
+        // The server's connection (where a credential lands) changes.
+        h.write(
+            "server.yaml",
+            &SERVER.replace("{host: h, user: u}", "{host: h2, user: u}"),
+        );
+        h.reconcile(Reason::ManifestsChanged).await;
+        assert_eq!(h.provider.applies("bad"), 3, "its connection changed");
+        assert_eq!(h.provider.applies("parent"), 2);
+    }
+
+    #[tokio::test]
+    async fn only_permanent_failures_set_no_retry_timer() {
+        let mut h = Harness::new(&[("bad.yaml", db("bad", "permanent"))]);
+        h.reconcile(Reason::Startup).await;
+        assert_eq!(h.provider.applies("bad"), 1);
+        assert!(!h.retry_timer().await, "no retry scheduled");
+        assert_eq!(h.status().next_retry_at, None);
+        assert_eq!(h.status().phase, "degraded");
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_is_retried_when_its_manifest_changes_or_an_operator_asks() {
+        let mut h = Harness::new(&[
+            ("bad.yaml", db("bad", "permanent")),
+            ("ok.yaml", db("ok", "fine")),
+        ]);
+        h.reconcile(Reason::Startup).await;
+        assert_eq!(h.provider.applies("bad"), 1);
+
+        // Another resource's manifest changes: not this one's inputs.
+        h.write("ok.yaml", &db("ok", "fine-too"));
+        h.reconcile(Reason::ManifestsChanged).await;
+        assert_eq!(h.provider.applies("ok"), 2);
+        assert_eq!(h.provider.applies("bad"), 1, "its inputs did not change");
+
+        // Its own manifest changes (still wrong): retried once.
+        h.write("bad.yaml", &db("bad", "permanent-still"));
+        h.reconcile(Reason::ManifestsChanged).await;
+        assert_eq!(
+            h.provider.applies("bad"),
+            2,
+            "a changed manifest retries it"
+        );
+        h.reconcile(Reason::Retry).await;
+        h.reconcile(Reason::Resync).await;
+        assert_eq!(h.provider.applies("bad"), 2, "and then waits again");
+
+        // SIGHUP and `tend apply` are an operator's say-so.
+        h.reconcile(Reason::Sighup).await;
+        assert_eq!(h.provider.applies("bad"), 3, "SIGHUP retries it");
+        let (flow, reply) = h.d.apply_for_client(&mut h.rx).await;
+        assert_eq!(flow, Flow::Continue);
+        assert_eq!(reply.map(|r| r.run.map(|run| run.exit_code)), Ok(Some(1)));
+        assert_eq!(h.provider.applies("bad"), 4, "`tend apply` retries it");
+
+        // Fixed: converges, and the failure is gone from the status.
+        h.write("bad.yaml", &db("bad", "fixed"));
+        h.reconcile(Reason::ManifestsChanged).await;
+        assert_eq!(h.provider.applies("bad"), 5);
+        let bad = h.record("bad").await;
+        assert_eq!((bad.status, bad.error_class), (Status::Ready, None));
+        assert!(h.status().failed.is_empty());
+        assert_eq!(h.status().phase, "in sync");
     }
 }

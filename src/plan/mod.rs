@@ -87,13 +87,61 @@ impl From<&Drift> for DriftItem {
     }
 }
 
+/// A problem that makes a plan unappliable, and the resource it is about.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "PlanErrorRepr")]
+pub struct PlanError {
+    /// The resource it is about, so taking a resource out of a plan takes its errors too.
+    pub address: Option<Address>,
+    /// The whole message (it names the resource itself).
+    pub message: String,
+}
+
+impl PlanError {
+    pub fn about(address: &Address, message: String) -> Self {
+        PlanError {
+            address: Some(address.clone()),
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Plan files written before errors were typed hold bare strings.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PlanErrorRepr {
+    Typed {
+        address: Option<Address>,
+        message: String,
+    },
+    Text(String),
+}
+
+impl From<PlanErrorRepr> for PlanError {
+    fn from(r: PlanErrorRepr) -> Self {
+        match r {
+            PlanErrorRepr::Typed { address, message } => PlanError { address, message },
+            PlanErrorRepr::Text(message) => PlanError {
+                address: None,
+                message,
+            },
+        }
+    }
+}
+
 /// A whole plan.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     /// One entry per managed resource (desired or recorded), sorted by address.
     pub changes: Vec<ResourceChange>,
     /// Problems that make the plan unappliable (e.g. destroying a protected resource).
-    pub errors: Vec<String>,
+    pub errors: Vec<PlanError>,
     /// Things worth knowing that do not block (e.g. a refresh that failed).
     pub warnings: Vec<String>,
 }
@@ -128,7 +176,7 @@ impl Plan {
     pub fn drop_changes(&mut self, addresses: &[Address]) {
         self.changes.retain(|c| !addresses.contains(&c.address));
         self.errors
-            .retain(|e| !addresses.iter().any(|a| e.starts_with(&format!("{a} "))));
+            .retain(|e| e.address.as_ref().is_none_or(|a| !addresses.contains(a)));
     }
 
     pub fn has_changes(&self) -> bool {
@@ -267,7 +315,7 @@ fn decide_inner(
 }
 
 /// The change for a recorded resource whose manifest is gone.
-pub fn decide_orphan(rec: &Record) -> (ResourceChange, Option<String>) {
+pub fn decide_orphan(rec: &Record) -> (ResourceChange, Option<PlanError>) {
     let change = ResourceChange {
         address: rec.address.clone(),
         action: Action::Delete,
@@ -277,10 +325,10 @@ pub fn decide_orphan(rec: &Record) -> (ResourceChange, Option<String>) {
         details: Vec::new(),
     };
     let error = rec.prevent_destroy.then(|| {
-        format!(
+        PlanError::about(&rec.address, format!(
             "{} has lifecycle.prevent_destroy set, but its manifest was removed: restore it, set prevent_destroy: false and apply, then remove it",
             rec.address
-        )
+        ))
     });
     (change, error)
 }
@@ -357,4 +405,44 @@ pub fn field_changes(
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropping_a_resource_drops_the_errors_about_it_and_only_those() {
+        let a: Address = "PostgresDatabase.a".parse().expect("addr");
+        let b: Address = "PostgresDatabase.b".parse().expect("addr");
+        let mut plan = Plan {
+            errors: vec![
+                PlanError::about(&a, format!("{a} has lifecycle.prevent_destroy set")),
+                // About `b`, though its message starts with `a`'s address.
+                PlanError::about(&b, format!("{a} needs {b}, which is protected")),
+                PlanError {
+                    address: None,
+                    message: "about nothing in particular".into(),
+                },
+            ],
+            ..Plan::default()
+        };
+        plan.drop_changes(std::slice::from_ref(&a));
+        let left: Vec<Option<&Address>> = plan.errors.iter().map(|e| e.address.as_ref()).collect();
+        assert_eq!(left, vec![Some(&b), None]);
+    }
+
+    #[test]
+    fn plan_errors_read_from_older_plan_files_and_show_as_their_message() {
+        let old: Vec<PlanError> =
+            serde_json::from_str(r#"["PostgresDatabase.a has lifecycle.prevent_destroy set"]"#)
+                .expect("old form");
+        assert_eq!(old[0].address, None);
+        let a: Address = "PostgresDatabase.a".parse().expect("addr");
+        let e = PlanError::about(&a, "PostgresDatabase.a is protected".into());
+        let back: PlanError =
+            serde_json::from_str(&serde_json::to_string(&e).expect("json")).expect("new form");
+        assert_eq!(back, e);
+        assert_eq!(e.to_string(), "PostgresDatabase.a is protected");
+    }
 }

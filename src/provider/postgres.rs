@@ -355,6 +355,13 @@ mod tests {
     }
 
     #[test]
+    fn a_converged_observation_has_no_drift() {
+        let d = sample();
+        let o = model::PostgresDatabase::converged(&d).expect("valid spec");
+        assert!(model::PostgresDatabase.drift(&d, None, &o).is_empty());
+    }
+
+    #[test]
     fn drift_goes_through_the_observed_fields() {
         let p = model::PostgresDatabase;
         let d = sample();

@@ -10,7 +10,7 @@ mod crypto;
 mod record;
 mod store;
 
-pub use record::{Record, ResourceResult, Run, Status, Trigger};
+pub use record::{Record, ResourceResult, Run, RunOutcome, Status, Trigger};
 
 pub use store::SledStore;
 

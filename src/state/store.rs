@@ -30,6 +30,7 @@ use sled::transaction::{
 use super::crypto::{KeyLocation, StateKey};
 use super::{Meta, Record, Run, Sealed, StateError, StateStore, Status};
 use crate::address::{Address, Kind};
+use crate::provider::ErrorClass;
 use crate::value::{SENSITIVE, Sensitive, Value};
 
 /// The schema this tend reads and writes.
@@ -187,6 +188,8 @@ impl SledStore {
             private: enc_map(&record.private, "private")?,
             status: record.status,
             last_error: record.last_error.clone(),
+            error_class: record.error_class,
+            failed_inputs: record.failed_inputs.clone(),
             prevent_destroy: record.prevent_destroy,
             depends_on: record.depends_on.clone(),
             created_at: record.created_at,
@@ -218,6 +221,8 @@ impl SledStore {
             spec_hash: stored.spec_hash,
             status: stored.status,
             last_error: stored.last_error,
+            error_class: stored.error_class,
+            failed_inputs: stored.failed_inputs,
             prevent_destroy: stored.prevent_destroy,
             depends_on: stored.depends_on,
             created_at: stored.created_at,
@@ -534,6 +539,11 @@ struct StoredRecord {
     private: BTreeMap<String, J>,
     status: Status,
     last_error: Option<String>,
+    /// Added after schema 1 was released: absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error_class: Option<ErrorClass>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failed_inputs: Option<String>,
     prevent_destroy: bool,
     depends_on: Vec<Address>,
     created_at: u64,
@@ -835,8 +845,9 @@ mod tests {
             summary: "Plan: 1 to add, 0 to change, 0 to destroy.".to_owned(),
             results: vec![ResourceResult {
                 address: "PostgresDatabase.a".to_owned(),
-                action: "create".to_owned(),
-                outcome: "applied".to_owned(),
+                action: crate::plan::Action::Create,
+                outcome: crate::state::RunOutcome::Applied,
+                error_class: None,
                 detail: None,
                 elapsed_ms: 12,
             }],
@@ -951,6 +962,38 @@ mod tests {
         );
         assert!(matches!(got.spec.get("ratio"), Some(Value::Float(f)) if *f == 1.0));
         assert_eq!(store.get(&addr("missing")).expect("get"), None);
+    }
+
+    #[test]
+    fn a_failed_records_class_round_trips_and_older_records_are_stored_as_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        // Without a class the stored form is the one older tends wrote (and read).
+        let ready = sample("a");
+        store.put(&ready).expect("put");
+        let raw = store
+            .resources
+            .get(ready.address.to_string().as_bytes())
+            .expect("raw")
+            .expect("present");
+        let doc: J = serde_json::from_slice(&raw).expect("json");
+        assert!(doc.get("error_class").is_none() && doc.get("failed_inputs").is_none());
+        let mut failed = sample("b");
+        failed.status = Status::Failed;
+        failed.error_class = Some(ErrorClass::Permanent);
+        failed.failed_inputs = Some("d1:d2".to_owned());
+        store.put(&failed).expect("put");
+        assert_eq!(
+            store.get(&failed.address).expect("get"),
+            Some(failed.clone())
+        );
+        let raw = store
+            .resources
+            .get(failed.address.to_string().as_bytes())
+            .expect("raw")
+            .expect("present");
+        let doc: J = serde_json::from_slice(&raw).expect("json");
+        assert_eq!(doc["error_class"], "permanent");
     }
 
     #[test]

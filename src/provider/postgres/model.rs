@@ -7,12 +7,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::observed::{self, TenantState};
+use super::observed::{self, DatabaseState, RoleState, TenantState};
 use super::spec::{Server, Tenant};
 use crate::model::{
     BuildCx, CredentialSlot, CredentialType, Desired, Drift, Field, KindModel, LIFECYCLE,
     NameField, Observed, Output, Schema, Ty, or_insert,
 };
+use crate::provider::ProviderError;
 use crate::state::Record;
 use crate::value::Value;
 
@@ -91,6 +92,25 @@ impl KindModel for PostgresServer {
 }
 
 pub struct PostgresDatabase;
+
+impl PostgresDatabase {
+    /// What a server holding exactly the desired database and role reads as: no drift. For
+    /// tests whose provider stands in for a server.
+    pub fn converged(desired: &Desired) -> Result<Observed, ProviderError> {
+        let tenant = Tenant::from_value(&desired.spec)?;
+        Ok(TenantState {
+            role: Some(RoleState::desired(tenant.connection_limit)),
+            database: Some(DatabaseState {
+                owner: tenant.owner.clone(),
+                connection_limit: tenant.connection_limit,
+                public_connect: !tenant.isolate,
+                public_temp: !tenant.isolate,
+            }),
+            password_ok: Some(true),
+        }
+        .to_observed())
+    }
+}
 
 const PASSWORD: &[Field] = &[Field::fixed(
     "generate",
