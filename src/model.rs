@@ -63,6 +63,76 @@ pub struct Drift {
     pub found: String,
 }
 
+/// How the executor and the daemon should treat a failure (kube's `error_policy`): the
+/// executor observes again and retries a Conflict once; the daemon backs off and retries a
+/// Transient one (and a Conflict that persisted), and leaves a Permanent one `failed` until its
+/// inputs change or an operator asks (`tend apply`, SIGHUP). Recorded on the failed resource.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorClass {
+    /// Back off and retry (network, server restarting, lock held).
+    Transient,
+    /// Someone else changed the object: observe again and re-plan.
+    Conflict,
+    /// Retrying will not help until the manifest or the system changes.
+    Permanent,
+}
+
+impl ErrorClass {
+    /// Every class, for metrics that report zeros too.
+    pub const ALL: [ErrorClass; 3] = [
+        ErrorClass::Transient,
+        ErrorClass::Conflict,
+        ErrorClass::Permanent,
+    ];
+
+    /// The name used in state, the control API and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Conflict => "conflict",
+            ErrorClass::Permanent => "permanent",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A provider failure. The message must never contain a secret.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+impl ProviderError {
+    pub fn transient(m: impl Into<String>) -> Self {
+        ProviderError {
+            class: ErrorClass::Transient,
+            message: m.into(),
+        }
+    }
+    pub fn permanent(m: impl Into<String>) -> Self {
+        ProviderError {
+            class: ErrorClass::Permanent,
+            message: m.into(),
+        }
+    }
+    pub fn conflict(m: impl Into<String>) -> Self {
+        ProviderError {
+            class: ErrorClass::Conflict,
+            message: m.into(),
+        }
+    }
+}
+
 /// A spec field's type.
 #[derive(Debug)]
 pub enum Ty {

@@ -21,7 +21,7 @@ use crate::address::Kind;
 use crate::state::Record;
 use crate::value::Value;
 
-pub use crate::model::{Desired, Drift, Observed};
+pub use crate::model::{Desired, Drift, ErrorClass, Observed, ProviderError};
 
 /// What an apply produced.
 #[derive(Clone, Debug, Default)]
@@ -30,76 +30,6 @@ pub struct Applied {
     pub outputs: BTreeMap<String, Value>,
     /// Provider data to keep in state (e.g. a password and its rotation number).
     pub private: BTreeMap<String, Value>,
-}
-
-/// How the executor and the daemon should treat a failure (kube's `error_policy`): the
-/// executor observes again and retries a Conflict once; the daemon backs off and retries a
-/// Transient one (and a Conflict that persisted), and leaves a Permanent one `failed` until its
-/// inputs change or an operator asks (`tend apply`, SIGHUP). Recorded on the failed resource.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum ErrorClass {
-    /// Back off and retry (network, server restarting, lock held).
-    Transient,
-    /// Someone else changed the object: observe again and re-plan.
-    Conflict,
-    /// Retrying will not help until the manifest or the system changes.
-    Permanent,
-}
-
-impl ErrorClass {
-    /// Every class, for metrics that report zeros too.
-    pub const ALL: [ErrorClass; 3] = [
-        ErrorClass::Transient,
-        ErrorClass::Conflict,
-        ErrorClass::Permanent,
-    ];
-
-    /// The name used in state, the control API and metrics labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorClass::Transient => "transient",
-            ErrorClass::Conflict => "conflict",
-            ErrorClass::Permanent => "permanent",
-        }
-    }
-}
-
-impl std::fmt::Display for ErrorClass {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A provider failure. The message must never contain a secret.
-#[derive(Clone, Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct ProviderError {
-    pub class: ErrorClass,
-    pub message: String,
-}
-
-impl ProviderError {
-    pub fn transient(m: impl Into<String>) -> Self {
-        ProviderError {
-            class: ErrorClass::Transient,
-            message: m.into(),
-        }
-    }
-    pub fn permanent(m: impl Into<String>) -> Self {
-        ProviderError {
-            class: ErrorClass::Permanent,
-            message: m.into(),
-        }
-    }
-    pub fn conflict(m: impl Into<String>) -> Self {
-        ProviderError {
-            class: ErrorClass::Conflict,
-            message: m.into(),
-        }
-    }
 }
 
 /// The executor's side of an action: lets a provider persist data *before* it reaches the

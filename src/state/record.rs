@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::address::{Address, Kind};
+use crate::model::ErrorClass;
 use crate::plan::Action;
-use crate::provider::ErrorClass;
 use crate::value::Value;
 
 /// Where a resource's last action left it.

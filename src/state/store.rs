@@ -30,7 +30,7 @@ use sled::transaction::{
 use super::crypto::{KeyLocation, StateKey};
 use super::{Meta, Record, Run, Sealed, StateError, StateStore, Status};
 use crate::address::{Address, Kind};
-use crate::provider::ErrorClass;
+use crate::model::ErrorClass;
 use crate::value::{SENSITIVE, Sensitive, Value};
 
 /// The schema this tend reads and writes.

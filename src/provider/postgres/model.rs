@@ -11,9 +11,8 @@ use super::observed::{self, DatabaseState, RoleState, TenantState};
 use super::spec::{Server, Tenant};
 use crate::model::{
     BuildCx, CredentialSlot, CredentialType, Desired, Drift, Field, KindModel, LIFECYCLE,
-    NameField, Observed, Output, Schema, Ty, or_insert,
+    NameField, Observed, Output, ProviderError, Schema, Ty, or_insert,
 };
-use crate::provider::ProviderError;
 use crate::state::Record;
 use crate::value::Value;
 
