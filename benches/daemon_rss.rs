@@ -8,9 +8,6 @@
 
 mod support;
 
-#[path = "../tests/util/nomad.rs"]
-mod nomad;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -51,7 +48,7 @@ fn main() {
         );
     }
 
-    let double = nomad::NomadDouble::start();
+    let double = tend_nomad_double::NomadDouble::start();
     let tmp = tempfile::tempdir().expect("temp dir");
     let prefix = format!("br{}", std::process::id());
     let server = format!(

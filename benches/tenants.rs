@@ -10,9 +10,6 @@
 
 mod support;
 
-#[path = "../tests/util/nomad.rs"]
-mod nomad;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -81,7 +78,7 @@ fn main() {
             took
         };
         // A fresh Nomad double and state each round: tend starts from nothing.
-        let double = nomad::NomadDouble::start();
+        let double = tend_nomad_double::NomadDouble::start();
         write_base(&manifests, &t, &double.address());
         let state = tmp.path().join(format!("state-{round}"));
         let apply = || {

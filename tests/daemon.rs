@@ -514,7 +514,7 @@ async fn sigterm_during_a_refresh_that_hangs_exits_at_once() {
             keep.lock().expect("lock").push(conn);
         }
     });
-    let nomad = util::nomad::NomadDouble::start();
+    let nomad = tend_nomad_double::NomadDouble::start();
     let w = Workspace::new();
     let manifest = |address: &str| {
         format!(

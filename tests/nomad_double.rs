@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use serde_json::{Value, json};
-use util::nomad::NomadDouble;
+use tend_nomad_double::NomadDouble;
 
 /// An answer: status, headers (lower-case names), body text.
 struct Resp {

@@ -5,7 +5,7 @@
 
 mod util;
 
-use util::nomad::NomadDouble;
+use tend_nomad_double::NomadDouble;
 use util::{Run, Workspace};
 
 /// The environment variable the nomad credential's token comes from.

@@ -9,7 +9,7 @@ mod util;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
-use util::nomad::{NomadDouble, TlsMaterial, TlsMode};
+use tend_nomad_double::{NomadDouble, TlsMaterial, TlsMode};
 use util::{Run, Workspace};
 
 /// The environment variable the nomad credential's token comes from.

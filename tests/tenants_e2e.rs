@@ -5,7 +5,7 @@
 
 mod util;
 
-use util::nomad::NomadDouble;
+use tend_nomad_double::NomadDouble;
 use util::{Workspace, pg, server_yaml, unique};
 
 struct Fixture {

@@ -209,4 +209,3 @@ pub fn database_yaml(name: &str, database: &str, owner: &str, extra: &str) -> St
         "---\napiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {{name: {name}}}\nspec:\n  server: main\n  database: {database}\n  owner: {owner}\n{extra}"
     )
 }
-pub mod nomad;

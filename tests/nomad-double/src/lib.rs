@@ -43,8 +43,6 @@
 //! token is unconfirmed in the reference; here: job endpoints say `Permission denied`,
 //! variable endpoints `ACL token not found`.
 
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
