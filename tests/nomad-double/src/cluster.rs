@@ -158,7 +158,7 @@ pub(crate) struct Nomad {
     accessor: String,
     pub(crate) namespaces: BTreeSet<String>,
     node_pools: BTreeSet<String>,
-    pub(crate) index: u64,
+    index: u64,
     pub(crate) index_tx: tokio::sync::watch::Sender<u64>,
     tables: BTreeMap<&'static str, u64>,
     pub(crate) jobs: BTreeMap<(String, String), Value>,
@@ -280,9 +280,7 @@ impl Nomad {
                 if rest.ends_with(unsupported) {
                     return Reply::err(
                         501,
-                        format!(
-                            "the Nomad double does not implement {p} (see tests/util/nomad.rs)"
-                        ),
+                        format!("the Nomad double does not implement {p} (see tests/nomad-double)"),
                     );
                 }
             }

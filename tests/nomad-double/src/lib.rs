@@ -273,11 +273,6 @@ impl NomadDouble {
         self.shared.lock().evaluations
     }
 
-    /// The current raft index.
-    pub fn index(&self) -> u64 {
-        self.shared.lock().index
-    }
-
     /// The simulated allocations of a job (AllocListStub JSON), terminal ones included.
     pub fn allocations(&self, namespace: &str, id: &str) -> Vec<Value> {
         let st = self.shared.lock();
