@@ -1,9 +1,7 @@
 //! The binary on bad input and on plans that need no server: every error names
 //! file:line:col, exits 1, and nothing destructive is planned while any file fails to load.
 
-mod util;
-
-use util::Workspace;
+use tend_test_support::{Run, Workspace};
 
 const CRED: &str = "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: pg}\nspec:\n  provider: postgres\n  data: {host: localhost, user: admin, password: {fromEnv: TEND_CLI_TEST_PW}}\n---\napiVersion: tend/v1\nkind: PostgresServer\nmetadata: {name: main}\nspec: {}\n";
 
@@ -14,13 +12,13 @@ fn db(name: &str) -> String {
 }
 
 fn ws() -> Workspace {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     w.write("server.yaml", CRED);
     w
 }
 
-fn tend(w: &Workspace, args: &[&str]) -> util::Run {
-    util::Run::from(
+fn tend(w: &Workspace, args: &[&str]) -> Run {
+    Run::from(
         w.cmd(args)
             .env("TEND_CLI_TEST_PW", "pw-not-for-output")
             .output()
@@ -220,7 +218,7 @@ fn a_second_process_gets_a_clear_lock_error() {
 }
 
 /// Run tend on a pseudo-terminal (util-linux `script`), typing `answer` at the prompt.
-pub fn on_a_tty(w: &Workspace, args: &str, answer: &str) -> util::Run {
+pub fn on_a_tty(w: &Workspace, args: &str, answer: &str) -> Run {
     use std::io::Write;
     let cmd = format!(
         "{} --manifests {} --state {} {args}",
@@ -243,7 +241,7 @@ pub fn on_a_tty(w: &Workspace, args: &str, answer: &str) -> util::Run {
         .expect("stdin")
         .write_all(answer.as_bytes())
         .expect("type the answer");
-    util::Run::from(child.wait_with_output().expect("wait"))
+    Run::from(child.wait_with_output().expect("wait"))
 }
 
 #[test]

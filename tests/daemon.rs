@@ -2,12 +2,10 @@
 //! freezes on a bad file without destroying anything, heals drift at resync, never destroys
 //! without --prune, holds large prunes, reloads on SIGHUP and exits 0 on SIGTERM.
 
-mod util;
-
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use util::{Workspace, database_yaml, pg, server_yaml, unique};
+use tend_test_support::{Workspace, database_yaml, exists, owner_of, pg, server_yaml, unique};
 
 struct Daemon {
     child: Child,
@@ -100,12 +98,12 @@ fn http_get(addr: &str, path: &str) -> String {
 }
 
 async fn db_exists(name: &str) -> bool {
-    util::exists("db", name).await
+    exists("db", name).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_daemon_converges_freezes_on_bad_input_heals_drift_and_stops_cleanly() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let (a, ra, b, rb) = (
         unique("tend_da_"),
         unique("tend_ua_"),
@@ -147,7 +145,7 @@ async fn the_daemon_converges_freezes_on_bad_input_heals_drift_and_stops_cleanly
     eventually("owner drift healed", &d, || {
         let b = b.clone();
         let rb = rb.clone();
-        async move { util::owner_of(&b).await == rb }
+        async move { owner_of(&b).await == rb }
     })
     .await;
 
@@ -165,7 +163,7 @@ async fn the_daemon_converges_freezes_on_bad_input_heals_drift_and_stops_cleanly
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prune_destroys_removed_resources_but_holds_a_large_prune() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let names: Vec<(String, String)> = (0..3)
         .map(|_| (unique("tend_dp_"), unique("tend_up_")))
         .collect();
@@ -206,7 +204,7 @@ async fn prune_destroys_removed_resources_but_holds_a_large_prune() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_talks_to_a_running_daemon_through_its_socket() {
     use std::os::unix::fs::PermissionsExt;
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let (db, role) = (unique("tend_dc_"), unique("tend_uc_"));
     w.write("server.yaml", &server_yaml());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -335,7 +333,7 @@ fn git(dir: &std::path::Path, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_source_git_only_committed_manifests_are_applied_and_runs_record_the_revision() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let (db, role) = (unique("tend_dg_"), unique("tend_ug_"));
     git(&w.manifests, &["init", "-q", "-b", "main"]);
     w.write("server.yaml", &server_yaml());
@@ -382,7 +380,7 @@ async fn with_source_git_only_committed_manifests_are_applied_and_runs_record_th
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_checkout_of_500_files_is_one_reload() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     git(&w.manifests, &["init", "-q", "-b", "main"]);
     w.write("server.yaml", &server_yaml());
     git(&w.manifests, &["add", "."]);
@@ -427,7 +425,7 @@ async fn a_checkout_of_500_files_is_one_reload() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_or_kill_9_during_a_blocked_action_leaves_state_that_the_next_start_converges() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let (db, role) = (unique("tend_ds_"), unique("tend_us_"));
     w.write("server.yaml", &server_yaml());
     w.write(
@@ -515,7 +513,7 @@ async fn sigterm_during_a_refresh_that_hangs_exits_at_once() {
         }
     });
     let nomad = tend_nomad_double::NomadDouble::start();
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let manifest = |address: &str| {
         format!(
             "apiVersion: tend/v1\nkind: Credential\nmetadata: {{name: nomad}}\nspec: {{provider: nomad, data: {{address: \"{address}\"}}}}\n---\napiVersion: tend/v1\nkind: NomadJob\nmetadata: {{name: web}}\nspec:\n  job:\n    Datacenters: [dc1]\n    TaskGroups:\n      - Name: app\n        Tasks:\n          - {{Name: app, Driver: docker, Config: {{image: \"app:1\"}}}}\n"
@@ -547,7 +545,7 @@ async fn sigterm_during_a_refresh_that_hangs_exits_at_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_resource_is_retried_with_backoff_then_stalls_until_the_manifest_changes() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let (ok_db, ok_role, bad_db, role) = (
         unique("tend_dr_"),
         unique("tend_ur_"),

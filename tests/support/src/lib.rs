@@ -1,27 +1,33 @@
-//! Test support shared by the integration tests: a temporary workspace (manifests + state
-//! dirs), a builder that runs the real `tend` binary in it, and the PostgreSQL connection that
-//! `scripts/test` provides through the PG* variables. A test that needs PostgreSQL panics when
-//! it is missing: it never skips.
+//! Test support shared by the integration tests (and, in [`bench`], the benches): a temporary
+//! workspace (manifests + state dirs) with a builder that runs the real `tend` binary in it,
+//! assertions on a run's output, and the PostgreSQL connection that `scripts/test` provides
+//! through the PG* variables. A test that needs PostgreSQL panics when it is missing: it never
+//! skips. Must not know tend's internals: it drives the binary and the server, nothing else.
 
-#![allow(dead_code)]
+pub mod bench;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub struct Workspace {
+    /// The `tend` binary under test.
+    pub tend: PathBuf,
     pub dir: tempfile::TempDir,
     pub manifests: PathBuf,
     pub state: PathBuf,
 }
 
 impl Workspace {
-    pub fn new() -> Self {
+    /// A fresh workspace running `tend`, the test crate's `env!("CARGO_BIN_EXE_tend")` (Cargo sets
+    /// it only for the package's own integration tests and benches, not for this library).
+    pub fn new(tend: impl Into<PathBuf>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let manifests = dir.path().join("manifests");
         let state = dir.path().join("state");
         std::fs::create_dir_all(&manifests).expect("manifests dir");
         Workspace {
+            tend: tend.into(),
             dir,
             manifests,
             state,
@@ -42,7 +48,7 @@ impl Workspace {
 
     /// A `tend` command with this workspace's dirs.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tend"));
+        let mut c = Command::new(&self.tend);
         c.arg("--manifests")
             .arg(&self.manifests)
             .arg("--state")
@@ -105,6 +111,45 @@ impl Run {
     pub fn all(&self) -> String {
         format!("{}{}", self.stdout, self.stderr)
     }
+}
+
+/// The run's output (stdout or stderr) holds `needle`.
+#[track_caller]
+pub fn assert_has(r: &Run, needle: &str) {
+    assert!(
+        r.all().contains(needle),
+        "expected {needle:?} in:\nstdout:\n{}\nstderr:\n{}",
+        r.stdout,
+        r.stderr
+    );
+}
+
+/// The run's output (stdout and stderr) lacks `needle`.
+#[track_caller]
+pub fn assert_lacks(r: &Run, needle: &str) {
+    assert!(
+        !r.all().contains(needle),
+        "did not expect {needle:?} in:\nstdout:\n{}\nstderr:\n{}",
+        r.stdout,
+        r.stderr
+    );
+}
+
+/// Some line holds every part, in order (plan fields are padded to a common width).
+#[track_caller]
+pub fn assert_line(r: &Run, parts: &[&str]) {
+    let all = r.all();
+    let found = all.lines().any(|l| {
+        let mut rest = l;
+        parts.iter().all(|p| match rest.find(p) {
+            Some(i) => {
+                rest = &rest[i + p.len()..];
+                true
+            }
+            None => false,
+        })
+    });
+    assert!(found, "expected a line with {parts:?} in:\n{all}");
 }
 
 /// The PostgreSQL server the tests run against.
