@@ -217,38 +217,15 @@ fn a_second_process_gets_a_clear_lock_error() {
     );
 }
 
-/// Run tend on a pseudo-terminal (util-linux `script`), typing `answer` at the prompt.
-pub fn on_a_tty(w: &Workspace, args: &str, answer: &str) -> Run {
-    use std::io::Write;
-    let cmd = format!(
-        "{} --manifests {} --state {} {args}",
-        env!("CARGO_BIN_EXE_tend"),
-        w.manifests.display(),
-        w.state.display()
-    );
-    let mut child = std::process::Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .env("TEND_CLI_TEST_PW", "pw-not-for-output")
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("script(1) from util-linux");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(answer.as_bytes())
-        .expect("type the answer");
-    Run::from(child.wait_with_output().expect("wait"))
-}
-
 #[test]
 fn on_a_terminal_apply_asks_and_anything_but_yes_cancels() {
     let w = ws();
     w.write("dbs.yaml", &db("one"));
-    let r = on_a_tty(&w, "apply", "no\n");
+    let r = w.on_a_tty(
+        "apply",
+        "no\n",
+        &[("TEND_CLI_TEST_PW", "pw-not-for-output")],
+    );
     assert!(
         r.stdout.contains("Only 'yes' will be accepted"),
         "{}",

@@ -361,14 +361,7 @@ async fn with_source_git_only_committed_manifests_are_applied_and_runs_record_th
         "{}",
         r.stdout
     );
-    let id = w
-        .run(&["runs", "list"])
-        .ok()
-        .stdout
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let id = w.run(&["runs", "list"]).ok().first_word();
     let r = w.run(&["runs", "show", &id]).ok();
     assert!(
         r.stdout.contains(&head),

@@ -199,13 +199,7 @@ async fn secrets_never_reach_output_logs_run_records_or_state_bytes() {
     seen += &trace(&["state", "export"]);
     seen += &trace(&["state", "export", "--include-secrets"]);
     seen += &trace(&["runs", "list"]);
-    let run_id = w
-        .run(&["runs", "list"])
-        .stdout
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let run_id = w.run(&["runs", "list"]).first_word();
     seen += &trace(&["runs", "show", &run_id]);
     let generated = password_in_state(&w, "a");
     let admin_pw = pg().password;
@@ -259,31 +253,11 @@ async fn a_saved_plan_applies_and_a_terminal_yes_approves() {
     assert_eq!(w.run(&["apply", file]).code, 1);
 
     w.write("db2.yaml", &database_yaml("b", &db2, &role2, ""));
-    let cmd = format!(
-        "{} --manifests {} --state {} apply",
-        env!("CARGO_BIN_EXE_tend"),
-        w.manifests.display(),
-        w.state.display()
-    );
-    let mut child = std::process::Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("script(1)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"yes\n")
-        .expect("type yes");
-    let out = child.wait_with_output().expect("wait");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let r = w.on_a_tty("apply", "yes\n", &[]).ok();
     assert!(
-        text.contains("Apply complete! Resources: 1 added"),
-        "{text}"
+        r.stdout.contains("Apply complete! Resources: 1 added"),
+        "{}",
+        r.stdout
     );
     assert!(exists("db", &db2).await);
 }

@@ -292,14 +292,7 @@ fn a_no_op_reapply_runs_no_up_and_a_spec_change_is_an_update() {
         .filter(|l| l.starts_with("DigitalOceanDatabaseCluster.main: ") && !l.contains("Creat"))
         .collect();
     assert!(!shown.is_empty(), "no pulumi output in:\n{}", r.stdout);
-    let id = f
-        .tend(&["runs", "list"])
-        .ok()
-        .stdout
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let id = f.tend(&["runs", "list"]).ok().first_word();
     let run: serde_json::Value =
         serde_json::from_str(&f.tend(&["runs", "show", &id]).ok().stdout).expect("run json");
     let tail = run["output_tail"].as_array().cloned().unwrap_or_default();

@@ -63,6 +63,34 @@ impl Workspace {
         Run::from(self.cmd(args).output().expect("run tend"))
     }
 
+    /// `tend` with this workspace's dirs and `args` (split by the shell) on a pseudo-terminal
+    /// (util-linux `script`), with `env` set, typing `answer` at the prompt.
+    pub fn on_a_tty(&self, args: &str, answer: &str, env: &[(&str, &str)]) -> Run {
+        use std::io::Write;
+        let cmd = format!(
+            "{} --manifests {} --state {} {args}",
+            self.tend.display(),
+            self.manifests.display(),
+            self.state.display()
+        );
+        let mut child = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .envs(env.iter().copied())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("script(1) from util-linux");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(answer.as_bytes())
+            .expect("type the answer");
+        Run::from(child.wait_with_output().expect("wait"))
+    }
+
     /// Every byte under the state dir, for leak checks.
     pub fn state_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -110,6 +138,14 @@ impl Run {
     }
     pub fn all(&self) -> String {
         format!("{}{}", self.stdout, self.stderr)
+    }
+    /// The first word of stdout: for `runs list`, the newest run's id.
+    pub fn first_word(&self) -> String {
+        self.stdout
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
