@@ -3,23 +3,17 @@
 //! when the daemon logs that the update started. Target (issue 6): p50 ≤ 300 ms (the debounce
 //! alone is 200 ms). Needs PG* (run through scripts/bench).
 
-mod support;
+use tend_test_support::bench;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 fn main() {
-    let edits = if support::full() { 100 } else { 3 };
-    for k in ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD"] {
-        assert!(
-            std::env::var(k).is_ok(),
-            "{k} is not set: run through scripts/bench (or scripts/test)"
-        );
-    }
+    let edits = if bench::full() { 100 } else { 3 };
+    bench::require_pg();
     let tmp = tempfile::tempdir().expect("temp dir");
-    let server = "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: pg}\nspec:\n  provider: postgres\n  data:\n    host: {fromEnv: PGHOST}\n    port: {fromEnv: PGPORT}\n    user: {fromEnv: PGUSER}\n    password: {fromEnv: PGPASSWORD}\n---\napiVersion: tend/v1\nkind: PostgresServer\nmetadata: {name: main}\nspec: {sslmode: disable}\n";
     let prefix = format!("bl{}", std::process::id());
-    let manifests = support::write_databases(tmp.path(), 1, &prefix, server);
+    let manifests = bench::write_databases(tmp.path(), 1, &prefix, bench::PG_SERVER_YAML);
     let state = tmp.path().join("state");
     let db = |limit: u32| {
         format!(
@@ -29,11 +23,16 @@ fn main() {
     let file = manifests.join("tenants-000.yaml");
     std::fs::write(&file, db(1)).expect("write");
     let log_path = tmp.path().join("daemon.log");
-    let mut child = support::tend(&manifests, &state, &["daemon", "--resync", "1h"])
-        .stderr(Stdio::from(std::fs::File::create(&log_path).expect("log")))
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("daemon");
+    let mut child = bench::tend(
+        env!("CARGO_BIN_EXE_tend"),
+        &manifests,
+        &state,
+        &["daemon", "--resync", "1h"],
+    )
+    .stderr(Stdio::from(std::fs::File::create(&log_path).expect("log")))
+    .stdout(Stdio::null())
+    .spawn()
+    .expect("daemon");
     let count = |needle: &str| {
         std::fs::read_to_string(&log_path)
             .unwrap_or_default()
@@ -70,14 +69,5 @@ fn main() {
         pct(0.99).as_secs_f64() * 1000.0,
         latencies[latencies.len() - 1].as_secs_f64() * 1000.0
     );
-    let cleanup =
-        format!("DROP DATABASE IF EXISTS {prefix}_org_0;\nDROP ROLE IF EXISTS {prefix}_user_0;\n");
-    let sql = tmp.path().join("cleanup.sql");
-    std::fs::write(&sql, cleanup).expect("write");
-    support::time(
-        std::process::Command::new("psql")
-            .args(["-X", "-q", "-d", "postgres", "-f"])
-            .arg(&sql),
-        0,
-    );
+    bench::drop_databases(tmp.path(), &[&prefix], 1);
 }

@@ -6,10 +6,7 @@
 //! interval (default 1m: 5× the daemon's default rate, so an hour is 60 full refreshes). Under
 //! `cargo test` it runs 40 resources for a few seconds. Needs PG* (run through scripts/bench).
 
-mod support;
-
-#[path = "../tests/util/nomad.rs"]
-mod nomad;
+use tend_test_support::bench;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -17,7 +14,7 @@ use std::time::{Duration, Instant};
 const DATABASES: usize = 20;
 
 fn main() {
-    let full = support::full();
+    let full = bench::full();
     let (jobs, databases) = if full {
         (10_000 - DATABASES, DATABASES)
     } else {
@@ -44,21 +41,17 @@ fn main() {
     } else {
         Duration::from_millis(250)
     };
-    for k in ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD"] {
-        assert!(
-            std::env::var(k).is_ok(),
-            "{k} is not set: run through scripts/bench (or scripts/test)"
-        );
-    }
+    bench::require_pg();
 
-    let double = nomad::NomadDouble::start();
+    let double = tend_nomad_double::NomadDouble::start();
     let tmp = tempfile::tempdir().expect("temp dir");
     let prefix = format!("br{}", std::process::id());
     let server = format!(
-        "apiVersion: tend/v1\nkind: Credential\nmetadata: {{name: pg}}\nspec:\n  provider: postgres\n  data:\n    host: {{fromEnv: PGHOST}}\n    port: {{fromEnv: PGPORT}}\n    user: {{fromEnv: PGUSER}}\n    password: {{fromEnv: PGPASSWORD}}\n---\napiVersion: tend/v1\nkind: PostgresServer\nmetadata: {{name: main}}\nspec: {{sslmode: disable}}\n---\napiVersion: tend/v1\nkind: Credential\nmetadata: {{name: nomad}}\nspec: {{provider: nomad, data: {{address: \"{}\"}}}}\n",
+        "{}---\napiVersion: tend/v1\nkind: Credential\nmetadata: {{name: nomad}}\nspec: {{provider: nomad, data: {{address: \"{}\"}}}}\n",
+        bench::PG_SERVER_YAML,
         double.address()
     );
-    let manifests = support::write_databases(tmp.path(), databases, &prefix, &server);
+    let manifests = bench::write_databases(tmp.path(), databases, &prefix, &server);
     for chunk in 0..jobs.div_ceil(100) {
         let mut text = String::new();
         for i in chunk * 100..((chunk + 1) * 100).min(jobs) {
@@ -71,11 +64,16 @@ fn main() {
     let state = tmp.path().join("state");
     let log_path = tmp.path().join("daemon.log");
     let started = Instant::now();
-    let mut child = support::tend(&manifests, &state, &["daemon", "--resync", &resync])
-        .stderr(Stdio::from(std::fs::File::create(&log_path).expect("log")))
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("daemon");
+    let mut child = bench::tend(
+        env!("CARGO_BIN_EXE_tend"),
+        &manifests,
+        &state,
+        &["daemon", "--resync", &resync],
+    )
+    .stderr(Stdio::from(std::fs::File::create(&log_path).expect("log")))
+    .stdout(Stdio::null())
+    .spawn()
+    .expect("daemon");
     let pid = child.id();
     let count = |needle: &str| {
         std::fs::read_to_string(&log_path)
@@ -178,18 +176,5 @@ fn main() {
         std::fs::write(&path, format!("seconds\trss_mib\tresyncs\n{text}")).expect("samples");
     }
 
-    let mut cleanup = String::new();
-    for i in 0..databases {
-        cleanup.push_str(&format!(
-            "DROP DATABASE IF EXISTS {prefix}_org_{i};\nDROP ROLE IF EXISTS {prefix}_user_{i};\n"
-        ));
-    }
-    let sql = tmp.path().join("cleanup.sql");
-    std::fs::write(&sql, cleanup).expect("write");
-    support::time(
-        std::process::Command::new("psql")
-            .args(["-X", "-q", "-d", "postgres", "-f"])
-            .arg(&sql),
-        0,
-    );
+    bench::drop_databases(tmp.path(), &[&prefix], databases);
 }

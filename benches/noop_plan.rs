@@ -5,7 +5,7 @@
 //! State is seeded through the library exactly as an apply would record it (a real apply of
 //! 10,000 databases would need ~75 GB of disk), then the real binary plans against it.
 
-mod support;
+use tend_test_support::bench;
 
 use tend::address::Kind;
 use tend::desired::Resolver;
@@ -15,15 +15,11 @@ use tend::value::Value;
 const SERVER: &str = "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: pg}\nspec:\n  provider: postgres\n  data: {host: db.example.internal, port: 5432, user: admin, password: {fromFile: admin.password}}\n---\napiVersion: tend/v1\nkind: PostgresServer\nmetadata: {name: main}\nspec: {sslmode: require}\n";
 
 fn main() {
-    let (n, runs) = if support::full() {
-        (10_000, 5)
-    } else {
-        (200, 1)
-    };
+    let (n, runs) = if bench::full() { (10_000, 5) } else { (200, 1) };
     let keep = std::env::var("BENCH_KEEP").is_ok();
     let tmp = tempfile::tempdir().expect("temp dir");
     let tmp_path = tmp.path().to_path_buf();
-    let manifests = support::write_databases(tmp.path(), n, "bench", SERVER);
+    let manifests = bench::write_databases(tmp.path(), n, "bench", SERVER);
     let state = tmp.path().join("state");
 
     let seeded = std::time::Instant::now();
@@ -67,8 +63,9 @@ fn main() {
 
     let mut times = Vec::new();
     for _ in 0..runs {
-        times.push(support::time(
-            &mut support::tend(
+        times.push(bench::time(
+            &mut bench::tend(
+                env!("CARGO_BIN_EXE_tend"),
                 &manifests,
                 &state,
                 &["plan", "--refresh=false", "--detailed-exitcode"],
@@ -76,11 +73,11 @@ fn main() {
             0,
         ));
     }
-    let rss = support::children_max_rss_mib();
+    let rss = bench::children_max_rss_mib();
     let best = times.iter().min().copied().unwrap_or_default();
     println!(
         "noop_plan: {n} resources, {runs} runs: median {:.3}s, best {:.3}s, peak RSS {rss:.0} MiB (target ≤ 1.0 s, ≤ 150 MB)",
-        support::median(times).as_secs_f64(),
+        bench::median(times).as_secs_f64(),
         best.as_secs_f64()
     );
     if keep {

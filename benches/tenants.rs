@@ -8,10 +8,7 @@
 //! first, each timed step starting after a CHECKPOINT and a `sync` on a cluster without the
 //! other's databases (dropped, untimed); medians are compared.
 
-mod support;
-
-#[path = "../tests/util/nomad.rs"]
-mod nomad;
+use tend_test_support::bench;
 
 use std::path::Path;
 use std::process::Command;
@@ -24,19 +21,14 @@ struct Round {
 }
 
 fn main() {
-    let full = support::full();
+    let full = bench::full();
     let n: usize = if full { 500 } else { 3 };
     let rounds: usize = match std::env::var("BENCH_ROUNDS") {
         Ok(v) if full => v.parse().expect("BENCH_ROUNDS is a number"),
         _ if full => 3,
         _ => 1,
     };
-    for k in ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD"] {
-        assert!(
-            std::env::var(k).is_ok(),
-            "{k} is not set: run through scripts/bench (or scripts/test)"
-        );
-    }
+    bench::require_pg();
     let tmp = tempfile::tempdir().expect("temp dir");
     let pid = std::process::id();
     let (p, t) = (format!("tsp{pid}"), format!("tst{pid}"));
@@ -71,23 +63,28 @@ fn main() {
         // on a cluster without the other's (CREATE DATABASE slows as pg_database grows).
         let run_script = || {
             checkpoint();
-            let took = support::time(
+            let took = bench::time(
                 Command::new("psql")
                     .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-f"])
                     .arg(&script),
                 0,
             );
-            drop_all(tmp.path(), &[&p], n);
+            bench::drop_databases(tmp.path(), &[&p], n);
             took
         };
         // A fresh Nomad double and state each round: tend starts from nothing.
-        let double = nomad::NomadDouble::start();
+        let double = tend_nomad_double::NomadDouble::start();
         write_base(&manifests, &t, &double.address());
         let state = tmp.path().join(format!("state-{round}"));
         let apply = || {
             checkpoint();
-            support::time(
-                &mut support::tend(&manifests, &state, &["apply", "--auto-approve"]),
+            bench::time(
+                &mut bench::tend(
+                    env!("CARGO_BIN_EXE_tend"),
+                    &manifests,
+                    &state,
+                    &["apply", "--auto-approve"],
+                ),
                 0,
             )
         };
@@ -99,7 +96,7 @@ fn main() {
         } else {
             let tend = apply();
             let reapply = apply();
-            drop_all(tmp.path(), &[&t], n);
+            bench::drop_databases(tmp.path(), &[&t], n);
             (run_script(), tend, reapply)
         };
         assert_eq!(
@@ -128,10 +125,10 @@ fn main() {
             );
             return;
         }
-        drop_all(tmp.path(), &[&t], n);
+        bench::drop_databases(tmp.path(), &[&t], n);
     }
 
-    let median = |f: fn(&Round) -> Duration| support::median(results.iter().map(f).collect());
+    let median = |f: fn(&Round) -> Duration| bench::median(results.iter().map(f).collect());
     let (tend, psql, reapply) = (
         median(|r| r.tend),
         median(|r| r.psql),
@@ -151,7 +148,8 @@ fn write_base(manifests: &Path, t: &str, nomad: &str) {
     std::fs::write(
         manifests.join("base.yaml"),
         format!(
-            "apiVersion: tend/v1\nkind: Credential\nmetadata: {{name: pg}}\nspec:\n  provider: postgres\n  data:\n    host: {{fromEnv: PGHOST}}\n    port: {{fromEnv: PGPORT}}\n    user: {{fromEnv: PGUSER}}\n    password: {{fromEnv: PGPASSWORD}}\n---\napiVersion: tend/v1\nkind: PostgresServer\nmetadata: {{name: main}}\nspec: {{sslmode: disable}}\n---\napiVersion: tend/v1\nkind: Credential\nmetadata: {{name: nomad}}\nspec: {{provider: nomad, data: {{address: \"{nomad}\"}}}}\n---\napiVersion: tend/v1\nkind: TenantTemplate\nmetadata: {{name: app}}\nspec:\n  server: main\n  database: \"{t}_org_{{org_id}}\"\n  owner: \"{t}_user_{{org_id}}\"\n  tiers: {{standard: {{count: 1, cpu: 100, memory_mb: 128}}}}\n  job:\n    Datacenters: [dc1]\n    TaskGroups:\n      - Name: app\n        Tasks:\n          - {{Name: app, Driver: docker, Config: {{image: \"app:{{version}}\"}}}}\n"
+            "{}---\napiVersion: tend/v1\nkind: Credential\nmetadata: {{name: nomad}}\nspec: {{provider: nomad, data: {{address: \"{nomad}\"}}}}\n---\napiVersion: tend/v1\nkind: TenantTemplate\nmetadata: {{name: app}}\nspec:\n  server: main\n  database: \"{t}_org_{{org_id}}\"\n  owner: \"{t}_user_{{org_id}}\"\n  tiers: {{standard: {{count: 1, cpu: 100, memory_mb: 128}}}}\n  job:\n    Datacenters: [dc1]\n    TaskGroups:\n      - Name: app\n        Tasks:\n          - {{Name: app, Driver: docker, Config: {{image: \"app:{{version}}\"}}}}\n",
+            bench::PG_SERVER_YAML
         ),
     )
     .expect("write");
@@ -161,29 +159,9 @@ fn write_base(manifests: &Path, t: &str, nomad: &str) {
 /// the writeback of the gigabytes the previous step's CREATE DATABASEs left in the page cache
 /// (the throwaway cluster runs with fsync off, so only `sync` flushes them). Not timed.
 fn checkpoint() {
-    support::time(
+    bench::time(
         Command::new("psql").args(["-X", "-q", "-d", "postgres", "-c", "CHECKPOINT"]),
         0,
     );
-    support::time(&mut Command::new("sync"), 0);
-}
-
-/// Drop what the script and tend created (not timed).
-fn drop_all(dir: &Path, prefixes: &[&str], n: usize) {
-    let mut sql = String::new();
-    for pre in prefixes {
-        for i in 0..n {
-            sql.push_str(&format!(
-                "DROP DATABASE IF EXISTS {pre}_org_{i};\nDROP ROLE IF EXISTS {pre}_user_{i};\n"
-            ));
-        }
-    }
-    let cleanup = dir.join("cleanup.sql");
-    std::fs::write(&cleanup, sql).expect("write cleanup");
-    support::time(
-        Command::new("psql")
-            .args(["-X", "-q", "-d", "postgres", "-f"])
-            .arg(&cleanup),
-        0,
-    );
+    bench::time(&mut Command::new("sync"), 0);
 }

@@ -1,9 +1,7 @@
 //! The binary on bad input and on plans that need no server: every error names
 //! file:line:col, exits 1, and nothing destructive is planned while any file fails to load.
 
-mod util;
-
-use util::Workspace;
+use tend_test_support::{Run, Workspace};
 
 const CRED: &str = "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: pg}\nspec:\n  provider: postgres\n  data: {host: localhost, user: admin, password: {fromEnv: TEND_CLI_TEST_PW}}\n---\napiVersion: tend/v1\nkind: PostgresServer\nmetadata: {name: main}\nspec: {}\n";
 
@@ -14,13 +12,13 @@ fn db(name: &str) -> String {
 }
 
 fn ws() -> Workspace {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     w.write("server.yaml", CRED);
     w
 }
 
-fn tend(w: &Workspace, args: &[&str]) -> util::Run {
-    util::Run::from(
+fn tend(w: &Workspace, args: &[&str]) -> Run {
+    Run::from(
         w.cmd(args)
             .env("TEND_CLI_TEST_PW", "pw-not-for-output")
             .output()
@@ -219,32 +217,15 @@ fn a_second_process_gets_a_clear_lock_error() {
     );
 }
 
-/// Run tend on a pseudo-terminal (util-linux `script`), typing `answer` at the prompt.
-pub fn on_a_tty(w: &Workspace, args: &str, answer: &str) -> util::Run {
-    use std::io::Write;
-    let mut child = w
-        .on_a_tty(args)
-        .env("TEND_CLI_TEST_PW", "pw-not-for-output")
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("script(1) from util-linux");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(answer.as_bytes())
-        .expect("type the answer");
-    util::Run::from(child.wait_with_output().expect("wait"))
-}
-
 #[test]
 fn on_a_terminal_apply_asks_and_anything_but_yes_cancels() {
     let w = ws();
     w.write("dbs.yaml", &db("one"));
-    let r = on_a_tty(&w, "apply", "no\n");
+    let r = w.on_a_tty(
+        "apply",
+        "no\n",
+        &[("TEND_CLI_TEST_PW", "pw-not-for-output")],
+    );
     assert!(
         r.stdout.contains("Only 'yes' will be accepted"),
         "{}",

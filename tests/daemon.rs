@@ -2,12 +2,10 @@
 //! freezes on a bad file without destroying anything, heals drift at resync, never destroys
 //! without --prune, holds large prunes, reloads on SIGHUP and exits 0 on SIGTERM.
 
-mod util;
-
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use util::{Workspace, database_yaml, pg, server_yaml, unique};
+use tend_test_support::{Workspace, database_yaml, exists, owner_of, pg, server_yaml, unique};
 
 struct Daemon {
     child: Child,
@@ -100,12 +98,12 @@ fn http_get(addr: &str, path: &str) -> String {
 }
 
 async fn db_exists(name: &str) -> bool {
-    util::exists("db", name).await
+    exists("db", name).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_daemon_converges_freezes_on_bad_input_heals_drift_and_stops_cleanly() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let (a, ra, b, rb) = (
         unique("tend_da_"),
         unique("tend_ua_"),
@@ -147,7 +145,7 @@ async fn the_daemon_converges_freezes_on_bad_input_heals_drift_and_stops_cleanly
     eventually("owner drift healed", &d, || {
         let b = b.clone();
         let rb = rb.clone();
-        async move { util::owner_of(&b).await == rb }
+        async move { owner_of(&b).await == rb }
     })
     .await;
 
@@ -165,7 +163,7 @@ async fn the_daemon_converges_freezes_on_bad_input_heals_drift_and_stops_cleanly
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prune_destroys_removed_resources_but_holds_a_large_prune() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let names: Vec<(String, String)> = (0..3)
         .map(|_| (unique("tend_dp_"), unique("tend_up_")))
         .collect();
@@ -206,7 +204,7 @@ async fn prune_destroys_removed_resources_but_holds_a_large_prune() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_talks_to_a_running_daemon_through_its_socket() {
     use std::os::unix::fs::PermissionsExt;
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let (db, role) = (unique("tend_dc_"), unique("tend_uc_"));
     w.write("server.yaml", &server_yaml());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -317,7 +315,7 @@ async fn the_cli_talks_to_a_running_daemon_through_its_socket() {
 /// `tend ARGS` on a pseudo-terminal with colour allowed; what the terminal showed.
 fn on_a_terminal(w: &Workspace, args: &str) -> String {
     let out = w
-        .on_a_tty(args)
+        .tty_cmd(args)
         .env_remove("NO_COLOR")
         .stdin(Stdio::null())
         .output()
@@ -328,7 +326,7 @@ fn on_a_terminal(w: &Workspace, args: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plan_through_the_daemon_is_the_local_plan_rendered_by_the_cli() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let (db, role) = (unique("tend_dp_"), unique("tend_up_"));
     w.write("server.yaml", &server_yaml());
     w.write("db.yaml", &database_yaml("a", &db, &role, ""));
@@ -401,7 +399,7 @@ async fn a_plan_through_the_daemon_is_the_local_plan_rendered_by_the_cli() {
         "{}",
         r.stdout
     );
-    assert!(util::exists("db", &db).await);
+    assert!(exists("db", &db).await);
     let in_sync = plans(&w);
     assert_eq!(in_sync.2, 0, "no changes: {}", in_sync.3);
     let runs = w.run(&["runs", "list"]).ok().stdout;
@@ -438,7 +436,7 @@ fn git(dir: &std::path::Path, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_source_git_only_committed_manifests_are_applied_and_runs_record_the_revision() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let (db, role) = (unique("tend_dg_"), unique("tend_ug_"));
     git(&w.manifests, &["init", "-q", "-b", "main"]);
     w.write("server.yaml", &server_yaml());
@@ -466,14 +464,7 @@ async fn with_source_git_only_committed_manifests_are_applied_and_runs_record_th
         "{}",
         r.stdout
     );
-    let id = w
-        .run(&["runs", "list"])
-        .ok()
-        .stdout
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let id = w.run(&["runs", "list"]).ok().first_word();
     let r = w.run(&["runs", "show", &id]).ok();
     assert!(
         r.stdout.contains(&head),
@@ -485,7 +476,7 @@ async fn with_source_git_only_committed_manifests_are_applied_and_runs_record_th
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_checkout_of_500_files_is_one_reload() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     git(&w.manifests, &["init", "-q", "-b", "main"]);
     w.write("server.yaml", &server_yaml());
     git(&w.manifests, &["add", "."]);
@@ -530,7 +521,7 @@ async fn a_checkout_of_500_files_is_one_reload() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_or_kill_9_during_a_blocked_action_leaves_state_that_the_next_start_converges() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let (db, role) = (unique("tend_ds_"), unique("tend_us_"));
     w.write("server.yaml", &server_yaml());
     w.write(
@@ -617,8 +608,8 @@ async fn sigterm_during_a_refresh_that_hangs_exits_at_once() {
             keep.lock().expect("lock").push(conn);
         }
     });
-    let nomad = util::nomad::NomadDouble::start();
-    let w = Workspace::new();
+    let nomad = tend_nomad_double::NomadDouble::start();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let manifest = |address: &str| {
         format!(
             "apiVersion: tend/v1\nkind: Credential\nmetadata: {{name: nomad}}\nspec: {{provider: nomad, data: {{address: \"{address}\"}}}}\n---\napiVersion: tend/v1\nkind: NomadJob\nmetadata: {{name: web}}\nspec:\n  job:\n    Datacenters: [dc1]\n    TaskGroups:\n      - Name: app\n        Tasks:\n          - {{Name: app, Driver: docker, Config: {{image: \"app:1\"}}}}\n"
@@ -650,7 +641,7 @@ async fn sigterm_during_a_refresh_that_hangs_exits_at_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_permanent_failure_is_not_retried_until_its_manifest_changes() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let (ok_db, ok_role, bad_db, role) = (
         unique("tend_dr_"),
         unique("tend_ur_"),

@@ -2,13 +2,11 @@
 //! idempotence, drift repair, isolation, secrets, destroy semantics, failure isolation and
 //! crash safety.
 
-mod util;
-
 use std::time::Duration;
 
 use tend::address::Address;
 use tend::state::{SledStore, StateStore, Status};
-use util::{Workspace, database_yaml, exists, owner_of, pg, server_yaml, unique};
+use tend_test_support::{Workspace, database_yaml, exists, owner_of, pg, server_yaml, unique};
 
 /// The generated password of a database resource, read from state with the library.
 fn password_in_state(w: &Workspace, name: &str) -> String {
@@ -24,7 +22,7 @@ fn password_in_state(w: &Workspace, name: &str) -> String {
 
 #[tokio::test]
 async fn apply_converges_and_a_second_plan_has_no_changes() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let (db, role) = (unique("tend_db_"), unique("tend_user_"));
     w.write("server.yaml", &server_yaml());
     w.write(
@@ -77,7 +75,7 @@ async fn apply_converges_and_a_second_plan_has_no_changes() {
 
 #[tokio::test]
 async fn drift_is_planned_and_repaired() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let (db, role) = (unique("tend_db_"), unique("tend_user_"));
     w.write("server.yaml", &server_yaml());
     w.write("db.yaml", &database_yaml("a", &db, &role, ""));
@@ -136,7 +134,7 @@ async fn drift_is_planned_and_repaired() {
 
 #[tokio::test]
 async fn tenants_are_isolated_from_each_other() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let (db_a, role_a, db_b, role_b) = (
         unique("tend_db_"),
         unique("tend_user_"),
@@ -182,7 +180,7 @@ async fn tenants_are_isolated_from_each_other() {
 
 #[tokio::test]
 async fn secrets_never_reach_output_logs_run_records_or_state_bytes() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let (db, role) = (unique("tend_db_"), unique("tend_user_"));
     w.write("server.yaml", &server_yaml());
     w.write("db.yaml", &database_yaml("a", &db, &role, ""));
@@ -201,13 +199,7 @@ async fn secrets_never_reach_output_logs_run_records_or_state_bytes() {
     seen += &trace(&["state", "export"]);
     seen += &trace(&["state", "export", "--include-secrets"]);
     seen += &trace(&["runs", "list"]);
-    let run_id = w
-        .run(&["runs", "list"])
-        .stdout
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let run_id = w.run(&["runs", "list"]).first_word();
     seen += &trace(&["runs", "show", &run_id]);
     let generated = password_in_state(&w, "a");
     let admin_pw = pg().password;
@@ -233,7 +225,7 @@ async fn secrets_never_reach_output_logs_run_records_or_state_bytes() {
 
 #[tokio::test]
 async fn a_saved_plan_applies_and_a_terminal_yes_approves() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let (db, role, db2, role2) = (
         unique("tend_db_"),
         unique("tend_user_"),
@@ -261,38 +253,18 @@ async fn a_saved_plan_applies_and_a_terminal_yes_approves() {
     assert_eq!(w.run(&["apply", file]).code, 1);
 
     w.write("db2.yaml", &database_yaml("b", &db2, &role2, ""));
-    let cmd = format!(
-        "{} --manifests {} --state {} apply",
-        env!("CARGO_BIN_EXE_tend"),
-        w.manifests.display(),
-        w.state.display()
-    );
-    let mut child = std::process::Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("script(1)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"yes\n")
-        .expect("type yes");
-    let out = child.wait_with_output().expect("wait");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let r = w.on_a_tty("apply", "yes\n", &[]).ok();
     assert!(
-        text.contains("Apply complete! Resources: 1 added"),
-        "{text}"
+        r.stdout.contains("Apply complete! Resources: 1 added"),
+        "{}",
+        r.stdout
     );
     assert!(exists("db", &db2).await);
 }
 
 #[tokio::test]
 async fn the_backup_restores_state_with_its_secrets() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let (db, role) = (unique("tend_db_"), unique("tend_user_"));
     w.write("server.yaml", &server_yaml());
     w.write("db.yaml", &database_yaml("a", &db, &role, ""));
@@ -310,7 +282,7 @@ async fn the_backup_restores_state_with_its_secrets() {
 
 #[tokio::test]
 async fn rotation_changes_the_password() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let (db, role) = (unique("tend_db_"), unique("tend_user_"));
     w.write("server.yaml", &server_yaml());
     w.write("db.yaml", &database_yaml("a", &db, &role, ""));
@@ -335,7 +307,7 @@ async fn rotation_changes_the_password() {
 
 #[tokio::test]
 async fn delete_honours_on_delete_and_prevent_destroy() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let names: Vec<(String, String)> = (0..3)
         .map(|_| (unique("tend_db_"), unique("tend_user_")))
         .collect();
@@ -397,7 +369,7 @@ async fn delete_honours_on_delete_and_prevent_destroy() {
 
 #[tokio::test]
 async fn a_failure_blocks_only_its_dependents() {
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let (db_ok, role_ok) = (unique("tend_db_"), unique("tend_user_"));
     let (db_child, db_bad) = (unique("tend_db_"), unique("tend_db_"));
     w.write("server.yaml", &server_yaml());
@@ -448,7 +420,7 @@ async fn a_failure_blocks_only_its_dependents() {
 #[tokio::test]
 async fn kill_9_during_apply_never_loses_a_password_or_leaves_a_duplicate() {
     use rand::Rng;
-    let w = Workspace::new();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let prefix = unique("tend_crash_");
     w.write("server.yaml", &server_yaml());
     let docs: Vec<String> = (0..50)

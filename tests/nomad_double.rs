@@ -1,14 +1,12 @@
-//! Tests of the Nomad HTTP double (`tests/util/nomad.rs`) itself: that it answers like the
+//! Tests of the Nomad HTTP double (`tests/nomad-double`) itself: that it answers like the
 //! Nomad of `shared/reference/nomad-http-api.md`, so tend's Nomad tests can trust it.
 //! A tiny HTTP/1.1 client over `std::net::TcpStream` drives it, as any client would.
-
-mod util;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use serde_json::{Value, json};
-use util::nomad::NomadDouble;
+use tend_nomad_double::NomadDouble;
 
 /// An answer: status, headers (lower-case names), body text.
 struct Resp {

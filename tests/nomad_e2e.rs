@@ -1,12 +1,10 @@
-//! The real `tend` binary against the Nomad HTTP double (`tests/util/nomad.rs`, faithful to
+//! The real `tend` binary against the Nomad HTTP double (`tests/nomad-double`, faithful to
 //! reference/nomad-http-api.md): create, no-op re-apply without a register, update, drift
 //! repair, stop, deregister and purge, secret delivery through a Nomad Variable, and each class
 //! of error (unreachable, 403, invalid job, EnforceIndex conflict, 5xx retried).
 
-mod util;
-
-use util::nomad::NomadDouble;
-use util::{Run, Workspace};
+use tend_nomad_double::NomadDouble;
+use tend_test_support::{Run, Workspace, assert_has};
 
 /// The environment variable the nomad credential's token comes from.
 const TOKEN_VAR: &str = "TEND_E2E_NOMAD_TOKEN";
@@ -30,7 +28,7 @@ impl Fixture {
 
     fn with(nomad: NomadDouble, token: &str) -> Self {
         let f = Fixture {
-            w: Workspace::new(),
+            w: Workspace::new(env!("CARGO_BIN_EXE_tend")),
             nomad,
             token: token.to_owned(),
         };
@@ -114,16 +112,6 @@ fn image_of(job: &serde_json::Value) -> String {
 
 fn version_of(job: &serde_json::Value) -> u64 {
     job["Version"].as_u64().unwrap_or(u64::MAX)
-}
-
-#[track_caller]
-fn assert_has(r: &Run, needle: &str) {
-    assert!(
-        r.all().contains(needle),
-        "expected {needle:?} in:\nstdout:\n{}\nstderr:\n{}",
-        r.stdout,
-        r.stderr
-    );
 }
 
 #[test]

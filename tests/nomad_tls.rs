@@ -4,13 +4,11 @@
 //! would keep what `nomad tls cert create` gives them. A working CA, a missing or foreign CA,
 //! mutual TLS with and without a client certificate, and that the client key is never shown.
 
-mod util;
-
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
-use util::nomad::{NomadDouble, TlsMaterial, TlsMode};
-use util::{Run, Workspace};
+use tend_nomad_double::{NomadDouble, TlsMaterial, TlsMode};
+use tend_test_support::{Run, Workspace, assert_has};
 
 /// The environment variable the nomad credential's token comes from.
 const TOKEN_VAR: &str = "TEND_TLS_NOMAD_TOKEN";
@@ -51,7 +49,7 @@ impl Fixture {
     fn new(mode: TlsMode, keys: Keys) -> Self {
         let (nomad, tls) = NomadDouble::start_tls(mode);
         let f = Fixture {
-            w: Workspace::new(),
+            w: Workspace::new(env!("CARGO_BIN_EXE_tend")),
             nomad,
             tls,
         };
@@ -198,16 +196,6 @@ spec:
             Config: {{image: \"{IMAGE}\"}}
 "
     )
-}
-
-#[track_caller]
-fn assert_has(r: &Run, needle: &str) {
-    assert!(
-        r.all().contains(needle),
-        "expected {needle:?} in:\nstdout:\n{}\nstderr:\n{}",
-        r.stdout,
-        r.stderr
-    );
 }
 
 #[track_caller]

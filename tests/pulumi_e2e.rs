@@ -7,14 +7,12 @@
 //!
 //! The double is built by `cargo build -p tend-pulumi-double` (scripts/test does it).
 
-mod util;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value as J;
-use util::{Run, Workspace};
+use tend_test_support::{Run, Workspace, assert_has, assert_lacks, assert_line};
 
 /// The variable the DigitalOcean credential's token comes from.
 const TOKEN_VAR: &str = "TEND_E2E_DO_TOKEN";
@@ -50,7 +48,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        let w = Workspace::new();
+        let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
         let log = w.dir.path().join("pulumi-double.log");
         let f = Fixture { w, log };
         f.w.write(
@@ -151,43 +149,6 @@ impl Fixture {
             .join("digitalocean-database-cluster")
             .join("main")
     }
-}
-
-#[track_caller]
-fn assert_has(r: &Run, needle: &str) {
-    assert!(
-        r.all().contains(needle),
-        "expected {needle:?} in:\nstdout:\n{}\nstderr:\n{}",
-        r.stdout,
-        r.stderr
-    );
-}
-
-/// Some line holds every part, in order (plan fields are padded to a common width).
-#[track_caller]
-fn assert_line(r: &Run, parts: &[&str]) {
-    let all = r.all();
-    let found = all.lines().any(|l| {
-        let mut rest = l;
-        parts.iter().all(|p| match rest.find(p) {
-            Some(i) => {
-                rest = &rest[i + p.len()..];
-                true
-            }
-            None => false,
-        })
-    });
-    assert!(found, "expected a line with {parts:?} in:\n{all}");
-}
-
-#[track_caller]
-fn assert_lacks(r: &Run, needle: &str) {
-    assert!(
-        !r.all().contains(needle),
-        "did not expect {needle:?} in:\nstdout:\n{}\nstderr:\n{}",
-        r.stdout,
-        r.stderr
-    );
 }
 
 /// A Pulumi YAML program outside the manifests tree (a Pulumi.yaml inside it would be read as a
@@ -331,14 +292,7 @@ fn a_no_op_reapply_runs_no_up_and_a_spec_change_is_an_update() {
         .filter(|l| l.starts_with("DigitalOceanDatabaseCluster.main: ") && !l.contains("Creat"))
         .collect();
     assert!(!shown.is_empty(), "no pulumi output in:\n{}", r.stdout);
-    let id = f
-        .tend(&["runs", "list"])
-        .ok()
-        .stdout
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let id = f.tend(&["runs", "list"]).ok().first_word();
     let run: serde_json::Value =
         serde_json::from_str(&f.tend(&["runs", "show", &id]).ok().stdout).expect("run json");
     let tail = run["output_tail"].as_array().cloned().unwrap_or_default();

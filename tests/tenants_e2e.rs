@@ -3,10 +3,8 @@
 //! in as its own role to its own database only; then stop, start, version bump, tier change and
 //! removal each make exactly the expected calls.
 
-mod util;
-
-use util::nomad::NomadDouble;
-use util::{Workspace, pg, server_yaml, unique};
+use tend_nomad_double::NomadDouble;
+use tend_test_support::{Run, Workspace, pg, server_yaml, unique};
 
 struct Fixture {
     w: Workspace,
@@ -17,7 +15,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let f = Fixture {
-            w: Workspace::new(),
+            w: Workspace::new(env!("CARGO_BIN_EXE_tend")),
             nomad: NomadDouble::start(),
             prefix: unique("tt"),
         };
@@ -46,7 +44,7 @@ impl Fixture {
         );
     }
 
-    fn apply(&self) -> util::Run {
+    fn apply(&self) -> Run {
         self.w.run(&["apply", "--auto-approve"]).ok()
     }
 

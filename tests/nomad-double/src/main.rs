@@ -1,13 +1,10 @@
-//! `nomad-double`: the Nomad HTTP double of tend's tests (`tests/util/nomad.rs`, faithful to
+//! `nomad-double`: the Nomad HTTP double of tend's tests (this crate's library, faithful to
 //! reference/nomad-http-api.md) as a program, so `scripts/example` can run the local tenants
 //! example without a Nomad cluster. Prints its address on the first line of stdout, serves
 //! until SIGTERM or SIGINT. Not a Nomad: nothing is scheduled or run.
 
-#[path = "../../util/nomad.rs"]
-mod nomad;
-
 fn main() {
-    let double = nomad::NomadDouble::start();
+    let double = tend_nomad_double::NomadDouble::start();
     println!("{}", double.address());
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,12 +1,24 @@
-//! Shared bench helpers: timing the real binary, peak RSS of children, and a workspace of
-//! generated manifests. Benches run in full with `cargo bench`; under `cargo test` (no
-//! `--bench` flag) they run a small smoke size so the bench code itself stays tested.
-
-#![allow(dead_code)]
+//! Helpers shared by the benches in `benches/`: timing the real binary, peak RSS of children,
+//! a workspace of generated manifests, the PostgreSQL they need. Benches run in full with
+//! `cargo bench`; under `cargo test` (no `--bench` flag) they run a small smoke size so the
+//! bench code itself stays tested. Must not print figures: each bench reports its own.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// The credential (`pg`, from PG*) and server manifests for the bench PostgreSQL.
+pub const PG_SERVER_YAML: &str = "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: pg}\nspec:\n  provider: postgres\n  data:\n    host: {fromEnv: PGHOST}\n    port: {fromEnv: PGPORT}\n    user: {fromEnv: PGUSER}\n    password: {fromEnv: PGPASSWORD}\n---\napiVersion: tend/v1\nkind: PostgresServer\nmetadata: {name: main}\nspec: {sslmode: disable}\n";
+
+/// Panics unless PG* name the bench PostgreSQL (scripts/bench and scripts/test set them).
+pub fn require_pg() {
+    for k in ["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD"] {
+        assert!(
+            std::env::var(k).is_ok(),
+            "{k} is not set: run through scripts/bench (or scripts/test)"
+        );
+    }
+}
 
 /// True when run by `cargo bench` rather than as a smoke test under `cargo test`.
 pub fn full() -> bool {
@@ -44,9 +56,9 @@ pub fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// A `tend` command on a workspace.
-pub fn tend(manifests: &Path, state: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tend"));
+/// A `tend` command on a workspace; `tend` is the bench's `env!("CARGO_BIN_EXE_tend")`.
+pub fn tend(tend: &str, manifests: &Path, state: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(tend);
     c.arg("--manifests")
         .arg(manifests)
         .arg("--state")
@@ -78,4 +90,26 @@ pub fn write_databases(root: &Path, n: usize, prefix: &str, server_yaml: &str) -
         std::fs::write(dir.join(format!("tenants-{chunk:03}.yaml")), text).expect("write");
     }
     dir
+}
+
+/// Drops the databases `{prefix}_org_{i}` and roles `{prefix}_user_{i}` (i < n) of each prefix
+/// with psql, through a script written in `dir` (not timed).
+pub fn drop_databases(dir: &Path, prefixes: &[impl AsRef<str>], n: usize) {
+    let mut sql = String::new();
+    for pre in prefixes {
+        let pre = pre.as_ref();
+        for i in 0..n {
+            sql.push_str(&format!(
+                "DROP DATABASE IF EXISTS {pre}_org_{i};\nDROP ROLE IF EXISTS {pre}_user_{i};\n"
+            ));
+        }
+    }
+    let cleanup = dir.join("cleanup.sql");
+    std::fs::write(&cleanup, sql).expect("write cleanup");
+    time(
+        Command::new("psql")
+            .args(["-X", "-q", "-d", "postgres", "-f"])
+            .arg(&cleanup),
+        0,
+    );
 }

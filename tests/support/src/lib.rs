@@ -1,27 +1,33 @@
-//! Test support shared by the integration tests: a temporary workspace (manifests + state
-//! dirs), a builder that runs the real `tend` binary in it, and the PostgreSQL connection that
-//! `scripts/test` provides through the PG* variables. A test that needs PostgreSQL panics when
-//! it is missing: it never skips.
+//! Test support shared by the integration tests (and, in [`bench`], the benches): a temporary
+//! workspace (manifests + state dirs) with a builder that runs the real `tend` binary in it,
+//! assertions on a run's output, and the PostgreSQL connection that `scripts/test` provides
+//! through the PG* variables. A test that needs PostgreSQL panics when it is missing: it never
+//! skips. Must not know tend's internals: it drives the binary and the server, nothing else.
 
-#![allow(dead_code)]
+pub mod bench;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub struct Workspace {
+    /// The `tend` binary under test.
+    pub tend: PathBuf,
     pub dir: tempfile::TempDir,
     pub manifests: PathBuf,
     pub state: PathBuf,
 }
 
 impl Workspace {
-    pub fn new() -> Self {
+    /// A fresh workspace running `tend`, the test crate's `env!("CARGO_BIN_EXE_tend")` (Cargo sets
+    /// it only for the package's own integration tests and benches, not for this library).
+    pub fn new(tend: impl Into<PathBuf>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let manifests = dir.path().join("manifests");
         let state = dir.path().join("state");
         std::fs::create_dir_all(&manifests).expect("manifests dir");
         Workspace {
+            tend: tend.into(),
             dir,
             manifests,
             state,
@@ -42,7 +48,7 @@ impl Workspace {
 
     /// A `tend` command with this workspace's dirs.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tend"));
+        let mut c = Command::new(&self.tend);
         c.arg("--manifests")
             .arg(&self.manifests)
             .arg("--state")
@@ -55,10 +61,10 @@ impl Workspace {
 
     /// `tend ARGS` (one shell word list) with this workspace's dirs on a pseudo-terminal
     /// (util-linux `script`), so its stdout is a TTY. Colour is not turned off here.
-    pub fn on_a_tty(&self, args: &str) -> Command {
+    pub fn tty_cmd(&self, args: &str) -> Command {
         let cmd = format!(
             "{} --manifests {} --state {} {args}",
-            env!("CARGO_BIN_EXE_tend"),
+            self.tend.display(),
             self.manifests.display(),
             self.state.display()
         );
@@ -69,6 +75,28 @@ impl Workspace {
 
     pub fn run(&self, args: &[&str]) -> Run {
         Run::from(self.cmd(args).output().expect("run tend"))
+    }
+
+    /// `tend` with this workspace's dirs and `args` (split by the shell) on a pseudo-terminal
+    /// (util-linux `script`), with `env` set, typing `answer` at the prompt.
+    pub fn on_a_tty(&self, args: &str, answer: &str, env: &[(&str, &str)]) -> Run {
+        use std::io::Write;
+        let mut child = self
+            .tty_cmd(args)
+            .envs(env.iter().copied())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("script(1) from util-linux");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(answer.as_bytes())
+            .expect("type the answer");
+        Run::from(child.wait_with_output().expect("wait"))
     }
 
     /// Every byte under the state dir, for leak checks.
@@ -119,6 +147,53 @@ impl Run {
     pub fn all(&self) -> String {
         format!("{}{}", self.stdout, self.stderr)
     }
+    /// The first word of stdout: for `runs list`, the newest run's id.
+    pub fn first_word(&self) -> String {
+        self.stdout
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// The run's output (stdout or stderr) holds `needle`.
+#[track_caller]
+pub fn assert_has(r: &Run, needle: &str) {
+    assert!(
+        r.all().contains(needle),
+        "expected {needle:?} in:\nstdout:\n{}\nstderr:\n{}",
+        r.stdout,
+        r.stderr
+    );
+}
+
+/// The run's output (stdout and stderr) lacks `needle`.
+#[track_caller]
+pub fn assert_lacks(r: &Run, needle: &str) {
+    assert!(
+        !r.all().contains(needle),
+        "did not expect {needle:?} in:\nstdout:\n{}\nstderr:\n{}",
+        r.stdout,
+        r.stderr
+    );
+}
+
+/// Some line holds every part, in order (plan fields are padded to a common width).
+#[track_caller]
+pub fn assert_line(r: &Run, parts: &[&str]) {
+    let all = r.all();
+    let found = all.lines().any(|l| {
+        let mut rest = l;
+        parts.iter().all(|p| match rest.find(p) {
+            Some(i) => {
+                rest = &rest[i + p.len()..];
+                true
+            }
+            None => false,
+        })
+    });
+    assert!(found, "expected a line with {parts:?} in:\n{all}");
 }
 
 /// The PostgreSQL server the tests run against.
@@ -223,4 +298,3 @@ pub fn database_yaml(name: &str, database: &str, owner: &str, extra: &str) -> St
         "---\napiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {{name: {name}}}\nspec:\n  server: main\n  database: {database}\n  owner: {owner}\n{extra}"
     )
 }
-pub mod nomad;
