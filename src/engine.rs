@@ -25,6 +25,9 @@ pub struct PlanOptions {
     pub targets: Vec<Address>,
     /// Concurrent provider reads.
     pub parallelism: usize,
+    /// The deadline of one resource's refresh; `None`: the resource's own action timeout. A
+    /// refresh past it is a warning on that resource, and the plan goes on from state.
+    pub refresh_timeout: Option<std::time::Duration>,
 }
 
 impl Default for PlanOptions {
@@ -33,6 +36,7 @@ impl Default for PlanOptions {
             refresh: true,
             targets: Vec::new(),
             parallelism: 10,
+            refresh_timeout: None,
         }
     }
 }
@@ -131,26 +135,42 @@ pub async fn plan(
                         let rec = sealed.map(|s| store.unseal(s)).transpose()?;
                         let refresh =
                             opts.refresh && desired.connection.is_known() && rec.is_some();
+                        let mut timed_out = None;
                         let obs = if refresh {
-                            match p.observe(&desired, rec.as_ref()).await {
-                                Ok(Some(o)) => Observation::Present(o),
-                                Ok(None) => Observation::Absent,
-                                Err(e) => {
+                            let deadline = opts.refresh_timeout.unwrap_or(desired.timeout);
+                            match tokio::time::timeout(deadline, p.observe(&desired, rec.as_ref()))
+                                .await
+                            {
+                                Ok(Ok(Some(o))) => Observation::Present(o),
+                                Ok(Ok(None)) => Observation::Absent,
+                                Ok(Err(e)) => {
                                     tracing::warn!(address = %desired.address, error = %e, "refresh failed");
+                                    Observation::NotRefreshed
+                                }
+                                Err(_) => {
+                                    tracing::warn!(address = %desired.address, timeout = ?deadline, "refresh timed out");
+                                    timed_out = Some(deadline);
                                     Observation::NotRefreshed
                                 }
                             }
                         } else {
                             Observation::NotRefreshed
                         };
-                        Ok::<_, StateError>((desired, rec, obs))
+                        Ok::<_, StateError>((desired, rec, obs, timed_out))
                     }
                 })
                 .buffer_unordered(opts.parallelism.max(1));
             let mut leaves = Vec::new();
             while let Some(next) = observed.next().await {
-                let (desired, rec, obs) = next?;
-                if let Observation::NotRefreshed = obs
+                let (desired, rec, obs, timed_out) = next?;
+                if let Some(deadline) = timed_out {
+                    plan.timed_out.push(desired.address.clone());
+                    plan.warnings.push(format!(
+                        "could not refresh {}: no answer within {}; planned from state alone",
+                        desired.address,
+                        humantime::format_duration(deadline)
+                    ));
+                } else if let Observation::NotRefreshed = obs
                     && opts.refresh
                     && rec.is_some()
                     && desired.connection.is_known()

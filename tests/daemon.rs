@@ -717,3 +717,86 @@ async fn a_permanent_failure_is_not_retried_until_its_manifest_changes() {
     .await;
     assert_eq!(d.stop(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_never_answers_degrades_the_daemon_but_blocks_no_other_resource() {
+    // A database applied on the real server, then reached through a "PostgreSQL" that accepts
+    // connections and never answers (a SIGSTOPped server looks like this); a Nomad job beside
+    // it on the double. A change to the job must be applied while the database's refresh hangs.
+    let frozen = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let frozen_port = frozen.local_addr().expect("addr").port();
+    let nomad = tend_nomad_double::NomadDouble::start();
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
+    let (db, role) = (unique("tend_fd_"), unique("tend_fdu_"));
+    let job = |image: &str| {
+        format!(
+            "apiVersion: tend/v1\nkind: Credential\nmetadata: {{name: nomad}}\nspec: {{provider: nomad, data: {{address: \"{}\"}}}}\n---\napiVersion: tend/v1\nkind: NomadJob\nmetadata: {{name: web}}\nspec:\n  job:\n    Datacenters: [dc1]\n    TaskGroups:\n      - Name: app\n        Tasks:\n          - {{Name: app, Driver: docker, Config: {{image: \"{image}\"}}}}\n",
+            nomad.address()
+        )
+    };
+    w.write("server.yaml", &server_yaml());
+    w.write("db.yaml", &database_yaml("a", &db, &role, ""));
+    w.write("nomad.yaml", &job("app:1"));
+    w.run(&["apply", "--auto-approve"]).ok();
+    w.write(
+        "server.yaml",
+        &server_yaml().replace(
+            "spec: {sslmode: disable}",
+            &format!("spec: {{sslmode: disable, host: 127.0.0.1, port: {frozen_port}}}"),
+        ),
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start(
+        &w,
+        &[
+            "--resync",
+            "1h",
+            "--refresh-timeout",
+            "1s",
+            "--metrics-addr",
+            &metrics_addr,
+        ],
+    );
+    eventually("the stuck refresh is reported", &d, || {
+        let r = w.run(&["status"]);
+        async move {
+            r.stdout
+                .contains("Refresh timed out (planned from state): PostgresDatabase.a")
+        }
+    })
+    .await;
+    let health = http_get(&metrics_addr, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+    assert!(
+        health.contains("no answer to the refresh of PostgresDatabase.a"),
+        "{health}"
+    );
+
+    w.write("nomad.yaml", &job("app:2"));
+    let image = || {
+        nomad
+            .job("default", "web")
+            .and_then(|j| {
+                j.pointer("/TaskGroups/0/Tasks/0/Config/image")
+                    .and_then(|v| v.as_str().map(str::to_owned))
+            })
+            .unwrap_or_default()
+    };
+    eventually("the job change is applied meanwhile", &d, || {
+        let got = image();
+        async move { got == "app:2" }
+    })
+    .await;
+    assert!(
+        d.log().contains("refresh timed out"),
+        "the log names the stuck refresh: {}",
+        d.log()
+    );
+    assert_eq!(d.stop(), 0);
+    drop(frozen);
+}

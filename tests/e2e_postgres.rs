@@ -494,3 +494,53 @@ async fn kill_9_during_apply_never_loses_a_password_or_leaves_a_duplicate() {
         });
     }
 }
+
+/// A PostgreSQL that accepted the connection and then froze (SIGSTOP): the kernel completes the
+/// TCP handshake, nothing ever answers. The listener is kept open, never accepted from.
+fn frozen_server() -> (std::net::TcpListener, u16) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    (l, port)
+}
+
+#[tokio::test]
+async fn a_refresh_that_gets_no_answer_is_a_warning_within_its_deadline() {
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
+    let (db, role) = (unique("tend_fz_"), unique("tend_fzu_"));
+    w.write("server.yaml", &server_yaml());
+    w.write(
+        "db.yaml",
+        &database_yaml("a", &db, &role, "  timeout: 3s\n"),
+    );
+    w.run(&["apply", "--auto-approve"]).ok();
+
+    // The same database, now reached through a server that never answers (the connection is
+    // not part of the spec: nothing changes but where the refresh goes).
+    let (_frozen, port) = frozen_server();
+    w.write(
+        "server.yaml",
+        &server_yaml().replace(
+            "spec: {sslmode: disable}",
+            &format!("spec: {{sslmode: disable, host: 127.0.0.1, port: {port}}}"),
+        ),
+    );
+    for (args, deadline) in [
+        (vec!["plan", "--refresh-timeout", "1s"], "1s"),
+        (vec!["plan"], "3s"), // the resource's own timeout
+    ] {
+        let started = std::time::Instant::now();
+        let r = w.run(&args);
+        let took = started.elapsed();
+        assert_eq!(r.code, 0, "{}", r.all());
+        assert!(
+            r.all().contains(&format!(
+                "could not refresh PostgresDatabase.a: no answer within {deadline}; planned from state alone"
+            )),
+            "{}",
+            r.all()
+        );
+        assert!(r.stdout.contains("No changes."), "{}", r.stdout);
+        let limit = humantime::parse_duration(deadline).expect("duration") + Duration::from_secs(5);
+        assert!(took < limit, "{args:?} took {took:?}");
+    }
+}

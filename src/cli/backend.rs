@@ -163,6 +163,7 @@ impl Backend for Local {
             refresh: flags.refresh,
             targets: flags.targets.clone(),
             parallelism: flags.parallelism,
+            refresh_timeout: flags.refresh_timeout,
         };
         plan(set, graph, &store, &providers, &opts).await
     }

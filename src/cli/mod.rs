@@ -112,6 +112,9 @@ struct DaemonArgs {
     /// Failed runs in a row after which retries stop until the manifests change.
     #[arg(long, default_value_t = 8)]
     stall_after: u32,
+    /// Deadline of one resource's refresh [default: the resource's own timeout].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    refresh_timeout: Option<Duration>,
     /// Log lines as text or JSON (journald takes either).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -134,6 +137,10 @@ struct PlanFlags {
     /// Concurrent actions.
     #[arg(long, default_value_t = 10)]
     parallelism: usize,
+    /// Deadline of one resource's refresh [default: the resource's own timeout]; past it the
+    /// resource is planned from state, with a warning.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    refresh_timeout: Option<Duration>,
 }
 
 #[derive(Args, Debug)]
@@ -296,6 +303,7 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<Outcome> {
                 source: args.source,
                 retry_base: args.retry_base,
                 stall_after: args.stall_after,
+                refresh_timeout: args.refresh_timeout,
                 manifests: cli.manifests.clone(),
                 resync: args.resync,
                 prune: args.prune,
@@ -467,6 +475,11 @@ async fn status_cmd(
             out.push_str(&format!(
                 "Failed ({class}): {}: {}; {next}\n",
                 f.address, f.error
+            ));
+        }
+        for stuck in &d.stuck {
+            out.push_str(&format!(
+                "Refresh timed out (planned from state): {stuck}\n"
             ));
         }
         for e in &d.load_errors {

@@ -58,6 +58,9 @@ pub struct DaemonStatus {
     /// Resources whose last action failed, with the error's class and their next retry.
     #[serde(default)]
     pub failed: Vec<FailedResource>,
+    /// Resources whose last refresh had no answer within its deadline.
+    #[serde(default)]
+    pub stuck: Vec<String>,
 }
 
 /// A failed resource, as `tend status` shows it.

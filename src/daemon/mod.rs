@@ -64,6 +64,8 @@ pub struct Options {
     pub retry_base: Duration,
     /// Failed runs in a row after which retries stop until the manifests change.
     pub stall_after: u32,
+    /// Deadline of one resource's refresh (`None`: the resource's own timeout).
+    pub refresh_timeout: Option<Duration>,
 }
 
 /// Where manifests are read from.
@@ -382,11 +384,21 @@ impl Daemon {
         }
     }
 
+    /// Set the phase. Resources whose refresh timed out keep an otherwise converged daemon
+    /// `degraded`: it planned them from state and cannot say they are in sync.
     fn phase(&self, phase: &str, summary: String) {
         let phase = phase.to_owned();
         self.update(move |s| {
-            s.phase = phase;
-            s.summary = summary;
+            if phase == "in sync" && !s.stuck.is_empty() {
+                s.phase = "degraded".into();
+                s.summary = format!(
+                    "degraded: no answer to the refresh of {} (planned from state); {summary}",
+                    s.stuck.join(", ")
+                );
+            } else {
+                s.phase = phase;
+                s.summary = summary;
+            }
         });
     }
 
@@ -476,6 +488,7 @@ impl Daemon {
             refresh: true,
             targets: Vec::new(),
             parallelism: self.opts.parallelism,
+            refresh_timeout: self.opts.refresh_timeout,
         };
         // Refreshing only reads, so a shutdown abandons it rather than wait for every
         // observation (a server that hangs could hold SIGTERM for minutes).
@@ -494,6 +507,8 @@ impl Daemon {
                 for w in &plan.warnings {
                     tracing::warn!("{w}");
                 }
+                let stuck: Vec<String> = plan.timed_out.iter().map(ToString::to_string).collect();
+                self.update(|s| s.stuck = stuck);
                 Ok(Some(Prepared { set, graph, plan }))
             }
             Err(e) => {
@@ -1101,6 +1116,7 @@ mod tests {
                         source: Source::Files,
                         retry_base: Duration::from_millis(20),
                         stall_after: 100,
+                        refresh_timeout: None,
                     },
                     store,
                     providers,

@@ -144,6 +144,10 @@ pub struct Plan {
     pub errors: Vec<PlanError>,
     /// Things worth knowing that do not block (e.g. a refresh that failed).
     pub warnings: Vec<String>,
+    /// Resources whose refresh had no answer within its deadline (each also has a warning):
+    /// the daemon reports them as degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timed_out: Vec<Address>,
 }
 
 /// `(add, change, destroy)`, counted like Terraform: a replace adds one and destroys one.

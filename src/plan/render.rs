@@ -225,6 +225,7 @@ impl From<PlanDoc> for Plan {
             changes: d.changes,
             errors: d.errors,
             warnings: d.warnings,
+            timed_out: Vec::new(),
         }
     }
 }
