@@ -288,6 +288,7 @@ fn words(action: Action) -> (&'static str, &'static str) {
         Action::Update => ("Modifying...", "Modifications complete"),
         Action::Replace => ("Replacing...", "Replacement complete"),
         Action::Delete => ("Destroying...", "Destruction complete"),
+        Action::Adopt => ("Adopting...", "Adoption complete"),
         Action::NoOp => ("", ""),
     }
 }
@@ -339,7 +340,10 @@ async fn run_one(shared: &Shared<'_>, a: &Address, action: Action) -> Outcome {
                 }
                 converge(shared, p.as_ref(), a, None, true).await
             }
-            _ => converge(shared, p.as_ref(), a, recorded, action == Action::Create).await,
+            _ => {
+                let fresh = matches!(action, Action::Create | Action::Adopt);
+                converge(shared, p.as_ref(), a, recorded, fresh).await
+            }
         }
     };
     let outcome = tokio::select! {
@@ -791,8 +795,9 @@ mod tests {
         let (run, lines, dir) = run(&db("a", "ok"), p.clone(), 10, Duration::from_secs(10)).await;
         assert_eq!(run.results[0].outcome, RunOutcome::Applied, "{lines:?}");
         assert_eq!(p.applies.load(Ordering::SeqCst), 2);
-        // After the conflict (planning a resource not yet in state observes nothing).
-        assert_eq!(p.observes.load(Ordering::SeqCst), 1);
+        // Once while planning (a resource not in state is looked for, so that one found
+        // outside tend is not taken over), once after the conflict.
+        assert_eq!(p.observes.load(Ordering::SeqCst), 2);
         assert!(
             lines.iter().any(|l| l
                 == "PostgresDatabase.a: Conflict (job modify index changed): observing again, then retrying once"),

@@ -87,13 +87,15 @@ impl<'a> Resolver<'a> {
     fn build(&self, m: &Manifest, outputs: &OutputsFn<'_>) -> Desired {
         let mut spec = resolve(&m.spec, &mut |r| self.lookup(r, outputs));
         let timeout = timeout_of(m);
-        let prevent_destroy = m
-            .spec
-            .get("lifecycle")
-            .and_then(|l| l.get("prevent_destroy"))
-            .map(literal)
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
+        let lifecycle = |key: &str| {
+            m.spec
+                .get("lifecycle")
+                .and_then(|l| l.get(key))
+                .map(literal)
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false)
+        };
+        let (prevent_destroy, adopt) = (lifecycle("prevent_destroy"), lifecycle("adopt"));
         if let Value::Map(map) = &mut spec {
             for k in META_KEYS {
                 map.remove(k);
@@ -117,6 +119,7 @@ impl<'a> Resolver<'a> {
             connection,
             timeout,
             prevent_destroy,
+            adopt,
             depends_on,
         }
     }

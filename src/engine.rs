@@ -133,8 +133,13 @@ pub async fn plan(
                     let sealed = records.get(&desired.address);
                     async move {
                         let rec = sealed.map(|s| store.unseal(s)).transpose()?;
-                        let refresh =
-                            opts.refresh && desired.connection.is_known() && rec.is_some();
+                        // A resource tend has no record of is always looked for: finding one
+                        // that exists outside state is how tend avoids taking it over.
+                        let looked_for = match &rec {
+                            Some(_) => opts.refresh,
+                            None => desired.address.kind.model().checks_ownership(),
+                        };
+                        let refresh = looked_for && desired.connection.is_known();
                         let mut timed_out = None;
                         let obs = if refresh {
                             let deadline = opts.refresh_timeout.unwrap_or(desired.timeout);
@@ -179,6 +184,15 @@ pub async fn plan(
                         "could not refresh {}: planned from state alone (see the log for the error)",
                         desired.address
                     ));
+                } else if let Observation::NotRefreshed = obs
+                    && rec.is_none()
+                    && desired.connection.is_known()
+                    && desired.address.kind.model().checks_ownership()
+                {
+                    plan.warnings.push(format!(
+                        "could not check whether {} already exists outside tend (see the log for the error)",
+                        desired.address
+                    ));
                 }
                 if let Observation::Present(o) = &obs {
                     plan.warnings.extend(
@@ -190,6 +204,8 @@ pub async fn plan(
                 let hash = desired.spec.digest(&key);
                 let model = desired.address.kind.model();
                 let change = plan::decide(model, &desired, &hash, rec.as_ref(), &obs);
+                plan.errors
+                    .extend(plan::ownership_error(model, &desired, rec.as_ref(), &obs));
                 if change.action == Action::Replace && desired.prevent_destroy {
                     plan.errors.push(plan::PlanError::about(
                         &desired.address,

@@ -36,6 +36,9 @@ pub struct Desired {
     /// Per-resource timeout for one action.
     pub timeout: Duration,
     pub prevent_destroy: bool,
+    /// `lifecycle.adopt`: take over an object that already exists outside tend's state
+    /// (otherwise finding one is a plan error: tend never changes what it did not create).
+    pub adopt: bool,
     /// Addresses this resource reads from (graph edges), recorded so deletes run in reverse.
     pub depends_on: Vec<Address>,
 }
@@ -239,7 +242,10 @@ impl Schema {
 }
 
 /// The fields every managed kind shares: they configure tend, not the object.
-pub const LIFECYCLE: &[Field] = &[Field::fixed("prevent_destroy", Ty::Bool)];
+pub const LIFECYCLE: &[Field] = &[
+    Field::fixed("prevent_destroy", Ty::Bool),
+    Field::fixed("adopt", Ty::Bool),
+];
 
 /// A credential a kind uses: which credential type (`None`: any, but only when named), the spec
 /// field that names it, the edge's `via` label (read when the desired state is built), and
@@ -363,6 +369,20 @@ pub trait KindModel: Sync {
     ) -> Vec<Drift> {
         let _ = (desired, recorded, observed);
         Vec::new()
+    }
+
+    /// Whether a resource of this kind that tend has no record of is looked for while planning,
+    /// so that an object found outside tend's state is an error (or adopted, when asked)
+    /// instead of being taken over by the apply.
+    fn checks_ownership(&self) -> bool {
+        false
+    }
+
+    /// Why an object found outside tend's state must not be adopted even when the manifest
+    /// asks (`lifecycle.adopt`), e.g. a role with powers a tenant must never have.
+    fn refuse_adoption(&self, desired: &Desired, observed: &Observed) -> Option<String> {
+        let _ = (desired, observed);
+        None
     }
 
     /// A key and a limit for concurrent actions against one outside system (e.g. one

@@ -544,3 +544,137 @@ async fn a_refresh_that_gets_no_answer_is_a_warning_within_its_deadline() {
         assert!(took < limit, "{args:?} took {took:?}");
     }
 }
+
+async fn is_superuser(role: &str) -> bool {
+    pg().admin()
+        .await
+        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&role])
+        .await
+        .expect("role")
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_superuser_that_exists_outside_tend_is_never_taken_over() {
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
+    let (db, role) = (unique("tend_own_"), unique("tend_alice_"));
+    let admin = pg().admin().await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} SUPERUSER LOGIN PASSWORD 'hers'"
+        ))
+        .await
+        .expect("create the superuser");
+    w.write("server.yaml", &server_yaml());
+    w.write("db.yaml", &database_yaml("a", &db, &role, ""));
+
+    let r = w.run(&["plan"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.all().contains(
+            "PostgresDatabase.a already exists outside tend's state, and tend does not change what it did not create"
+        ),
+        "{}",
+        r.all()
+    );
+    let r = w.run(&["apply", "--auto-approve"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+
+    // Asking to adopt it is refused too: adopting would demote her.
+    w.write(
+        "db.yaml",
+        &database_yaml("a", &db, &role, "  lifecycle: {adopt: true}\n"),
+    );
+    let r = w.run(&["apply", "--auto-approve"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.all().contains(&format!(
+            "PostgresDatabase.a cannot be adopted: the role `{role}` exists with SUPERUSER"
+        )),
+        "{}",
+        r.all()
+    );
+    assert!(is_superuser(&role).await, "still a superuser");
+    assert!(!exists("db", &db).await, "nothing was created for her");
+    pg().connect_as(&role, "hers", "postgres")
+        .await
+        .expect("her password still works");
+    admin
+        .batch_execute(&format!("DROP ROLE {role}"))
+        .await
+        .expect("clean up");
+}
+
+#[tokio::test]
+async fn a_database_with_rows_is_adopted_only_when_asked_and_keeps_its_rows() {
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
+    let (db, role) = (unique("tend_adb_"), unique("tend_aown_"));
+    let p = pg();
+    let admin = p.admin().await;
+    admin
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
+        .await
+        .expect("an existing role");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db} OWNER {role}"))
+        .await
+        .expect("an existing database");
+    p.connect_as(&p.user, &p.password, &db)
+        .await
+        .expect("connect to it")
+        .batch_execute("CREATE TABLE orders (id int); INSERT INTO orders VALUES (1), (2)")
+        .await
+        .expect("rows");
+    w.write("server.yaml", &server_yaml());
+    w.write("db.yaml", &database_yaml("a", &db, &role, ""));
+    let r = w.run(&["apply", "--auto-approve"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.all().contains("already exists outside tend's state"),
+        "{}",
+        r.all()
+    );
+
+    w.write(
+        "db.yaml",
+        &database_yaml("a", &db, &role, "  lifecycle: {adopt: true}\n"),
+    );
+    let r = w.run(&["plan"]).ok();
+    assert!(
+        r.stdout.contains("# PostgresDatabase.a will be adopted"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("<= PostgresDatabase.a"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("Plan: 1 to adopt, 0 to add, 0 to change, 0 to destroy."),
+        "{}",
+        r.stdout
+    );
+    let r = w.run(&["apply", "--auto-approve"]).ok();
+    assert!(
+        r.stdout.contains("PostgresDatabase.a: Adoption complete"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("Resources: 1 adopted, 0 added"),
+        "{}",
+        r.stdout
+    );
+    let rows: i64 = p
+        .connect_as(&p.user, &p.password, &db)
+        .await
+        .expect("connect")
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 2, "the rows are untouched");
+    let r = w.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(r.code, 0, "adopted and converged: {}", r.all());
+    pg().connect_as(&role, &password_in_state(&w, "a"), &db)
+        .await
+        .expect("the adopted role logs in with the password tend set");
+}

@@ -173,6 +173,7 @@ fn desired(t: &Tenant, connection: Value, overrides: &[(&str, Value)]) -> Desire
         connection,
         timeout: Duration::from_secs(120),
         prevent_destroy: false,
+        adopt: false,
         depends_on: Vec::new(),
     }
 }

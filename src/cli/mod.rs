@@ -389,15 +389,19 @@ async fn apply_cmd(
     let added = count(&[Action::Create, Action::Replace]);
     let changed = count(&[Action::Update]);
     let destroyed = count(&[Action::Delete, Action::Replace]);
+    let adopted = match count(&[Action::Adopt]) {
+        0 => String::new(),
+        n => format!("{n} adopted, "),
+    };
     if run.exit_code == 0 {
         printer.out(&printer.style.bold(&format!(
-            "\nApply complete! Resources: {added} added, {changed} changed, {destroyed} destroyed. (run {})",
+            "\nApply complete! Resources: {adopted}{added} added, {changed} changed, {destroyed} destroyed. (run {})",
             run.id
         )));
         Ok(Outcome::Success)
     } else {
         let mut s = format!(
-            "\nApply finished with errors. Resources: {added} added, {changed} changed, {destroyed} destroyed. (run {})\n",
+            "\nApply finished with errors. Resources: {adopted}{added} added, {changed} changed, {destroyed} destroyed. (run {})\n",
             run.id
         );
         for r in run.results.iter().filter(|r| !r.outcome.ok()) {

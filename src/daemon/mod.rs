@@ -783,7 +783,12 @@ impl Daemon {
             .plan
             .changes
             .iter()
-            .filter(|c| matches!(c.action, Action::Create | Action::Update | Action::Replace))
+            .filter(|c| {
+                matches!(
+                    c.action,
+                    Action::Create | Action::Update | Action::Replace | Action::Adopt
+                )
+            })
             .map(|c| c.address.clone())
             .collect();
         if changed.is_empty() {

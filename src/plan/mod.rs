@@ -22,6 +22,8 @@ pub enum Action {
     Update,
     Replace,
     Delete,
+    /// Take over an object that exists outside tend's state (`lifecycle.adopt: true`).
+    Adopt,
 }
 
 impl Action {
@@ -32,6 +34,7 @@ impl Action {
             Action::Update => "~",
             Action::Replace => "-/+",
             Action::Delete => "-",
+            Action::Adopt => "<=",
         }
     }
     pub fn verb(self) -> &'static str {
@@ -41,6 +44,7 @@ impl Action {
             Action::Update => "update",
             Action::Replace => "replace",
             Action::Delete => "delete",
+            Action::Adopt => "adopt",
         }
     }
 }
@@ -156,6 +160,13 @@ pub struct Summary {
     pub add: usize,
     pub change: usize,
     pub destroy: usize,
+    /// Objects taken over (`<= adopt`); shown only when there are any.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub adopt: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Plan {
@@ -170,6 +181,7 @@ impl Plan {
                     s.destroy += 1;
                 }
                 Action::Delete => s.destroy += 1,
+                Action::Adopt => s.adopt += 1,
                 Action::NoOp => {}
             }
         }
@@ -197,8 +209,12 @@ impl Plan {
 
 impl Summary {
     pub fn line(&self) -> String {
+        let adopt = match self.adopt {
+            0 => String::new(),
+            n => format!("{n} to adopt, "),
+        };
         format!(
-            "Plan: {} to add, {} to change, {} to destroy.",
+            "Plan: {adopt}{} to add, {} to change, {} to destroy.",
             self.add, self.change, self.destroy
         )
     }
@@ -250,13 +266,21 @@ fn decide_inner(
     mut change: ResourceChange,
 ) -> ResourceChange {
     let Some(rec) = recorded else {
-        change.action = Action::Create;
-        change.fields = field_changes(None, Some(&desired.spec), &[]);
-        if let Observation::Present(_) = observed {
+        if let (Observation::Present(obs), true) = (observed, desired.adopt) {
+            // What changes is what differs from the object as found, not its whole spec.
+            change.action = Action::Adopt;
+            change.drift = model
+                .drift(desired, None, obs)
+                .iter()
+                .map(DriftItem::from)
+                .collect();
             change
                 .reasons
-                .push("already exists: it will be adopted".into());
+                .push("exists outside tend's state: lifecycle.adopt takes it over".into());
+            return change;
         }
+        change.action = Action::Create;
+        change.fields = field_changes(None, Some(&desired.spec), &[]);
         return change;
     };
     if rec.generation == 0 {
@@ -316,6 +340,31 @@ fn decide_inner(
         });
     }
     change
+}
+
+/// Why a resource that tend has no record of cannot be planned: the object already exists
+/// outside tend's state and the manifest does not say to adopt it, or the kind refuses to adopt
+/// what was found. Tend never changes what it did not create without being told. Pure.
+pub fn ownership_error(
+    model: &dyn KindModel,
+    desired: &Desired,
+    recorded: Option<&Record>,
+    observed: &Observation,
+) -> Option<PlanError> {
+    let (None, Observation::Present(obs)) = (recorded, observed) else {
+        return None;
+    };
+    let a = &desired.address;
+    let message = if desired.adopt {
+        let why = model.refuse_adoption(desired, obs)?;
+        format!("{a} cannot be adopted: {why}")
+    } else {
+        format!(
+            "{a} already exists outside tend's state, and tend does not change what it did not create: set `lifecycle.adopt: true` on it to take it over (the plan then shows what changes), or give the {} another name",
+            a.kind
+        )
+    };
+    Some(PlanError::about(a, message))
 }
 
 /// The change for a recorded resource whose manifest is gone.

@@ -28,6 +28,7 @@ impl Style {
             Action::Update => self.paint("33", s),
             Action::Replace => self.paint("35", s),
             Action::Delete => self.paint("31", s),
+            Action::Adopt => self.paint("36", s),
             Action::NoOp => s.to_owned(),
         }
     }
@@ -42,6 +43,7 @@ fn headline(c: &ResourceChange) -> String {
         Action::Update => "will be updated in place",
         Action::Replace => "must be replaced",
         Action::Delete => "will be destroyed",
+        Action::Adopt => "will be adopted",
         Action::NoOp => "is up to date",
     };
     format!("# {} {what}", c.address)
@@ -266,6 +268,9 @@ mod tests {
         fn name(&self) -> &'static str {
             "PostgresDatabase"
         }
+        fn checks_ownership(&self) -> bool {
+            true
+        }
         fn schema(&self) -> &'static crate::model::Schema {
             Kind::of("PostgresDatabase").model().schema()
         }
@@ -300,6 +305,7 @@ mod tests {
             connection: Value::map(),
             timeout: Duration::from_secs(1),
             prevent_destroy: false,
+            adopt: false,
             depends_on: Vec::new(),
         }
     }
@@ -332,6 +338,45 @@ mod tests {
         }
         plan.changes.sort_by(|a, b| a.address.cmp(&b.address));
         text(&plan, Style { color: false })
+    }
+
+    #[test]
+    fn an_object_found_outside_state_is_an_error_unless_adopted_and_adopting_shows_what_changes() {
+        let mut found = Observed::default();
+        found
+            .fields
+            .insert("owner".into(), Value::Str("someone_else".into()));
+        let present = Observation::Present(found);
+        let d = desired("a", base());
+        let e = crate::plan::ownership_error(&Fake, &d, None, &present).expect("an error");
+        assert!(
+            e.message
+                .starts_with("PostgresDatabase.a already exists outside tend's state")
+                && e.message.contains("lifecycle.adopt: true"),
+            "{e}"
+        );
+        assert_eq!(e.address, Some(d.address.clone()));
+        assert!(crate::plan::ownership_error(&Fake, &d, None, &Observation::Absent).is_none());
+
+        let mut d = d;
+        d.adopt = true;
+        assert!(crate::plan::ownership_error(&Fake, &d, None, &present).is_none());
+        let out = check(vec![(Some(d), None, present)]);
+        assert!(
+            out.contains("# PostgresDatabase.a will be adopted"),
+            "{out}"
+        );
+        assert!(out.contains("<= PostgresDatabase.a"), "{out}");
+        assert!(out.contains("owner"), "{out}");
+        assert!(out.contains("someone_else"), "{out}");
+        assert!(
+            !out.contains("connection_limit"),
+            "only what differs: {out}"
+        );
+        assert!(
+            out.contains("Plan: 1 to adopt, 0 to add, 0 to change, 0 to destroy."),
+            "{out}"
+        );
     }
 
     fn base() -> Value {

@@ -285,6 +285,7 @@ mod tests {
             connection: map(conn),
             timeout: Duration::from_secs(120),
             prevent_destroy: false,
+            adopt: false,
             depends_on: Vec::new(),
         }
     }

@@ -675,6 +675,7 @@ mod tests {
             connection: conn,
             timeout: Duration::from_secs(120),
             prevent_destroy: false,
+            adopt: false,
             depends_on: Vec::new(),
         }
     }

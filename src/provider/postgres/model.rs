@@ -214,6 +214,35 @@ impl KindModel for PostgresDatabase {
         }
     }
 
+    fn checks_ownership(&self) -> bool {
+        true
+    }
+
+    /// A role with powers a tenant must never have, or the admin's own role, is never taken
+    /// over: adopting it would demote it (or lock tend out).
+    fn refuse_adoption(&self, desired: &Desired, observed: &Observed) -> Option<String> {
+        let found = TenantState::from_observed(observed);
+        let owner = desired.spec.get("owner").and_then(Value::as_str)?;
+        let admin = desired.connection.get("user").and_then(Value::as_str);
+        let role = found.role.as_ref()?;
+        let powers: Vec<&str> = [
+            ("SUPERUSER", role.superuser),
+            ("REPLICATION", role.replication),
+            ("BYPASSRLS", role.bypassrls),
+        ]
+        .into_iter()
+        .filter_map(|(name, has)| has.then_some(name))
+        .collect();
+        if !powers.is_empty() {
+            return Some(format!(
+                "the role `{owner}` exists with {}, which a tenant's role never has; tend will not demote it",
+                powers.join(", ")
+            ));
+        }
+        (admin == Some(owner))
+            .then(|| format!("the role `{owner}` is the admin role tend connects as"))
+    }
+
     /// One key per server, limited to the admin pool's size.
     fn concurrency(&self, connection: &Value) -> (String, usize) {
         let key = match Server::from_value(connection) {

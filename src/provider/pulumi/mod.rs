@@ -794,6 +794,7 @@ mod tests {
             connection: Value::map(),
             timeout: Duration::from_secs(1),
             prevent_destroy: false,
+            adopt: false,
             depends_on: Vec::new(),
         };
         assert_eq!(
