@@ -4,9 +4,15 @@
 //! no HTTP.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::secrets::MAX_JOB_ID_BYTES;
 use super::{CLUSTER_CONCURRENCY, JobSpec, PRIVATE_JOB_MODIFY_INDEX, client, differences};
+use crate::manifest::diag::Diagnostic;
+use crate::manifest::node::{Node, NodeValue};
+use crate::manifest::refs::literal;
 use crate::model::{
     BuildCx, CredentialSlot, CredentialType, Desired, Drift, Field, KindModel, LIFECYCLE, Observed,
     Output, Schema, Ty, or_insert,
@@ -95,6 +101,61 @@ impl KindModel for NomadJob {
             or_insert(job, "Name", || id);
         }
         conn
+    }
+
+    /// A literal `job.ID` Nomad (or the job's Variable path) would refuse.
+    fn check(&self, spec: &Node, file: &Arc<PathBuf>, diags: &mut Vec<Diagnostic>) {
+        let Some(node) = spec.get("job").and_then(|j| j.get("ID")) else {
+            return;
+        };
+        let Some(id) = literal(node) else { return };
+        let why = if id.is_empty() {
+            Some("must not be empty".to_owned())
+        } else if id.chars().any(char::is_whitespace) {
+            Some("contains a space (Nomad refuses it)".to_owned())
+        } else if id.contains('\0') {
+            Some("contains a NUL character".to_owned())
+        } else if id.len() > MAX_JOB_ID_BYTES {
+            Some(format!(
+                "is {} bytes; at most {MAX_JOB_ID_BYTES} fit the job's Variable path `nomad/jobs/<ID>` (128 characters)",
+                id.len()
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            diags.push(Diagnostic::new(
+                file,
+                node.pos,
+                format!("invalid spec.job.ID: {why}"),
+            ));
+        }
+    }
+
+    /// `Meta` of the job, its groups and tasks is registered with the job in plain text.
+    fn secret_free<'a>(&self, spec: &'a Node) -> Vec<(String, &'a Node)> {
+        let mut out = Vec::new();
+        let Some(job) = spec.get("job") else {
+            return out;
+        };
+        if let Some(meta) = job.get("Meta") {
+            out.push(("job.Meta".to_owned(), meta));
+        }
+        let seq = |n: &'a Node, key: &str| match n.get(key).map(|v| &v.value) {
+            Some(NodeValue::Seq(items)) => items.iter().collect(),
+            _ => Vec::new(),
+        };
+        for (gi, group) in seq(job, "TaskGroups").into_iter().enumerate() {
+            if let Some(meta) = group.get("Meta") {
+                out.push((format!("job.TaskGroups[{gi}].Meta"), meta));
+            }
+            for (ti, task) in seq(group, "Tasks").into_iter().enumerate() {
+                if let Some(meta) = task.get("Meta") {
+                    out.push((format!("job.TaskGroups[{gi}].Tasks[{ti}].Meta"), meta));
+                }
+            }
+        }
+        out
     }
 
     fn immutable_fields(&self) -> &'static [&'static str] {
