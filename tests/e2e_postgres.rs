@@ -494,3 +494,24 @@ async fn kill_9_during_apply_never_loses_a_password_or_leaves_a_duplicate() {
         });
     }
 }
+
+/// Issue 11: a symlinked subdirectory used to be skipped by the walk, so its resources planned
+/// as destroys. It is followed: the same resources, no change.
+#[tokio::test]
+async fn a_symlinked_tenants_directory_plans_no_destroy() {
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
+    let (db, role) = (unique("tend_db_"), unique("tend_user_"));
+    w.write("server.yaml", &server_yaml());
+    w.write("tenants/t.yaml", &database_yaml("t", &db, &role, ""));
+    w.run(&["apply", "--auto-approve"]).ok();
+    assert!(exists("db", &db).await);
+
+    let moved = w.dir.path().join("tenants-elsewhere");
+    std::fs::rename(w.manifests.join("tenants"), &moved).expect("move the tenants away");
+    std::os::unix::fs::symlink(&moved, w.manifests.join("tenants")).expect("symlink them back");
+    let r = w.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("No changes."), "{}", r.stdout);
+    assert!(!r.stdout.contains("destroy"), "{}", r.stdout);
+    assert!(exists("db", &db).await);
+}
