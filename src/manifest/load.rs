@@ -1100,4 +1100,36 @@ mod tests {
         }
         load_str(&[("p.yaml", &stack("programs/../net"))]).expect("stays inside");
     }
+
+    #[test]
+    fn from_file_is_sensitive_unless_a_plain_key_is_read_inside_the_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (root, secrets) = (dir.path().join("m"), dir.path().join("s"));
+        for (d, text) in [(&root, "inside"), (&secrets, "outside")] {
+            std::fs::create_dir_all(d).expect("mkdir");
+            std::fs::write(d.join("user"), text).expect("write");
+            std::fs::set_permissions(d.join("user"), std::fs::Permissions::from_mode(0o600))
+                .expect("chmod");
+        }
+        let doc = |path: &str| {
+            format!(
+                "apiVersion: tend/v1\nkind: Credential\nmetadata: {{name: pg}}\nspec:\n  provider: postgres\n  data: {{user: {{fromFile: \"{path}\"}}}}\n"
+            )
+        };
+        let opts = LoadOptions {
+            secrets_dirs: vec![secrets.clone()],
+        };
+        let user = |path: &str| {
+            let files = vec![(PathBuf::from("c.yaml"), Ok(doc(path)))];
+            let set = load_files_with(&root, files, &opts).expect("loads");
+            set.credentials["pg"].data["user"].clone()
+        };
+        assert_eq!(user("user"), crate::value::Value::Str("inside".into()));
+        let outside = user(&secrets.join("user").display().to_string());
+        assert!(
+            matches!(outside, crate::value::Value::Secret(_)),
+            "{outside:?}"
+        );
+    }
 }
