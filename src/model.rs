@@ -346,6 +346,19 @@ pub trait KindModel: Sync {
         let _ = (spec, file, diags);
     }
 
+    /// Rules on what the kind derives from the resource's name (`metadata.name`, written at
+    /// `pos`) when the spec leaves it out, e.g. a database named after the resource.
+    fn check_named(
+        &self,
+        name: &str,
+        pos: Pos,
+        spec: &Node,
+        file: &Arc<PathBuf>,
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        let _ = (name, pos, spec, file, diags);
+    }
+
     /// Fill the kind's defaults into a resolved spec and return the connection the resource
     /// needs (empty by default).
     fn complete(&self, cx: &BuildCx<'_>, spec: &mut Value) -> Value {

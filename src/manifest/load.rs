@@ -511,6 +511,7 @@ fn check_document(
     .check_fields(&spec, model.schema().fields, &format!("{kind} spec"));
     model.check(&spec, file, diags);
     let name = name?;
+    model.check_named(&name, pos, &spec, file, diags);
     if diags.len() > before {
         return None;
     }
@@ -1001,6 +1002,20 @@ mod tests {
             assert!(errs[0].starts_with("d.yaml:5:"), "{spec}: {errs:?}");
             assert!(errs[0].contains(why), "{spec}: {errs:?}");
         }
+        for name in ["template1", "postgres", "public"] {
+            let errs =
+                load_str(&[("s.yaml", SERVER), ("d.yaml", &database(name, ""))]).expect_err(name);
+            assert_eq!(errs.len(), 1, "{name}: {errs:?}");
+            assert!(
+                errs[0].starts_with("d.yaml:4:18 invalid database name (from metadata.name)"),
+                "{name}: {errs:?}"
+            );
+        }
+        load_str(&[
+            ("s.yaml", SERVER),
+            ("d.yaml", &database("template1", ", database: t1")),
+        ])
+        .expect("named elsewhere");
         let long = format!(", database: {}", "d".repeat(64));
         let errs = load_str(&[("s.yaml", SERVER), ("d.yaml", &database("d", &long))])
             .expect_err("64 bytes");

@@ -13,7 +13,7 @@ use super::observed::{self, DatabaseState, RoleState, TenantState};
 use super::spec::{Server, Tenant, validate_database_name, validate_role_name};
 use crate::manifest::Manifest;
 use crate::manifest::diag::Diagnostic;
-use crate::manifest::node::Node;
+use crate::manifest::node::{Node, Pos};
 use crate::manifest::refs::literal;
 use crate::model::{
     BuildCx, Claim, CredentialSlot, CredentialType, Desired, Drift, Field, KindModel, LIFECYCLE,
@@ -218,6 +218,40 @@ impl KindModel for PostgresDatabase {
                     format!("invalid spec.{field}: {why}"),
                 ));
             }
+        }
+    }
+
+    /// A database left out is named after the resource, and its owner after the database:
+    /// `metadata.name: template1` (or `postgres`, `public`, `none`) is refused there.
+    fn check_named(
+        &self,
+        name: &str,
+        pos: Pos,
+        spec: &Node,
+        file: &Arc<PathBuf>,
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        if spec.get("database").is_some() {
+            return;
+        }
+        let mut why = validate_database_name(name).err();
+        if spec.get("owner").is_none() {
+            why = why.or_else(|| validate_role_name(name).err());
+        }
+        let why = why.or_else(|| {
+            (name == RESERVED).then(|| {
+                format!("`{name}` is reserved: the server's own database and admin by default")
+            })
+        });
+        if let Some(why) = why {
+            diags.push(
+                Diagnostic::new(
+                    file,
+                    pos,
+                    format!("invalid database name (from metadata.name): {why}"),
+                )
+                .with_help("set `database:` (and `owner:`) to a name of the tenant's own"),
+            );
         }
     }
 
