@@ -373,12 +373,18 @@ async fn a_failure_blocks_only_its_dependents() {
     let (db_ok, role_ok) = (unique("tend_db_"), unique("tend_user_"));
     let (db_child, db_bad) = (unique("tend_db_"), unique("tend_db_"));
     w.write("server.yaml", &server_yaml());
-    // `bad` fails: role names starting with pg_ are reserved. `child` reads bad's output.
+    // `bad` fails at apply: role names starting with pg_ are reserved (behind a ref, or
+    // validate would refuse it first). `child` reads bad's output.
     w.write(
         "dbs.yaml",
         &[
             database_yaml("ok", &db_ok, &role_ok, ""),
-            database_yaml("bad", &db_bad, "pg_reserved_name", ""),
+            database_yaml(
+                "bad",
+                &db_bad,
+                "\"pg_${PostgresServer.main.spec.sslmode}\"",
+                "",
+            ),
             database_yaml(
                 "child",
                 &db_child,
