@@ -176,7 +176,7 @@ fn a_secret_in_a_jobs_meta_is_refused() {
     refused(
         &tend(&w, &["validate"]),
         "job.yaml:7:",
-        "job.Meta holds `${PostgresDatabase.d.status.outputs.password}`, a sensitive value",
+        "job.Meta.pw holds `${PostgresDatabase.d.status.outputs.password}`, a sensitive value",
     );
 }
 

@@ -1062,7 +1062,7 @@ mod tests {
         let errs = load_str(&[("s.yaml", &text)]).expect_err("meta");
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(
-            errs[0].contains("NomadJob.web: job.Meta holds `${PostgresDatabase.d.status.outputs.password}`, a sensitive value"),
+            errs[0].contains("NomadJob.web: job.Meta.pw holds `${PostgresDatabase.d.status.outputs.password}`, a sensitive value"),
             "{errs:?}"
         );
         let task = job(&format!(
@@ -1071,7 +1071,10 @@ mod tests {
         let text = format!("{SERVER}{}{task}", database("d", ""));
         let errs = load_str(&[("s.yaml", &text)]).expect_err("group meta");
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].contains("job.TaskGroups[0].Meta holds"), "{errs:?}");
+        assert!(
+            errs[0].contains("job.TaskGroups[0].Meta.c holds"),
+            "{errs:?}"
+        );
         let plain = job("Meta: {host: \"${PostgresDatabase.d.status.outputs.host}\"}");
         load_str(&[("s.yaml", &format!("{SERVER}{}{plain}", database("d", "")))])
             .expect("a plain output in Meta");

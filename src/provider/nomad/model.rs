@@ -132,27 +132,34 @@ impl KindModel for NomadJob {
         }
     }
 
-    /// `Meta` of the job, its groups and tasks is registered with the job in plain text.
+    /// `Meta` of the job, its groups and tasks is registered with the job in plain text: each
+    /// entry, by its path (`job.Meta.owner`).
     fn secret_free<'a>(&self, spec: &'a Node) -> Vec<(String, &'a Node)> {
         let mut out = Vec::new();
         let Some(job) = spec.get("job") else {
             return out;
         };
-        if let Some(meta) = job.get("Meta") {
-            out.push(("job.Meta".to_owned(), meta));
-        }
+        let mut meta = |at: String, n: &'a Node| {
+            if let Some(m) = n.get("Meta") {
+                match m.as_map() {
+                    Some(entries) => {
+                        for (k, v) in entries {
+                            out.push((format!("{at}.Meta.{}", k.name), v));
+                        }
+                    }
+                    None => out.push((format!("{at}.Meta"), m)),
+                }
+            }
+        };
         let seq = |n: &'a Node, key: &str| match n.get(key).map(|v| &v.value) {
             Some(NodeValue::Seq(items)) => items.iter().collect(),
             _ => Vec::new(),
         };
+        meta("job".to_owned(), job);
         for (gi, group) in seq(job, "TaskGroups").into_iter().enumerate() {
-            if let Some(meta) = group.get("Meta") {
-                out.push((format!("job.TaskGroups[{gi}].Meta"), meta));
-            }
+            meta(format!("job.TaskGroups[{gi}]"), group);
             for (ti, task) in seq(group, "Tasks").into_iter().enumerate() {
-                if let Some(meta) = task.get("Meta") {
-                    out.push((format!("job.TaskGroups[{gi}].Tasks[{ti}].Meta"), meta));
-                }
+                meta(format!("job.TaskGroups[{gi}].Tasks[{ti}]"), task);
             }
         }
         out
