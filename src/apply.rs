@@ -689,7 +689,9 @@ mod tests {
 
     #[tokio::test]
     async fn parallelism_and_the_per_system_limit_bound_concurrent_actions() {
-        let docs: String = (0..8).map(|i| db(&format!("d{i}"), "ok")).collect();
+        let docs: String = (0..8)
+            .map(|i| db(&format!("d{i}"), &format!("ok{i}")))
+            .collect();
         // Every database is on one server: the model's per-server limit bounds them.
         let (_, limit) = Kind::of("PostgresDatabase")
             .model()

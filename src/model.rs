@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::address::{Address, Kind};
 use crate::manifest::diag::Diagnostic;
-use crate::manifest::node::Node;
+use crate::manifest::node::{Node, Pos};
 use crate::manifest::{Credential, Dep, Manifest, Via};
 use crate::state::Record;
 use crate::value::Value;
@@ -273,6 +273,16 @@ pub struct NameField {
     pub kind: &'static str,
 }
 
+/// Something a manifest takes for itself on an outside system: `what` (`database`, `role`)
+/// named `name` within `scope` (e.g. `PostgresServer.main`), written at `pos`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub scope: String,
+    pub what: &'static str,
+    pub name: String,
+    pub pos: Pos,
+}
+
 /// What [`KindModel::complete`] may read while a resource's desired state is built.
 pub struct BuildCx<'a> {
     pub manifest: &'a Manifest,
@@ -342,6 +352,19 @@ pub trait KindModel: Sync {
         let _ = (spec, file, diags);
     }
 
+    /// Rules on what the kind derives from the resource's name (`metadata.name`, written at
+    /// `pos`) when the spec leaves it out, e.g. a database named after the resource.
+    fn check_named(
+        &self,
+        name: &str,
+        pos: Pos,
+        spec: &Node,
+        file: &Arc<PathBuf>,
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        let _ = (name, pos, spec, file, diags);
+    }
+
     /// Fill the kind's defaults into a resolved spec and return the connection the resource
     /// needs (empty by default).
     fn complete(&self, cx: &BuildCx<'_>, spec: &mut Value) -> Value {
@@ -391,6 +414,30 @@ pub trait KindModel: Sync {
     fn concurrency(&self, connection: &Value) -> (String, usize) {
         let _ = connection;
         (self.provider().unwrap_or("none").to_owned(), 4)
+    }
+
+    /// What a manifest of this kind claims on an outside system (a database or a role on one
+    /// server), from literal values and the kind's defaults. The loader refuses two manifests
+    /// claiming the same thing, naming both.
+    fn claims(&self, manifest: &Manifest) -> Vec<Claim> {
+        let _ = manifest;
+        Vec::new()
+    }
+
+    /// Spec values naming a path that must resolve inside the manifests root (a program's
+    /// directory), with the field's name. The loader resolves them (symlinks too) and refuses
+    /// one that escapes.
+    fn root_paths<'a>(&self, spec: &'a Node) -> Vec<(&'static str, &'a Node)> {
+        let _ = spec;
+        Vec::new()
+    }
+
+    /// Parts of the spec where no sensitive value may appear (a Nomad job's `Meta`), each with
+    /// its path as shown in errors. The loader refuses a ref to a secret credential key or a
+    /// sensitive output inside them.
+    fn secret_free<'a>(&self, spec: &'a Node) -> Vec<(String, &'a Node)> {
+        let _ = spec;
+        Vec::new()
     }
 
     /// A composition expands manifests of its kind into child manifests (addressed

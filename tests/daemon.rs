@@ -650,10 +650,16 @@ async fn a_permanent_failure_is_not_retried_until_its_manifest_changes() {
     );
     w.write("server.yaml", &server_yaml());
     w.write("ok.yaml", &database_yaml("ok", &ok_db, &ok_role, ""));
-    // Reserved role name: a permanent error every time, while `ok` converges.
+    // A reserved role name known only once its ref resolves (a literal one is refused at
+    // validate): a permanent error at every apply, while `ok` converges.
     w.write(
         "bad.yaml",
-        &database_yaml("bad", &bad_db, "pg_reserved", ""),
+        &database_yaml(
+            "bad",
+            &bad_db,
+            "\"pg_${PostgresServer.main.spec.sslmode}\"",
+            "",
+        ),
     );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("free port")

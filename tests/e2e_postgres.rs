@@ -373,12 +373,18 @@ async fn a_failure_blocks_only_its_dependents() {
     let (db_ok, role_ok) = (unique("tend_db_"), unique("tend_user_"));
     let (db_child, db_bad) = (unique("tend_db_"), unique("tend_db_"));
     w.write("server.yaml", &server_yaml());
-    // `bad` fails: role names starting with pg_ are reserved. `child` reads bad's output.
+    // `bad` fails at apply: role names starting with pg_ are reserved (behind a ref, or
+    // validate would refuse it first). `child` reads bad's output.
     w.write(
         "dbs.yaml",
         &[
             database_yaml("ok", &db_ok, &role_ok, ""),
-            database_yaml("bad", &db_bad, "pg_reserved_name", ""),
+            database_yaml(
+                "bad",
+                &db_bad,
+                "\"pg_${PostgresServer.main.spec.sslmode}\"",
+                "",
+            ),
             database_yaml(
                 "child",
                 &db_child,
@@ -677,4 +683,25 @@ async fn a_database_with_rows_is_adopted_only_when_asked_and_keeps_its_rows() {
     pg().connect_as(&role, &password_in_state(&w, "a"), &db)
         .await
         .expect("the adopted role logs in with the password tend set");
+}
+
+/// Issue 11: a symlinked subdirectory used to be skipped by the walk, so its resources planned
+/// as destroys. It is followed: the same resources, no change.
+#[tokio::test]
+async fn a_symlinked_tenants_directory_plans_no_destroy() {
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
+    let (db, role) = (unique("tend_db_"), unique("tend_user_"));
+    w.write("server.yaml", &server_yaml());
+    w.write("tenants/t.yaml", &database_yaml("t", &db, &role, ""));
+    w.run(&["apply", "--auto-approve"]).ok();
+    assert!(exists("db", &db).await);
+
+    let moved = w.dir.path().join("tenants-elsewhere");
+    std::fs::rename(w.manifests.join("tenants"), &moved).expect("move the tenants away");
+    std::os::unix::fs::symlink(&moved, w.manifests.join("tenants")).expect("symlink them back");
+    let r = w.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("No changes."), "{}", r.stdout);
+    assert!(!r.stdout.contains("destroy"), "{}", r.stdout);
+    assert!(exists("db", &db).await);
 }

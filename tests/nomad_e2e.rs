@@ -391,7 +391,10 @@ fn a_secret_outside_env_is_refused_naming_its_path() {
     ));
     let r = f.apply();
     assert_eq!(r.code, 1, "{}", r.all());
-    assert_has(&r, "job.Meta.pw holds a sensitive value");
+    assert_has(
+        &r,
+        "job.Meta.pw holds `${Credential.db.spec.data.password}`, a sensitive value",
+    );
     assert!(!r.all().contains(DB_PASSWORD));
     assert!(f.nomad.job("default", "web").is_none());
 }

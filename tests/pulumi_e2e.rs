@@ -151,10 +151,10 @@ impl Fixture {
     }
 }
 
-/// A Pulumi YAML program outside the manifests tree (a Pulumi.yaml inside it would be read as a
-/// manifest). `name` is its project.
+/// A Pulumi YAML program inside the manifests tree, where `program:` must resolve (the walk
+/// skips a directory holding a Pulumi.yaml). `name` is its project.
 fn write_program(f: &Fixture, dir: &str, text: &str) -> PathBuf {
-    let p = f.w.dir.path().join(dir);
+    let p = f.w.manifests.join(dir);
     std::fs::create_dir_all(&p).expect("program dir");
     std::fs::write(p.join("Pulumi.yaml"), text).expect("Pulumi.yaml");
     p
@@ -214,7 +214,7 @@ apiVersion: tend/v1
 kind: PulumiStack
 metadata: {name: app}
 spec:
-  program: ../programs/app
+  program: programs/app
   stack: app/dev
   credential: do
   config:
@@ -589,7 +589,7 @@ fn a_stack_with_its_own_program_gets_secret_config_env_and_its_outputs() {
     f.w.write(
         "app.yaml",
         &format!(
-            "apiVersion: tend/v1\nkind: Credential\nmetadata: {{name: app-secrets}}\nspec:\n  provider: digitalocean\n  data:\n    token: {{fromEnv: {API_KEY_VAR}}}\n---\napiVersion: tend/v1\nkind: PulumiStack\nmetadata: {{name: app}}\nspec:\n  program: ../programs/app\n  stack: app/dev\n  credential: do\n  config:\n    bucketName: assets\n    replicas: 3\n    apiKey: \"${{Credential.app-secrets.spec.data.token}}\"\n  env:\n    LOG_LEVEL: debug\n"
+            "apiVersion: tend/v1\nkind: Credential\nmetadata: {{name: app-secrets}}\nspec:\n  provider: digitalocean\n  data:\n    token: {{fromEnv: {API_KEY_VAR}}}\n---\napiVersion: tend/v1\nkind: PulumiStack\nmetadata: {{name: app}}\nspec:\n  program: programs/app\n  stack: app/dev\n  credential: do\n  config:\n    bucketName: assets\n    replicas: 3\n    apiKey: \"${{Credential.app-secrets.spec.data.token}}\"\n  env:\n    LOG_LEVEL: debug\n"
         ),
     );
     let r = f.apply().ok();
@@ -643,7 +643,7 @@ fn a_stack_with_its_own_program_gets_secret_config_env_and_its_outputs() {
     assert_eq!(f.count(&["up"]), 1, "{}", r.all());
     f.w.write(
         "app.yaml",
-        "apiVersion: tend/v1\nkind: PulumiStack\nmetadata: {name: app}\nspec:\n  program: ../programs/app\n  stack: app/dev\n  credential: do\n  config:\n    bucketName: assets\n    apiKey: rotated-key-1\n",
+        "apiVersion: tend/v1\nkind: PulumiStack\nmetadata: {name: app}\nspec:\n  program: programs/app\n  stack: app/dev\n  credential: do\n  config:\n    bucketName: assets\n    apiKey: rotated-key-1\n",
     );
     let r = f.apply().ok();
     assert_has(&r, "PulumiStack.app: Modifications complete");

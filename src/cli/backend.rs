@@ -20,7 +20,7 @@ use crate::apply::{ApplyOptions, apply};
 use crate::daemon::control::{self, ApplyReply, DaemonStatus, StatusReply};
 use crate::engine::{PlanOptions, blocking, plan};
 use crate::graph::Graph;
-use crate::manifest::{self, ManifestSet};
+use crate::manifest::{self, LoadOptions, ManifestSet};
 use crate::plan::{Plan, render};
 use crate::provider::tenant::status::TenantStatus;
 use crate::provider::{self, Provider};
@@ -67,6 +67,7 @@ pub trait Backend {
 /// The daemon when one answers on `socket`, otherwise the state directory.
 pub async fn connect(
     manifests: &Path,
+    load_opts: &LoadOptions,
     state: &Path,
     socket: &Path,
 ) -> anyhow::Result<Box<dyn Backend>> {
@@ -75,12 +76,12 @@ pub async fn connect(
             socket: socket.to_owned(),
         }));
     }
-    Ok(Box::new(Local::new(manifests, state)))
+    Ok(Box::new(Local::new(manifests, load_opts, state)))
 }
 
 /// Load manifests and the graph; every diagnostic in the error ([`manifest::LoadErrors`]).
-pub fn load(dir: &Path) -> anyhow::Result<(ManifestSet, Graph)> {
-    let set = manifest::load(dir)?;
+pub fn load(dir: &Path, opts: &LoadOptions) -> anyhow::Result<(ManifestSet, Graph)> {
+    let set = manifest::load_with(dir, opts)?;
     let graph = Graph::build(&set).map_err(manifest::LoadErrors)?;
     Ok((set, graph))
 }
@@ -112,6 +113,7 @@ struct Loaded {
 /// This process holds the store: manifests and state are opened on first use.
 pub struct Local {
     manifests: PathBuf,
+    load_opts: LoadOptions,
     state: PathBuf,
     providers: Vec<Arc<dyn Provider>>,
     loaded: Option<Loaded>,
@@ -119,9 +121,10 @@ pub struct Local {
 }
 
 impl Local {
-    pub fn new(manifests: &Path, state: &Path) -> Self {
+    pub fn new(manifests: &Path, load_opts: &LoadOptions, state: &Path) -> Self {
         Local {
             manifests: manifests.to_owned(),
+            load_opts: load_opts.clone(),
             state: state.to_owned(),
             providers: crate::registry::providers(&provider::Context {
                 state_dir: state.to_owned(),
@@ -134,7 +137,7 @@ impl Local {
     /// The manifests and their graph, then the store: loaded first, as a plan needs them.
     fn open(&mut self) -> anyhow::Result<(&Loaded, Arc<dyn StateStore>)> {
         if self.loaded.is_none() {
-            let (set, graph) = load(&self.manifests)?;
+            let (set, graph) = load(&self.manifests, &self.load_opts)?;
             self.loaded = Some(Loaded { set, graph });
         }
         let store = self.store()?;

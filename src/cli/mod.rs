@@ -47,6 +47,10 @@ struct Cli {
     /// The daemon's control socket [default: <state>/tend.sock].
     #[arg(long, global = true, env = "TEND_SOCKET")]
     socket: Option<PathBuf>,
+    /// A directory `fromFile` may read besides the manifests root and `$CREDENTIALS_DIRECTORY`
+    /// (repeatable). Files read from it are always sensitive.
+    #[arg(long = "secrets-dir", value_name = "DIR", global = true)]
+    secrets_dirs: Vec<PathBuf>,
     /// Turn colour off (also `NO_COLOR`; off anyway when stdout is not a terminal).
     #[arg(long, global = true)]
     no_color: bool,
@@ -271,10 +275,13 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<Outcome> {
         .socket
         .clone()
         .unwrap_or_else(|| crate::daemon::control::default_socket(&cli.state));
-    let connect = || backend::connect(&cli.manifests, &cli.state, &socket);
+    let load_opts = crate::manifest::LoadOptions {
+        secrets_dirs: cli.secrets_dirs.clone(),
+    };
+    let connect = || backend::connect(&cli.manifests, &load_opts, &cli.state, &socket);
     match cli.command {
         Command::Validate => {
-            let (set, _) = load(&cli.manifests)?;
+            let (set, _) = load(&cli.manifests, &load_opts)?;
             printer.out(&format!(
                 "Success! {} manifests in {} are valid.",
                 set.manifests.len(),
@@ -283,7 +290,7 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<Outcome> {
             Ok(Outcome::Success)
         }
         Command::Graph { format } => {
-            let (_, graph) = load(&cli.manifests)?;
+            let (_, graph) = load(&cli.manifests, &load_opts)?;
             printer.out(&match format {
                 GraphFormat::Text => graph.to_text(),
                 GraphFormat::Dot => graph.to_dot(),
@@ -305,6 +312,7 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<Outcome> {
                 stall_after: args.stall_after,
                 refresh_timeout: args.refresh_timeout,
                 manifests: cli.manifests.clone(),
+                load: load_opts.clone(),
                 resync: args.resync,
                 prune: args.prune,
                 max_prune: args.max_prune,

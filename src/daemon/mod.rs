@@ -45,6 +45,8 @@ pub enum Approve {
 #[derive(Clone, Debug)]
 pub struct Options {
     pub manifests: PathBuf,
+    /// How credentials' files are read (`--secrets-dir`).
+    pub load: manifest::LoadOptions,
     pub resync: Duration,
     pub prune: bool,
     pub max_prune: usize,
@@ -421,13 +423,13 @@ impl Daemon {
         let why = why.as_str();
         tracing::info!(reason = why, "reloading");
         let loaded = match &self.repo {
-            None => manifest::load(&self.opts.manifests),
+            None => manifest::load_with(&self.opts.manifests, &self.opts.load),
             Some(repo) => {
                 let repo = repo.clone();
                 match tokio::task::spawn_blocking(move || repo.read_head()).await {
                     Ok(Ok((rev, files))) => {
                         self.revision = Some(rev);
-                        manifest::load_files(&self.opts.manifests, files)
+                        manifest::load_files_with(&self.opts.manifests, files, &self.opts.load)
                     }
                     Ok(Err(e)) => {
                         let msg = format!("{e:#}");
@@ -1109,6 +1111,7 @@ mod tests {
                 let d = Daemon {
                     opts: Options {
                         manifests: dir.path().join("manifests"),
+                        load: manifest::LoadOptions::default(),
                         resync: Duration::from_secs(3600),
                         prune: false,
                         max_prune: 3,

@@ -3,7 +3,7 @@
 //! resource uses when it names none. Reads the environment and files; nothing else.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::Credential as Loaded;
@@ -52,7 +52,7 @@ pub fn read_data(
     name: &str,
     provider: &str,
     data: Option<&Node>,
-    root: &Path,
+    places: &Places,
     file: &Arc<std::path::PathBuf>,
     diags: &mut Vec<Diagnostic>,
 ) -> BTreeMap<String, Value> {
@@ -94,7 +94,7 @@ pub fn read_data(
         let ctx = Source {
             name,
             key: &key.name,
-            root,
+            places,
             file,
         };
         match read_source(&ctx, node, is_secret) {
@@ -110,8 +110,62 @@ pub fn read_data(
 struct Source<'a> {
     name: &'a str,
     key: &'a str,
-    root: &'a Path,
+    places: &'a Places,
     file: &'a Arc<std::path::PathBuf>,
+}
+
+/// Where `fromFile` may read: the manifests root, systemd's `$CREDENTIALS_DIRECTORY` and the
+/// `--secrets-dir` directories, each resolved (symlinks followed) once per load.
+#[derive(Debug)]
+pub struct Places {
+    /// The manifests root as given: relative `fromFile` paths are joined to it.
+    root: PathBuf,
+    /// The root resolved; `None` when it cannot be (then nothing is inside it).
+    root_real: Option<PathBuf>,
+    /// The secrets directories resolved.
+    secrets: Vec<PathBuf>,
+}
+
+impl Places {
+    /// The places of one load: `root`, `$CREDENTIALS_DIRECTORY` when set, then `secrets_dirs`.
+    pub fn new(root: &Path, secrets_dirs: &[PathBuf]) -> Places {
+        let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from);
+        Places {
+            root: root.to_path_buf(),
+            root_real: std::fs::canonicalize(root).ok(),
+            secrets: credentials_dir
+                .iter()
+                .chain(secrets_dirs)
+                .filter_map(|d| std::fs::canonicalize(d).ok())
+                .collect(),
+        }
+    }
+
+    /// Where a resolved path lies, if anywhere `fromFile` may read.
+    pub fn place_of(&self, real: &Path) -> Option<Place> {
+        if self
+            .root_real
+            .as_deref()
+            .is_some_and(|r| real.starts_with(r))
+        {
+            Some(Place::Root)
+        } else if self.secrets.iter().any(|d| real.starts_with(d)) {
+            Some(Place::SecretsDir)
+        } else {
+            None
+        }
+    }
+}
+
+/// Where a file `fromFile` reads lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// Under the manifests root: a non-secret key's value stays plain.
+    Root,
+    /// Under `$CREDENTIALS_DIRECTORY` or a `--secrets-dir`: always sensitive.
+    SecretsDir,
 }
 
 fn read_source(ctx: &Source<'_>, node: &Node, is_secret: bool) -> Result<Value, Box<Diagnostic>> {
@@ -138,7 +192,14 @@ fn read_source(ctx: &Source<'_>, node: &Node, is_secret: bool) -> Result<Value, 
                     ),
                 )),
             },
-            "fromFile" => read_file(ctx, arg, v.pos).map(wrap),
+            "fromFile" => read_file(ctx, arg, v.pos).map(|(text, place)| {
+                // Only a non-secret key read from inside the manifests root stays plain text.
+                if is_secret || place != Place::Root {
+                    Value::Secret(Sensitive::new(text))
+                } else {
+                    Value::Str(text)
+                }
+            }),
             other => Err(err(
                 k.pos,
                 format!(
@@ -176,17 +237,41 @@ fn read_source(ctx: &Source<'_>, node: &Node, is_secret: bool) -> Result<Value, 
     }
 }
 
-fn read_file(ctx: &Source<'_>, arg: &str, pos: Pos) -> Result<String, Box<Diagnostic>> {
+fn read_file(ctx: &Source<'_>, arg: &str, pos: Pos) -> Result<(String, Place), Box<Diagnostic>> {
     use std::os::unix::fs::PermissionsExt;
     let (name, key) = (ctx.name, ctx.key);
-    let path = ctx.root.join(arg);
+    let path = ctx.places.root.join(arg);
     let err = |msg: String| Box::new(Diagnostic::new(ctx.file, pos, msg));
-    let meta = std::fs::metadata(&path).map_err(|e| {
+    let cannot = |e: std::io::Error| {
         err(format!(
             "credential `{name}`: cannot read file `{}` for `{key}`: {e}",
             path.display()
         ))
-    })?;
+    };
+    // Symlinks are resolved before the check, so a link cannot point out of a place.
+    let real = std::fs::canonicalize(&path).map_err(cannot)?;
+    let Some(place) = ctx.places.place_of(&real) else {
+        return Err(Box::new(
+            Diagnostic::new(
+                ctx.file,
+                pos,
+                format!(
+                    "credential `{name}`: file `{arg}` for `{key}` is outside the manifests root and every secrets directory (it resolves to `{}`)",
+                    real.display()
+                ),
+            )
+            .with_help(
+                "`fromFile` reads only under the manifests root, `$CREDENTIALS_DIRECTORY` or a directory named with `--secrets-dir`",
+            ),
+        ));
+    };
+    let meta = std::fs::metadata(&real).map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(err(format!(
+            "credential `{name}`: `{}` for `{key}` is not a regular file",
+            path.display()
+        )));
+    }
     let mode = meta.permissions().mode();
     if mode & 0o004 != 0 {
         return Err(Box::new(
@@ -202,13 +287,8 @@ fn read_file(ctx: &Source<'_>, arg: &str, pos: Pos) -> Result<String, Box<Diagno
             .with_help(format!("chmod o-rwx {}", path.display())),
         ));
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        err(format!(
-            "credential `{name}`: cannot read file `{}` for `{key}`: {e}",
-            path.display()
-        ))
-    })?;
-    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+    let text = std::fs::read_to_string(&real).map_err(cannot)?;
+    Ok((text.trim_end_matches(['\n', '\r']).to_owned(), place))
 }
 
 /// The credential a resource uses: the one it names, else the only one of the provider, else

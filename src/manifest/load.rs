@@ -12,7 +12,7 @@ use super::diag::{Diagnostic, attach_source, suggest};
 use super::node::{Node, NodeValue, Pos, parse_documents};
 use super::refs::RefExpr;
 use super::schema::Checker;
-use super::{Credential, Dep, LoadErrors, Manifest, ManifestSet, Via, credential};
+use super::{Credential, Dep, LoadErrors, LoadOptions, Manifest, ManifestSet, Via, credential};
 use crate::address::{Address, Kind, is_dns_label};
 
 /// Whether a path inside the manifests tree is a manifest: `*.yaml` / `*.yml`, not hidden, not
@@ -27,36 +27,97 @@ pub fn is_manifest_path(path: &Path) -> bool {
         && (name.ends_with(".yaml") || name.ends_with(".yml"))
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
+/// Why the walk stopped: a directory it could not read, or a symlink that leads back into a
+/// directory it is already inside.
+enum WalkError {
+    Io(PathBuf, std::io::Error),
+    Loop { link: PathBuf, target: PathBuf },
+}
+
+/// Collect manifest paths under `dir`. Symlinks are followed (a directory's as a directory);
+/// `ancestors` holds the resolved directories being walked, so a link back into one of them is
+/// a loop, reported instead of followed.
+fn walk(dir: &Path, ancestors: &mut Vec<PathBuf>, out: &mut Vec<PathBuf>) -> Result<(), WalkError> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| WalkError::Io(p, e)
+    };
+    let real = std::fs::canonicalize(dir).map_err(io(dir))?;
+    ancestors.push(real);
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        entries.push(entry.map_err(io(dir))?);
+    }
+    for entry in entries {
         let path = entry.path();
         let hidden = entry
             .file_name()
             .to_str()
             .is_none_or(|n| n.starts_with('.'));
-        let ty = entry.file_type()?;
+        let mut ty = entry.file_type().map_err(io(&path))?;
+        if ty.is_symlink() {
+            // A broken link named like a manifest is reported when it is read.
+            match std::fs::metadata(&path) {
+                Ok(meta) => ty = meta.file_type(),
+                Err(_) => {
+                    if is_manifest_path(&path) {
+                        out.push(path);
+                    }
+                    continue;
+                }
+            }
+        }
         if ty.is_dir() {
             // A Pulumi program kept beside the manifests is not a manifest directory.
-            if !hidden && !path.join("Pulumi.yaml").exists() {
-                walk(&path, out)?;
+            if hidden || path.join("Pulumi.yaml").exists() {
+                continue;
             }
+            let target = std::fs::canonicalize(&path).map_err(io(&path))?;
+            if ancestors.contains(&target) {
+                return Err(WalkError::Loop { link: path, target });
+            }
+            walk(&path, ancestors, out)?;
         } else if is_manifest_path(&path) {
             out.push(path);
         }
     }
+    ancestors.pop();
     Ok(())
 }
 
 /// Load every manifest under `root`.
 pub fn load(root: &Path) -> Result<ManifestSet, LoadErrors> {
+    load_with(root, &LoadOptions::default())
+}
+
+/// Load every manifest under `root`, reading credentials' files as `opts` allows.
+pub fn load_with(root: &Path, opts: &LoadOptions) -> Result<ManifestSet, LoadErrors> {
     let mut paths = Vec::new();
-    if let Err(e) = walk(root, &mut paths) {
-        return Err(LoadErrors(vec![Diagnostic::new(
-            &Arc::new(root.to_path_buf()),
-            Pos::default(),
-            format!("cannot read manifests directory: {e}"),
-        )]));
+    if let Err(e) = walk(root, &mut Vec::new(), &mut paths) {
+        let rel = |p: &Path| Arc::new(p.strip_prefix(root).unwrap_or(p).to_path_buf());
+        let d = match e {
+            WalkError::Io(p, e) if p == root => Diagnostic::new(
+                &Arc::new(root.to_path_buf()),
+                Pos::default(),
+                format!("cannot read manifests directory: {e}"),
+            ),
+            WalkError::Io(p, e) => Diagnostic::new(
+                &rel(&p),
+                Pos { line: 1, col: 1 },
+                format!("cannot read directory: {e}"),
+            ),
+            WalkError::Loop { link, target } => Diagnostic::new(
+                &rel(&link),
+                Pos { line: 1, col: 1 },
+                format!(
+                    "symlink loop: `{}` leads back to `{}`, a directory it is inside",
+                    link.strip_prefix(root).unwrap_or(&link).display(),
+                    target.display()
+                ),
+            )
+            .with_help("remove the link or point it outside the manifests tree"),
+        };
+        return Err(LoadErrors(vec![d]));
     }
     paths.sort();
     let files: Vec<(PathBuf, Result<String, String>)> = paths
@@ -66,11 +127,20 @@ pub fn load(root: &Path) -> Result<ManifestSet, LoadErrors> {
             (rel, std::fs::read_to_string(p).map_err(|e| e.to_string()))
         })
         .collect();
-    load_files(root, files)
+    load_files_with(root, files, opts)
 }
 
 /// Load from already-read files (relative path, contents). The daemon and tests use this.
 pub fn load_files(root: &Path, files: Vec<super::SourceFile>) -> Result<ManifestSet, LoadErrors> {
+    load_files_with(root, files, &LoadOptions::default())
+}
+
+/// [`load_files`], reading credentials' files as `opts` allows.
+pub fn load_files_with(
+    root: &Path,
+    files: Vec<super::SourceFile>,
+    opts: &LoadOptions,
+) -> Result<ManifestSet, LoadErrors> {
     let mut digest = Sha256::new();
     for (path, text) in &files {
         digest.update(path.to_string_lossy().as_bytes());
@@ -153,12 +223,13 @@ pub fn load_files(root: &Path, files: Vec<super::SourceFile>) -> Result<Manifest
 
     // Credentials: read their sources.
     let mut credentials = BTreeMap::new();
+    let places = credential::Places::new(root, &opts.secrets_dirs);
     for c in cred_docs {
         let data = credential::read_data(
             &c.name,
             &c.provider,
             c.data.as_ref(),
-            root,
+            &places,
             &c.file,
             &mut diags,
         );
@@ -192,6 +263,10 @@ pub fn load_files(root: &Path, files: Vec<super::SourceFile>) -> Result<Manifest
         }
     }
 
+    confined_paths(root, &manifests, &mut diags);
+    claims(&manifests, &mut diags);
+    secret_free(&manifests, &credentials, &mut diags);
+
     if diags.is_empty() {
         Ok(ManifestSet {
             root: root.to_path_buf(),
@@ -207,6 +282,146 @@ pub fn load_files(root: &Path, files: Vec<super::SourceFile>) -> Result<Manifest
             }
         }
         Err(LoadErrors(diags))
+    }
+}
+
+/// Paths a kind says must stay inside the manifests root (`KindModel::root_paths`): refused
+/// when absolute, when `..` climbs out, or when, resolved with its symlinks, it lies outside.
+fn confined_paths(
+    root: &Path,
+    manifests: &BTreeMap<Address, Manifest>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let root_real = std::fs::canonicalize(root).ok();
+    for m in manifests.values() {
+        for (field, node) in m.address.kind.model().root_paths(&m.spec) {
+            let Some(text) = node.as_str() else { continue };
+            let path = Path::new(text);
+            let mut depth: i64 = 0;
+            let mut escapes = path.is_absolute();
+            for c in path.components() {
+                match c {
+                    std::path::Component::ParentDir => depth -= 1,
+                    std::path::Component::Normal(_) => depth += 1,
+                    _ => {}
+                }
+                escapes |= depth < 0;
+            }
+            let resolved = root_real.as_ref().and_then(|r| {
+                let real = std::fs::canonicalize(root.join(path)).ok()?;
+                (!real.starts_with(r)).then_some(real)
+            });
+            if escapes || resolved.is_some() {
+                let shown = resolved.map_or_else(String::new, |r| {
+                    format!(" (it resolves to `{}`)", r.display())
+                });
+                diags.push(
+                    Diagnostic::new(
+                        &m.file,
+                        node.pos,
+                        format!(
+                            "{}: `{field}: {text}` is outside the manifests root{shown}",
+                            m.address
+                        ),
+                    )
+                    .with_help(format!(
+                        "`{field}` is a path relative to the manifests root and must stay inside it"
+                    )),
+                );
+            }
+        }
+    }
+}
+
+/// Two manifests claiming the same thing on one system (`KindModel::claims`), e.g. one
+/// database on one server: the later is refused, naming both.
+fn claims(manifests: &BTreeMap<Address, Manifest>, diags: &mut Vec<Diagnostic>) {
+    let mut seen: BTreeMap<(String, &'static str, String), (&Manifest, Pos)> = BTreeMap::new();
+    for m in manifests.values() {
+        for c in m.address.kind.model().claims(m) {
+            let key = (c.scope.clone(), c.what, c.name.clone());
+            match seen.get(&key) {
+                Some((first, at)) => diags.push(
+                    Diagnostic::new(
+                        &m.file,
+                        c.pos,
+                        format!(
+                            "{} `{}` on {} is claimed by both {} and {}",
+                            c.what, c.name, c.scope, first.address, m.address
+                        ),
+                    )
+                    .with_help(format!(
+                        "{} claims it at {}:{}:{}; each {} on a server belongs to one resource",
+                        first.address,
+                        first.file.display(),
+                        at.line,
+                        at.col,
+                        c.what
+                    )),
+                ),
+                None => {
+                    seen.insert(key, (m, c.pos));
+                }
+            }
+        }
+    }
+}
+
+/// Refs to sensitive values (a secret credential key, a sensitive output) inside the parts of
+/// a spec where its kind allows none (`KindModel::secret_free`).
+fn secret_free(
+    manifests: &BTreeMap<Address, Manifest>,
+    credentials: &BTreeMap<String, Credential>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    for m in manifests.values() {
+        for (path, node) in m.address.kind.model().secret_free(&m.spec) {
+            let (mut ignored, mut refs) = (Vec::new(), Vec::new());
+            Checker {
+                file: &m.file,
+                diags: &mut ignored,
+                refs: &mut refs,
+            }
+            .walk_any(node);
+            for r in refs {
+                if is_sensitive_ref(&r, credentials) {
+                    diags.push(
+                        Diagnostic::new(
+                            &m.file,
+                            r.pos,
+                            format!(
+                                "{}: {path} holds `{}`, a sensitive value; {} allows none there",
+                                m.address,
+                                Via::of_ref(&r),
+                                m.address.kind
+                            ),
+                        )
+                        .with_help("pass secrets where the kind delivers them as secrets (for a Nomad job, a task's `Env`)"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Whether a ref reads a secret: a credential key that loaded as a secret, or an output its
+/// kind marks sensitive.
+fn is_sensitive_ref(r: &RefExpr, credentials: &BTreeMap<String, Credential>) -> bool {
+    let Ok(kind) = r.kind.parse::<Kind>() else {
+        return false;
+    };
+    let path: Vec<&str> = r.path.iter().map(String::as_str).collect();
+    match path.as_slice() {
+        ["spec", "data", key] if kind == Kind::CREDENTIAL => credentials
+            .get(&r.name)
+            .and_then(|c| c.data.get(*key))
+            .is_some_and(|v| matches!(v, crate::value::Value::Secret(_))),
+        ["status", "outputs", name] => kind
+            .model()
+            .schema()
+            .output(name)
+            .is_some_and(|o| o.sensitive),
+        _ => false,
     }
 }
 
@@ -296,6 +511,7 @@ fn check_document(
     .check_fields(&spec, model.schema().fields, &format!("{kind} spec"));
     model.check(&spec, file, diags);
     let name = name?;
+    model.check_named(&name, pos, &spec, file, diags);
     if diags.len() > before {
         return None;
     }
@@ -763,5 +979,175 @@ mod tests {
             .get(&"PostgresServer.main".parse().expect("addr"))
             .expect("server");
         assert_eq!(server.deps[0].target.to_string(), "PulumiStack.net");
+    }
+
+    fn database(name: &str, spec: &str) -> String {
+        format!(
+            "---\napiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {{name: {name}}}\nspec: {{server: main{spec}}}\n"
+        )
+    }
+
+    #[test]
+    fn names_postgres_would_refuse_are_located_before_apply() {
+        for (spec, why) in [
+            (", database: template1", "template database"),
+            (", database: postgres", "reserved"),
+            (", database: \"\"", "must not be empty"),
+            (", owner: pg_x", "names starting with `pg_`"),
+            (", owner: postgres", "reserved"),
+        ] {
+            let errs =
+                load_str(&[("s.yaml", SERVER), ("d.yaml", &database("d", spec))]).expect_err(spec);
+            assert_eq!(errs.len(), 1, "{spec}: {errs:?}");
+            assert!(errs[0].starts_with("d.yaml:5:"), "{spec}: {errs:?}");
+            assert!(errs[0].contains(why), "{spec}: {errs:?}");
+        }
+        for name in ["template1", "postgres", "public"] {
+            let errs =
+                load_str(&[("s.yaml", SERVER), ("d.yaml", &database(name, ""))]).expect_err(name);
+            assert_eq!(errs.len(), 1, "{name}: {errs:?}");
+            assert!(
+                errs[0].starts_with("d.yaml:4:18 invalid database name (from metadata.name)"),
+                "{name}: {errs:?}"
+            );
+        }
+        load_str(&[
+            ("s.yaml", SERVER),
+            ("d.yaml", &database("template1", ", database: t1")),
+        ])
+        .expect("named elsewhere");
+        let long = format!(", database: {}", "d".repeat(64));
+        let errs = load_str(&[("s.yaml", SERVER), ("d.yaml", &database("d", &long))])
+            .expect_err("64 bytes");
+        assert!(errs[0].contains("64 bytes long"), "{errs:?}");
+        // A ref is checked by the provider once it is known.
+        let by_ref = ", owner: \"${PostgresServer.main.spec.user}\"";
+        load_str(&[("s.yaml", SERVER), ("d.yaml", &database("d", by_ref))]).expect("a ref");
+    }
+
+    #[test]
+    fn one_database_or_role_claimed_twice_on_a_server_names_both() {
+        let two = format!(
+            "{}{}",
+            database("a", ", database: shop"),
+            database("b", ", database: shop, owner: bob")
+        );
+        let errs = load_str(&[("s.yaml", SERVER), ("d.yaml", &two)]).expect_err("twice");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with(
+                "d.yaml:10:32 database `shop` on PostgresServer.main is claimed by both PostgresDatabase.a and PostgresDatabase.b"
+            ),
+            "{errs:?}"
+        );
+        // The role: `b` defaults its database and owner to its name, `a` names it as owner.
+        let two = format!("{}{}", database("a", ", owner: b"), database("b", ""));
+        let errs = load_str(&[("s.yaml", SERVER), ("d.yaml", &two)]).expect_err("role");
+        assert!(
+            errs[0].contains("role `b` on PostgresServer.main is claimed by both"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_secret_in_a_jobs_meta_is_refused_and_one_in_env_is_not() {
+        let job = |at: &str| {
+            format!(
+                "---\napiVersion: tend/v1\nkind: NomadJob\nmetadata: {{name: web}}\nspec:\n  job:\n    {at}\n"
+            )
+        };
+        let pw = "\"${PostgresDatabase.d.status.outputs.password}\"";
+        let meta = job(&format!("Meta: {{pw: {pw}}}"));
+        let text = format!("{SERVER}{}{meta}", database("d", ""));
+        let errs = load_str(&[("s.yaml", &text)]).expect_err("meta");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains("NomadJob.web: job.Meta.pw holds `${PostgresDatabase.d.status.outputs.password}`, a sensitive value"),
+            "{errs:?}"
+        );
+        let task = job(&format!(
+            "TaskGroups: [{{Name: g, Meta: {{c: \"${{Credential.pg.spec.data.password}}\"}}, Tasks: [{{Name: t, Env: {{PW: {pw}}}}}]}}]"
+        ));
+        let text = format!("{SERVER}{}{task}", database("d", ""));
+        let errs = load_str(&[("s.yaml", &text)]).expect_err("group meta");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains("job.TaskGroups[0].Meta.c holds"),
+            "{errs:?}"
+        );
+        let plain = job("Meta: {host: \"${PostgresDatabase.d.status.outputs.host}\"}");
+        load_str(&[("s.yaml", &format!("{SERVER}{}{plain}", database("d", "")))])
+            .expect("a plain output in Meta");
+    }
+
+    #[test]
+    fn a_job_id_nomad_would_refuse_is_located() {
+        let job = |id: &str| {
+            format!(
+                "apiVersion: tend/v1\nkind: NomadJob\nmetadata: {{name: web}}\nspec:\n  job: {{ID: \"{id}\"}}\n"
+            )
+        };
+        for (id, why) in [
+            ("a b", "contains a space"),
+            ("", "must not be empty"),
+            (&"j".repeat(118), "118 bytes"),
+        ] {
+            let errs = load_str(&[("j.yaml", &job(id))]).expect_err(id);
+            assert!(errs[0].starts_with("j.yaml:5:"), "{errs:?}");
+            assert!(errs[0].contains(why), "{errs:?}");
+        }
+        load_str(&[("j.yaml", &job(&"j".repeat(117)))]).expect("117 bytes fit");
+    }
+
+    #[test]
+    fn a_program_outside_the_root_is_refused() {
+        let stack = |program: &str| {
+            format!(
+                "apiVersion: tend/v1\nkind: PulumiStack\nmetadata: {{name: net}}\nspec: {{program: \"{program}\", stack: org/net/prod}}\n"
+            )
+        };
+        for program in ["../x", "/etc", "a/../../x"] {
+            let errs = load_str(&[("p.yaml", &stack(program))]).expect_err(program);
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(
+                errs[0].starts_with(&format!(
+                    "p.yaml:4:17 PulumiStack.net: `program: {program}` is outside the manifests root"
+                )),
+                "{errs:?}"
+            );
+        }
+        load_str(&[("p.yaml", &stack("programs/../net"))]).expect("stays inside");
+    }
+
+    #[test]
+    fn from_file_is_sensitive_unless_a_plain_key_is_read_inside_the_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (root, secrets) = (dir.path().join("m"), dir.path().join("s"));
+        for (d, text) in [(&root, "inside"), (&secrets, "outside")] {
+            std::fs::create_dir_all(d).expect("mkdir");
+            std::fs::write(d.join("user"), text).expect("write");
+            std::fs::set_permissions(d.join("user"), std::fs::Permissions::from_mode(0o600))
+                .expect("chmod");
+        }
+        let doc = |path: &str| {
+            format!(
+                "apiVersion: tend/v1\nkind: Credential\nmetadata: {{name: pg}}\nspec:\n  provider: postgres\n  data: {{user: {{fromFile: \"{path}\"}}}}\n"
+            )
+        };
+        let opts = LoadOptions {
+            secrets_dirs: vec![secrets.clone()],
+        };
+        let user = |path: &str| {
+            let files = vec![(PathBuf::from("c.yaml"), Ok(doc(path)))];
+            let set = load_files_with(&root, files, &opts).expect("loads");
+            set.credentials["pg"].data["user"].clone()
+        };
+        assert_eq!(user("user"), crate::value::Value::Str("inside".into()));
+        let outside = user(&secrets.join("user").display().to_string());
+        assert!(
+            matches!(outside, crate::value::Value::Secret(_)),
+            "{outside:?}"
+        );
     }
 }

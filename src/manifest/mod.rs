@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use load::{is_manifest_path, load, load_files};
+pub use load::{is_manifest_path, load, load_files, load_files_with, load_with};
 
 use crate::address::Address;
 use diag::Diagnostic;
@@ -28,6 +28,14 @@ use refs::RefExpr;
 /// A file to load: its path relative to the manifests root and its text (or why it could not be
 /// read).
 pub type SourceFile = (PathBuf, Result<String, String>);
+
+/// How a load reads what the manifests point at.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Directories `fromFile` may read besides the manifests root and systemd's
+    /// `$CREDENTIALS_DIRECTORY` (`--secrets-dir`, repeatable).
+    pub secrets_dirs: Vec<PathBuf>,
+}
 
 /// One document: a resource as written.
 #[derive(Clone, Debug)]

@@ -50,6 +50,25 @@ pub fn form(node: &Node) -> Form<'_> {
     }
 }
 
+/// The text of a node written as a literal string: plain text or `{value: …}`, with no ref
+/// inside (`$${` reads as `${`). `None` for a ref, an interpolation or a non-string, whose value
+/// is known only when resolved.
+pub fn literal(node: &Node) -> Option<String> {
+    let node = match form(node) {
+        Form::Value(v) => return v.as_str().map(str::to_owned),
+        Form::Ref(_) => return None,
+        Form::Plain => node,
+    };
+    let pieces = parse_template(node.as_str()?, node.pos).ok()?;
+    pieces
+        .into_iter()
+        .map(|p| match p {
+            Piece::Lit(s) => Some(s),
+            Piece::Ref(_) => None,
+        })
+        .collect()
+}
+
 fn parse_ref_object(node: &Node) -> Result<RefExpr, (Pos, String)> {
     let Some(entries) = node.as_map() else {
         return Err((

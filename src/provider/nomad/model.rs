@@ -4,9 +4,15 @@
 //! no HTTP.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::secrets::MAX_JOB_ID_BYTES;
 use super::{CLUSTER_CONCURRENCY, JobSpec, PRIVATE_JOB_MODIFY_INDEX, client, differences};
+use crate::manifest::diag::Diagnostic;
+use crate::manifest::node::{Node, NodeValue};
+use crate::manifest::refs::literal;
 use crate::model::{
     BuildCx, CredentialSlot, CredentialType, Desired, Drift, Field, KindModel, LIFECYCLE, Observed,
     Output, Schema, Ty, or_insert,
@@ -95,6 +101,68 @@ impl KindModel for NomadJob {
             or_insert(job, "Name", || id);
         }
         conn
+    }
+
+    /// A literal `job.ID` Nomad (or the job's Variable path) would refuse.
+    fn check(&self, spec: &Node, file: &Arc<PathBuf>, diags: &mut Vec<Diagnostic>) {
+        let Some(node) = spec.get("job").and_then(|j| j.get("ID")) else {
+            return;
+        };
+        let Some(id) = literal(node) else { return };
+        let why = if id.is_empty() {
+            Some("must not be empty".to_owned())
+        } else if id.chars().any(char::is_whitespace) {
+            Some("contains a space (Nomad refuses it)".to_owned())
+        } else if id.contains('\0') {
+            Some("contains a NUL character".to_owned())
+        } else if id.len() > MAX_JOB_ID_BYTES {
+            Some(format!(
+                "is {} bytes; at most {MAX_JOB_ID_BYTES} fit the job's Variable path `nomad/jobs/<ID>` (128 characters)",
+                id.len()
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            diags.push(Diagnostic::new(
+                file,
+                node.pos,
+                format!("invalid spec.job.ID: {why}"),
+            ));
+        }
+    }
+
+    /// `Meta` of the job, its groups and tasks is registered with the job in plain text: each
+    /// entry, by its path (`job.Meta.owner`).
+    fn secret_free<'a>(&self, spec: &'a Node) -> Vec<(String, &'a Node)> {
+        let mut out = Vec::new();
+        let Some(job) = spec.get("job") else {
+            return out;
+        };
+        let mut meta = |at: String, n: &'a Node| {
+            if let Some(m) = n.get("Meta") {
+                match m.as_map() {
+                    Some(entries) => {
+                        for (k, v) in entries {
+                            out.push((format!("{at}.Meta.{}", k.name), v));
+                        }
+                    }
+                    None => out.push((format!("{at}.Meta"), m)),
+                }
+            }
+        };
+        let seq = |n: &'a Node, key: &str| match n.get(key).map(|v| &v.value) {
+            Some(NodeValue::Seq(items)) => items.iter().collect(),
+            _ => Vec::new(),
+        };
+        meta("job".to_owned(), job);
+        for (gi, group) in seq(job, "TaskGroups").into_iter().enumerate() {
+            meta(format!("job.TaskGroups[{gi}]"), group);
+            for (ti, task) in seq(group, "Tasks").into_iter().enumerate() {
+                meta(format!("job.TaskGroups[{gi}].Tasks[{ti}]"), task);
+            }
+        }
+        out
     }
 
     fn immutable_fields(&self) -> &'static [&'static str] {

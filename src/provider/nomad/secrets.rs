@@ -43,6 +43,9 @@ impl Prepared {
     }
 }
 
+/// The longest job ID whose Variable path (`nomad/jobs/<id>`, at most 128 characters) fits.
+pub const MAX_JOB_ID_BYTES: usize = 128 - "nomad/jobs/".len();
+
 /// The path of a job's Variable; tasks of the job may read it with no ACL policy (workload
 /// identity's implicit access).
 pub fn variable_path(job_id: &str) -> String {
@@ -245,7 +248,7 @@ fn is_identifier(k: &str) -> bool {
 /// Nomad Variable paths: `[a-zA-Z0-9-_~/]`; a job ID must also not add path segments.
 fn is_variable_path_safe(id: &str) -> bool {
     !id.is_empty()
-        && id.len() <= 118
+        && id.len() <= MAX_JOB_ID_BYTES
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '~'))

@@ -5,12 +5,18 @@
 //! per-server concurrency key. Pure: no connection to any server.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::observed::{self, DatabaseState, RoleState, TenantState};
-use super::spec::{Server, Tenant};
+use super::spec::{Server, Tenant, validate_database_name, validate_role_name};
+use crate::manifest::Manifest;
+use crate::manifest::diag::Diagnostic;
+use crate::manifest::node::{Node, Pos};
+use crate::manifest::refs::literal;
 use crate::model::{
-    BuildCx, CredentialSlot, CredentialType, Desired, Drift, Field, KindModel, LIFECYCLE,
+    BuildCx, Claim, CredentialSlot, CredentialType, Desired, Drift, Field, KindModel, LIFECYCLE,
     NameField, Observed, Output, ProviderError, Schema, Ty, or_insert,
 };
 use crate::state::Record;
@@ -91,6 +97,10 @@ impl KindModel for PostgresServer {
 }
 
 pub struct PostgresDatabase;
+
+/// The name of PostgreSQL's default maintenance database and bootstrap superuser: never a
+/// tenant's database or role.
+const RESERVED: &str = "postgres";
 
 impl PostgresDatabase {
     /// What a server holding exactly the desired database and role reads as: no drift. For
@@ -180,6 +190,91 @@ impl KindModel for PostgresDatabase {
         cx.named("server")
             .map(|server| server.spec.clone())
             .unwrap_or_else(Value::map)
+    }
+
+    /// Literal names are checked as the provider would check them at apply time, plus the
+    /// names no tenant may take (`postgres`, the default maintenance database and admin).
+    fn check(&self, spec: &Node, file: &Arc<PathBuf>, diags: &mut Vec<Diagnostic>) {
+        for (field, validate) in [
+            (
+                "database",
+                validate_database_name as fn(&str) -> Result<(), String>,
+            ),
+            ("owner", validate_role_name),
+        ] {
+            let Some(node) = spec.get(field) else {
+                continue;
+            };
+            let Some(name) = literal(node) else { continue };
+            let refused = validate(&name).err().or_else(|| {
+                (name == RESERVED).then(|| {
+                    format!("`{name}` is reserved: it is the server's own {field} by default")
+                })
+            });
+            if let Some(why) = refused {
+                diags.push(Diagnostic::new(
+                    file,
+                    node.pos,
+                    format!("invalid spec.{field}: {why}"),
+                ));
+            }
+        }
+    }
+
+    /// A database left out is named after the resource, and its owner after the database:
+    /// `metadata.name: template1` (or `postgres`, `public`, `none`) is refused there.
+    fn check_named(
+        &self,
+        name: &str,
+        pos: Pos,
+        spec: &Node,
+        file: &Arc<PathBuf>,
+        diags: &mut Vec<Diagnostic>,
+    ) {
+        if spec.get("database").is_some() {
+            return;
+        }
+        let mut why = validate_database_name(name).err();
+        if spec.get("owner").is_none() {
+            why = why.or_else(|| validate_role_name(name).err());
+        }
+        let why = why.or_else(|| {
+            (name == RESERVED).then(|| {
+                format!("`{name}` is reserved: the server's own database and admin by default")
+            })
+        });
+        if let Some(why) = why {
+            diags.push(
+                Diagnostic::new(
+                    file,
+                    pos,
+                    format!("invalid database name (from metadata.name): {why}"),
+                )
+                .with_help("set `database:` (and `owner:`) to a name of the tenant's own"),
+            );
+        }
+    }
+
+    /// The database and its owner role, on the server named by `server:`.
+    fn claims(&self, m: &Manifest) -> Vec<Claim> {
+        let Some(server) = m.spec.get("server").and_then(literal) else {
+            return Vec::new();
+        };
+        let scope = format!("PostgresServer.{server}");
+        let field = |f: &str| m.spec.get(f).map(|n| (literal(n), n.pos));
+        let database = field("database").unwrap_or((Some(m.address.name.clone()), m.pos));
+        let owner = field("owner").unwrap_or_else(|| database.clone());
+        [("database", database), ("role", owner)]
+            .into_iter()
+            .filter_map(|(what, (name, pos))| {
+                Some(Claim {
+                    scope: scope.clone(),
+                    what,
+                    name: name?,
+                    pos,
+                })
+            })
+            .collect()
     }
 
     fn immutable_fields(&self) -> &'static [&'static str] {

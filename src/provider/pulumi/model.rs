@@ -151,6 +151,14 @@ impl KindModel for PulumiStack {
         conn
     }
 
+    /// The program is the operator's code that tend runs: it must live inside the manifests
+    /// root (checked by the loader, symlinks resolved).
+    fn root_paths<'a>(&self, spec: &'a Node) -> Vec<(&'static str, &'a Node)> {
+        spec.get("program")
+            .map(|n| vec![("program", n)])
+            .unwrap_or_default()
+    }
+
     /// Another stack is another set of resources.
     fn immutable_fields(&self) -> &'static [&'static str] {
         &["stack"]
