@@ -64,11 +64,6 @@ fn each_kind_of_bad_input_is_a_located_error_with_exit_1() {
             "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: other}\nspec: {provider: digitalocean, data: {token: dop_v1_plaintext}}\n",
             "secret.yaml:4:46",
         ),
-        (
-            "env.yaml",
-            "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: other}\nspec: {provider: nomad, data: {token: {fromEnv: TEND_SURELY_UNSET}}}\n",
-            "env.yaml:4:49",
-        ),
     ];
     for (file, text, location) in cases {
         let w = ws();
@@ -89,6 +84,64 @@ fn each_kind_of_bad_input_is_a_located_error_with_exit_1() {
         }
         assert!(!tend(&w, &["validate"]).all().contains("dop_v1_plaintext"));
     }
+}
+
+#[test]
+fn validate_needs_no_secrets_but_strict_validate_and_plan_do() {
+    let w = ws();
+    w.write("dbs.yaml", &db("one"));
+    w.write(
+        "env.yaml",
+        "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: other}\nspec: {provider: nomad, data: {token: {fromEnv: TEND_SURELY_UNSET}, address: {fromFile: missing/token}}}\n",
+    );
+    // Without TEND_CLI_TEST_PW either: validate reads no secret.
+    let r = Run::from(w.cmd(&["validate"]).output().expect("runs"));
+    assert_eq!(r.code, 0, "{}", r.all());
+    for needle in [
+        "warning: credential `other`: environment variable `TEND_SURELY_UNSET` for `token` is not set",
+        "env.yaml:4:49",
+        "warning: credential `other`: cannot read file",
+        "missing/token",
+        "warning: credential `pg`: environment variable `TEND_CLI_TEST_PW`",
+        "server.yaml:6:",
+        "3 warnings in manifests",
+    ] {
+        assert!(
+            r.stderr.contains(needle),
+            "expected {needle:?} in:\n{}",
+            r.stderr
+        );
+    }
+    assert!(r.stdout.contains("are valid (3 warnings)"), "{}", r.stdout);
+
+    let r = Run::from(w.cmd(&["validate", "--strict"]).output().expect("runs"));
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("error: credential `other`"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("env.yaml:4:49"), "{}", r.stderr);
+    assert!(r.stderr.contains("3 errors in manifests"), "{}", r.stderr);
+    assert!(!r.stdout.contains("Success"), "{}", r.stdout);
+
+    let r = tend(&w, &["plan"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("error: credential `other`"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("will be"), "{}", r.stdout);
+
+    // Everything else is still checked: a bad ref is an error with the secrets missing.
+    w.write(
+        "bad.yaml",
+        "apiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {name: a}\nspec: {server: main, owner: \"${PostgresDatabase.nope.status.outputs.username}\"}\n",
+    );
+    let r = Run::from(w.cmd(&["validate"]).output().expect("runs"));
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("bad.yaml:4:29"), "{}", r.stderr);
 }
 
 #[test]

@@ -79,8 +79,8 @@ pub async fn connect(
 }
 
 /// Load manifests and the graph; every diagnostic in the error ([`manifest::LoadErrors`]).
-pub fn load(dir: &Path) -> anyhow::Result<(ManifestSet, Graph)> {
-    let set = manifest::load(dir)?;
+pub fn load(dir: &Path, opts: manifest::LoadOptions) -> anyhow::Result<(ManifestSet, Graph)> {
+    let set = manifest::load_with(dir, opts)?;
     let graph = Graph::build(&set).map_err(manifest::LoadErrors)?;
     Ok((set, graph))
 }
@@ -134,7 +134,7 @@ impl Local {
     /// The manifests and their graph, then the store: loaded first, as a plan needs them.
     fn open(&mut self) -> anyhow::Result<(&Loaded, Arc<dyn StateStore>)> {
         if self.loaded.is_none() {
-            let (set, graph) = load(&self.manifests)?;
+            let (set, graph) = load(&self.manifests, manifest::LoadOptions::default())?;
             self.loaded = Some(Loaded { set, graph });
         }
         let store = self.store()?;

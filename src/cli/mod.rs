@@ -56,8 +56,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Check every manifest and the dependency graph; touches nothing.
-    Validate,
+    /// Check every manifest and the dependency graph without reading secrets; touches nothing.
+    Validate(ValidateArgs),
     /// Show what apply would do.
     Plan(PlanArgs),
     /// Converge: plan (or take a saved plan) and apply it.
@@ -77,6 +77,13 @@ enum Command {
     Daemon(DaemonArgs),
     /// What the daemon is doing (or, with no daemon, what state holds).
     Status,
+}
+
+#[derive(Args, Debug)]
+struct ValidateArgs {
+    /// Fail on warnings too (a credential's `fromEnv` variable or `fromFile` file missing).
+    #[arg(long)]
+    strict: bool,
 }
 
 #[derive(Args, Debug)]
@@ -266,17 +273,9 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<Outcome> {
         .unwrap_or_else(|| crate::daemon::control::default_socket(&cli.state));
     let connect = || backend::connect(&cli.manifests, &cli.state, &socket);
     match cli.command {
-        Command::Validate => {
-            let (set, _) = load(&cli.manifests)?;
-            printer.out(&format!(
-                "Success! {} manifests in {} are valid.",
-                set.manifests.len(),
-                cli.manifests.display()
-            ));
-            Ok(Outcome::Success)
-        }
+        Command::Validate(args) => validate_cmd(&cli.manifests, &args, printer),
         Command::Graph { format } => {
-            let (_, graph) = load(&cli.manifests)?;
+            let (_, graph) = load(&cli.manifests, manifest::LoadOptions::default())?;
             printer.out(&match format {
                 GraphFormat::Text => graph.to_text(),
                 GraphFormat::Dot => graph.to_dot(),
@@ -314,6 +313,47 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<Outcome> {
             })
         }
     }
+}
+
+/// Check the manifests without their secrets: a credential source that cannot be read is a
+/// warning (an error with `--strict`, as it is in plan and apply).
+fn validate_cmd(dir: &Path, args: &ValidateArgs, printer: Printer) -> anyhow::Result<Outcome> {
+    let opts = manifest::LoadOptions {
+        secrets: manifest::Secrets::Optional,
+    };
+    let (set, _) = load(dir, opts)?;
+    if args.strict && !set.warnings.is_empty() {
+        let errors = set.warnings.into_iter().map(|d| {
+            let mut d = d;
+            d.severity = manifest::diag::Severity::Error;
+            d
+        });
+        return Err(manifest::LoadErrors(errors.collect()).into());
+    }
+    let mut warnings = String::new();
+    for w in &set.warnings {
+        warnings.push_str(&w.render());
+        warnings.push('\n');
+    }
+    let n = set.warnings.len();
+    if n > 0 {
+        warnings.push_str(&format!(
+            "{n} warning{} in manifests",
+            if n == 1 { "" } else { "s" }
+        ));
+        printer.err(&warnings);
+    }
+    printer.out(&format!(
+        "Success! {} manifests in {} are valid{}.",
+        set.manifests.len(),
+        dir.display(),
+        match n {
+            0 => String::new(),
+            1 => " (1 warning)".to_owned(),
+            _ => format!(" ({n} warnings)"),
+        }
+    ));
+    Ok(Outcome::Success)
 }
 
 /// The plan, as text or JSON; with `--out` saved too.

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::Credential as Loaded;
+use super::Secrets;
 use super::diag::{Diagnostic, suggest};
 use super::node::{Node, NodeValue, Pos};
 use crate::model::{Field, KindModel, Schema, Ty};
@@ -46,16 +47,27 @@ impl KindModel for Credential {
     }
 }
 
+/// Where a credential's sources are read from, and whether they must be readable.
+pub struct ReadCx<'a> {
+    /// The manifests root (`fromFile` paths are relative to it).
+    pub root: &'a Path,
+    /// The file the credential is written in.
+    pub file: &'a Arc<std::path::PathBuf>,
+    pub secrets: Secrets,
+}
+
 /// Read a credential's `data` from its sources. Errors name the credential, the key and the
-/// variable or file.
+/// variable or file. With [`Secrets::Optional`] a missing variable or file is a warning and
+/// the key's value is [`Value::Unknown`].
 pub fn read_data(
     name: &str,
     provider: &str,
     data: Option<&Node>,
-    root: &Path,
-    file: &Arc<std::path::PathBuf>,
+    cx: &ReadCx<'_>,
     diags: &mut Vec<Diagnostic>,
+    warnings: &mut Vec<Diagnostic>,
 ) -> BTreeMap<String, Value> {
+    let (root, file) = (cx.root, cx.file);
     let mut out = BTreeMap::new();
     let Some(data) = data else { return out };
     let Some(entries) = data.as_map() else {
@@ -101,7 +113,13 @@ pub fn read_data(
             Ok(v) => {
                 out.insert(key.name.clone(), v);
             }
-            Err(d) => diags.push(*d),
+            Err(Problem::Missing(d)) if cx.secrets == Secrets::Optional => {
+                warnings.push(d.warning().with_help(
+                    "validate goes on without it; plan and apply need it (`tend validate --strict` makes this an error)",
+                ));
+                out.insert(key.name.clone(), Value::Unknown);
+            }
+            Err(Problem::Missing(d) | Problem::Invalid(d)) => diags.push(*d),
         }
     }
     out
@@ -114,8 +132,17 @@ struct Source<'a> {
     file: &'a Arc<std::path::PathBuf>,
 }
 
-fn read_source(ctx: &Source<'_>, node: &Node, is_secret: bool) -> Result<Value, Box<Diagnostic>> {
-    let err = |pos: Pos, msg: String| Box::new(Diagnostic::new(ctx.file, pos, msg));
+/// Why a source gave no value.
+enum Problem {
+    /// The variable or file is not there: a warning where secrets are optional.
+    Missing(Box<Diagnostic>),
+    /// Written wrongly, or there but unfit (world-readable): always an error.
+    Invalid(Box<Diagnostic>),
+}
+
+fn read_source(ctx: &Source<'_>, node: &Node, is_secret: bool) -> Result<Value, Problem> {
+    let err =
+        |pos: Pos, msg: String| Problem::Invalid(Box::new(Diagnostic::new(ctx.file, pos, msg)));
     let (name, key) = (ctx.name, ctx.key);
     let wrap = |s: String| {
         if is_secret {
@@ -131,12 +158,13 @@ fn read_source(ctx: &Source<'_>, node: &Node, is_secret: bool) -> Result<Value, 
         return match k.name.as_str() {
             "fromEnv" => match std::env::var(arg) {
                 Ok(s) => Ok(wrap(s)),
-                Err(_) => Err(err(
+                Err(_) => Err(Problem::Missing(Box::new(Diagnostic::new(
+                    ctx.file,
                     v.pos,
                     format!(
                         "credential `{name}`: environment variable `{arg}` for `{key}` is not set"
                     ),
-                )),
+                )))),
             },
             "fromFile" => read_file(ctx, arg, v.pos).map(wrap),
             other => Err(err(
@@ -161,7 +189,7 @@ fn read_source(ctx: &Source<'_>, node: &Node, is_secret: bool) -> Result<Value, 
             NodeValue::Int(i) => Some(i.to_string()),
             _ => None,
         };
-        return Err(Box::new(d));
+        return Err(Problem::Invalid(Box::new(d)));
     }
     match &node.value {
         NodeValue::Str(s) => Ok(Value::Str(s.clone())),
@@ -176,20 +204,25 @@ fn read_source(ctx: &Source<'_>, node: &Node, is_secret: bool) -> Result<Value, 
     }
 }
 
-fn read_file(ctx: &Source<'_>, arg: &str, pos: Pos) -> Result<String, Box<Diagnostic>> {
+fn read_file(ctx: &Source<'_>, arg: &str, pos: Pos) -> Result<String, Problem> {
     use std::os::unix::fs::PermissionsExt;
     let (name, key) = (ctx.name, ctx.key);
     let path = ctx.root.join(arg);
     let err = |msg: String| Box::new(Diagnostic::new(ctx.file, pos, msg));
     let meta = std::fs::metadata(&path).map_err(|e| {
-        err(format!(
+        let d = err(format!(
             "credential `{name}`: cannot read file `{}` for `{key}`: {e}",
             path.display()
-        ))
+        ));
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Problem::Missing(d)
+        } else {
+            Problem::Invalid(d)
+        }
     })?;
     let mode = meta.permissions().mode();
     if mode & 0o004 != 0 {
-        return Err(Box::new(
+        return Err(Problem::Invalid(Box::new(
             Diagnostic::new(
                 ctx.file,
                 pos,
@@ -200,13 +233,13 @@ fn read_file(ctx: &Source<'_>, arg: &str, pos: Pos) -> Result<String, Box<Diagno
                 ),
             )
             .with_help(format!("chmod o-rwx {}", path.display())),
-        ));
+        )));
     }
     let text = std::fs::read_to_string(&path).map_err(|e| {
-        err(format!(
+        Problem::Invalid(err(format!(
             "credential `{name}`: cannot read file `{}` for `{key}`: {e}",
             path.display()
-        ))
+        )))
     })?;
     Ok(text.trim_end_matches(['\n', '\r']).to_owned())
 }

@@ -48,8 +48,29 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Load every manifest under `root`.
+/// Whether credential sources must be readable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Secrets {
+    /// A missing `fromEnv` variable or `fromFile` file is an error (plan, apply, the daemon).
+    #[default]
+    Required,
+    /// It is a warning and the value stays unknown (`tend validate`, which needs no secrets).
+    Optional,
+}
+
+/// How a load reads the manifests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    pub secrets: Secrets,
+}
+
+/// Load every manifest under `root`, every credential source required.
 pub fn load(root: &Path) -> Result<ManifestSet, LoadErrors> {
+    load_with(root, LoadOptions::default())
+}
+
+/// Load every manifest under `root`.
+pub fn load_with(root: &Path, opts: LoadOptions) -> Result<ManifestSet, LoadErrors> {
     let mut paths = Vec::new();
     if let Err(e) = walk(root, &mut paths) {
         return Err(LoadErrors(vec![Diagnostic::new(
@@ -66,11 +87,21 @@ pub fn load(root: &Path) -> Result<ManifestSet, LoadErrors> {
             (rel, std::fs::read_to_string(p).map_err(|e| e.to_string()))
         })
         .collect();
-    load_files(root, files)
+    load_files_with(root, files, opts)
 }
 
-/// Load from already-read files (relative path, contents). The daemon and tests use this.
+/// Load from already-read files (relative path, contents), every credential source required.
+/// The daemon and tests use this.
 pub fn load_files(root: &Path, files: Vec<super::SourceFile>) -> Result<ManifestSet, LoadErrors> {
+    load_files_with(root, files, LoadOptions::default())
+}
+
+/// Load from already-read files (relative path, contents).
+pub fn load_files_with(
+    root: &Path,
+    files: Vec<super::SourceFile>,
+    opts: LoadOptions,
+) -> Result<ManifestSet, LoadErrors> {
     let mut digest = Sha256::new();
     for (path, text) in &files {
         digest.update(path.to_string_lossy().as_bytes());
@@ -153,14 +184,20 @@ pub fn load_files(root: &Path, files: Vec<super::SourceFile>) -> Result<Manifest
 
     // Credentials: read their sources.
     let mut credentials = BTreeMap::new();
+    let mut warnings = Vec::new();
     for c in cred_docs {
+        let cx = credential::ReadCx {
+            root,
+            file: &c.file,
+            secrets: opts.secrets,
+        };
         let data = credential::read_data(
             &c.name,
             &c.provider,
             c.data.as_ref(),
-            root,
-            &c.file,
+            &cx,
             &mut diags,
+            &mut warnings,
         );
         credentials.insert(
             c.name.clone(),
@@ -193,11 +230,18 @@ pub fn load_files(root: &Path, files: Vec<super::SourceFile>) -> Result<Manifest
     }
 
     if diags.is_empty() {
+        warnings.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
+        for d in &mut warnings {
+            if let Some(text) = texts.get(d.file.as_path()) {
+                attach_source(std::slice::from_mut(d), text);
+            }
+        }
         Ok(ManifestSet {
             root: root.to_path_buf(),
             manifests,
             credentials,
             digest: hex::encode(digest.finalize()),
+            warnings,
         })
     } else {
         diags.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));

@@ -18,7 +18,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use load::{is_manifest_path, load, load_files};
+pub use load::{
+    LoadOptions, Secrets, is_manifest_path, load, load_files, load_files_with, load_with,
+};
 
 use crate::address::Address;
 use diag::Diagnostic;
@@ -103,6 +105,9 @@ pub struct ManifestSet {
     pub credentials: BTreeMap<String, Credential>,
     /// Digest of every file's path and bytes: a saved plan is stale when it changes.
     pub digest: String,
+    /// What the load let pass but reports (with [`Secrets::Optional`], a credential source it
+    /// could not read), each with its file:line:col.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl ManifestSet {
