@@ -77,6 +77,25 @@ enum Command {
     Daemon(DaemonArgs),
     /// What the daemon is doing (or, with no daemon, what state holds).
     Status,
+    /// A recorded resource's outputs (sensitive ones masked unless --show-secrets).
+    Output(OutputArgs),
+}
+
+#[derive(Args, Debug)]
+struct OutputArgs {
+    /// The resource, e.g. `PostgresDatabase.app` or `TenantInstance.acme/PostgresDatabase`.
+    address: Address,
+    /// Only this output.
+    name: Option<String>,
+    /// As JSON: the one value, or every output with whether it is sensitive.
+    #[arg(long, conflicts_with = "raw")]
+    json: bool,
+    /// The one value bare (no quotes, no name), for scripts.
+    #[arg(long, requires = "name")]
+    raw: bool,
+    /// Show sensitive values (each read is logged: who, which address and key, never the value).
+    #[arg(long)]
+    show_secrets: bool,
 }
 
 #[derive(Args, Debug)]
@@ -286,6 +305,7 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<Outcome> {
         Command::Apply(ref args) => apply_cmd(connect().await?.as_mut(), args, printer).await,
         Command::Status => status_cmd(connect().await?.as_mut(), &socket, printer).await,
         Command::Runs(ref cmd) => runs_cmd(connect().await?.as_mut(), cmd, printer).await,
+        Command::Output(ref args) => output_cmd(connect().await?.as_mut(), args, printer).await,
         Command::State(cmd) => state_cmd(&cli.state, cmd, printer).await,
         Command::Daemon(args) => {
             let store = open_store(&cli.state)?;
@@ -443,6 +463,80 @@ async fn apply_cmd(
         printer.err(&s);
         Ok(Outcome::Failed)
     }
+}
+
+/// A resource's outputs: all or one, as text, JSON or one bare value.
+async fn output_cmd(
+    backend: &mut dyn Backend,
+    args: &OutputArgs,
+    printer: Printer,
+) -> anyhow::Result<Outcome> {
+    let address = &args.address;
+    let Some(outputs) = backend
+        .outputs(address, args.name.as_deref(), args.show_secrets)
+        .await?
+    else {
+        if address.kind.as_str() == crate::provider::tenant::INSTANCE && address.parent.is_none() {
+            bail!(
+                "{address} is not in state: a tenant's outputs are its children's, e.g. {address}/PostgresDatabase"
+            );
+        }
+        bail!("{address} is not in state");
+    };
+    let names = || outputs.keys().cloned().collect::<Vec<_>>().join(", ");
+    if let Some(name) = &args.name {
+        let Some(o) = outputs.get(name) else {
+            bail!(
+                "{address} has no output `{name}` (its outputs: {})",
+                if outputs.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names()
+                }
+            );
+        };
+        if args.raw {
+            if o.sensitive && !args.show_secrets {
+                bail!("output `{name}` of {address} is sensitive: add --show-secrets to print it");
+            }
+            printer.out(&match &o.value {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+        } else if args.json {
+            printer.out(&serde_json::to_string_pretty(&o.value)?);
+        } else {
+            printer.out(&output_line(name, o, name.len()));
+        }
+        return Ok(Outcome::Success);
+    }
+    if args.json {
+        printer.out(&serde_json::to_string_pretty(&outputs)?);
+        return Ok(Outcome::Success);
+    }
+    if outputs.is_empty() {
+        printer.out(&format!("{address} has no outputs."));
+        return Ok(Outcome::Success);
+    }
+    let width = outputs.keys().map(String::len).max().unwrap_or(0);
+    let lines: Vec<String> = outputs
+        .iter()
+        .map(|(k, o)| output_line(k, o, width))
+        .collect();
+    printer.out(&lines.join("\n"));
+    Ok(Outcome::Success)
+}
+
+/// `name = value`, a masked value shown bare as `(sensitive)`.
+fn output_line(name: &str, o: &crate::daemon::control::OutputValue, width: usize) -> String {
+    let masked =
+        o.sensitive && o.value == serde_json::Value::String(crate::value::SENSITIVE.to_owned());
+    let value = if masked {
+        crate::value::SENSITIVE.to_owned()
+    } else {
+        o.value.to_string()
+    };
+    format!("{name:<width$} = {value}")
 }
 
 /// What the daemon is doing, or (with no daemon) what state holds.
