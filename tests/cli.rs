@@ -287,3 +287,89 @@ fn on_a_terminal_apply_asks_and_anything_but_yes_cancels() {
     assert!(r.stdout.contains("Apply cancelled."), "{}", r.all());
     assert_eq!(r.code, 1);
 }
+
+#[test]
+fn help_completions_and_man_page_cover_every_command_in_the_readme() {
+    let w = ws();
+    let help = tend(&w, &["--help"]).ok();
+    let listed: std::collections::BTreeSet<String> = help
+        .stdout
+        .split("Commands:")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .expect("a Commands section")
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_owned)
+        .collect();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let table: std::collections::BTreeSet<String> = readme
+        .split("### Commands")
+        .nth(1)
+        .expect("a Commands section in the README")
+        .lines()
+        .skip_while(|l| !l.starts_with("| command"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| {
+            l.trim_start_matches("| `")
+                .split([' ', '`'])
+                .next()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(
+        listed, table,
+        "`tend --help` and the README's command table differ"
+    );
+    assert!(help.stdout.contains("Nomad") && help.stdout.contains("Pulumi"));
+
+    for cmd in &listed {
+        let r = tend(&w, &[cmd, "--help"]).ok();
+        let examples = r.stdout.split("Examples:\n").nth(1).unwrap_or_default();
+        let n = examples
+            .lines()
+            .filter(|l| l.starts_with("  tend ") || l.contains("$(tend "))
+            .count();
+        assert!(
+            n >= 1,
+            "`tend {cmd} --help` ends without examples:\n{}",
+            r.stdout
+        );
+    }
+
+    let script = w.dir.path().join("tend.bash");
+    std::fs::write(&script, tend(&w, &["completions", "bash"]).ok().stdout).expect("write");
+    let status = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .expect("bash");
+    assert!(
+        status.success(),
+        "the bash completion script does not parse"
+    );
+    for shell in ["zsh", "fish"] {
+        assert!(
+            tend(&w, &["completions", shell])
+                .ok()
+                .stdout
+                .contains("validate")
+        );
+    }
+
+    let man = tend(&w, &["man"]).ok();
+    assert!(
+        man.stdout.starts_with(".ie") || man.stdout.contains(".TH"),
+        "{}",
+        man.stdout
+    );
+    for cmd in &listed {
+        assert!(
+            man.stdout.contains(&format!("tend\\-{cmd}")),
+            "the man page lacks {cmd}"
+        );
+    }
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::address::Address;
 use crate::engine::blocking;
@@ -30,7 +30,8 @@ use output::Printer;
 #[command(
     name = "tend",
     version,
-    about = "Declarative reconciler: YAML manifests in, converged PostgreSQL out"
+    about = "Declarative reconciler: YAML manifests in; PostgreSQL roles and databases, Nomad jobs and Pulumi stacks (and tenants composed of them) converged to match; a daemon that watches the manifests, heals drift and answers on a control socket",
+    after_help = "Examples:\n  tend validate\n  tend plan && tend apply\n  tend daemon --prune --metrics-addr 127.0.0.1:9464"
 )]
 struct Cli {
     /// Directory of manifests.
@@ -57,28 +58,61 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Check every manifest and the dependency graph without reading secrets; touches nothing.
+    #[command(
+        after_help = "Examples:\n  tend validate\n  tend validate --strict\n  tend --manifests ./manifests validate"
+    )]
     Validate(ValidateArgs),
     /// Show what apply would do.
+    #[command(
+        after_help = "Examples:\n  tend plan\n  tend plan --json --detailed-exitcode\n  tend plan --target PostgresDatabase.app --out app.plan"
+    )]
     Plan(PlanArgs),
     /// Converge: plan (or take a saved plan) and apply it.
+    #[command(
+        after_help = "Examples:\n  tend apply\n  tend apply --auto-approve\n  tend apply app.plan"
+    )]
     Apply(ApplyArgs),
     /// Print the dependency graph.
+    #[command(
+        after_help = "Examples:\n  tend graph\n  tend graph --format dot | dot -Tsvg > graph.svg"
+    )]
     Graph {
         #[arg(long, value_enum, default_value = "text")]
         format: GraphFormat,
     },
     /// Inspect or edit state.
+    #[command(
+        after_help = "Examples:\n  tend state list\n  tend state show TenantInstance.acme\n  tend state export > state.json"
+    )]
     #[command(subcommand)]
     State(StateCmd),
     /// Past applies.
+    #[command(after_help = "Examples:\n  tend runs list --limit 5\n  tend runs show RUN_ID")]
     #[command(subcommand)]
     Runs(RunsCmd),
     /// Watch the manifests, converge on every change, heal drift on a timer.
+    #[command(
+        after_help = "Examples:\n  tend daemon\n  tend daemon --prune --max-prune 5 --resync 10m\n  tend daemon --source git --approve manual --log-format json"
+    )]
     Daemon(DaemonArgs),
     /// What the daemon is doing (or, with no daemon, what state holds).
+    #[command(after_help = "Examples:\n  tend status\n  tend --socket /run/tend/tend.sock status")]
     Status,
     /// A recorded resource's outputs (sensitive ones masked unless --show-secrets).
+    #[command(
+        after_help = "Examples:\n  tend output PostgresDatabase.app\n  tend output PostgresDatabase.app --json\n  psql \"$(tend output TenantInstance.acme/PostgresDatabase url --raw --show-secrets)\""
+    )]
     Output(OutputArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  tend completions bash > ~/.local/share/bash-completion/completions/tend\n  tend completions zsh > ~/.zfunc/_tend\n  tend completions fish > ~/.config/fish/completions/tend.fish"
+    )]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), generated from the same definitions as --help.
+    #[command(
+        after_help = "Examples:\n  tend man > ~/.local/share/man/man1/tend.1\n  tend man | man -l -"
+    )]
+    Man,
 }
 
 #[derive(Args, Debug)]
@@ -197,29 +231,46 @@ enum GraphFormat {
 #[derive(Subcommand, Debug)]
 enum StateCmd {
     /// Every recorded resource with its status.
+    #[command(after_help = "Examples:\n  tend state list\n  tend --state /var/lib/tend state list")]
     List,
     /// One record (secrets masked).
+    #[command(
+        after_help = "Examples:\n  tend state show PostgresDatabase.app\n  tend state show TenantInstance.acme"
+    )]
     Show { address: Address },
     /// Forget a resource without touching the real object.
+    #[command(
+        after_help = "Examples:\n  tend state rm PostgresDatabase.app\n  tend state rm TenantInstance.acme/NomadJob"
+    )]
     Rm { address: Address },
     /// The whole state as JSON on stdout.
+    #[command(
+        after_help = "Examples:\n  tend state export > state.json\n  tend state export --include-secrets > backup.json"
+    )]
     Export {
         /// Include secrets, encrypted with the state key (importable with the same key file).
         #[arg(long)]
         include_secrets: bool,
     },
     /// Replace state with an export made with `--include-secrets` (e.g. `backup.json`).
+    #[command(
+        after_help = "Examples:\n  tend state import backup.json\n  tend state import state/backup.json"
+    )]
     Import { file: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
 enum RunsCmd {
     /// Recent runs, newest first.
+    #[command(after_help = "Examples:\n  tend runs list\n  tend runs list --limit 5")]
     List {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
     /// One run with its per-resource results.
+    #[command(
+        after_help = "Examples:\n  tend runs show RUN_ID\n  tend runs show \"$(tend runs list --limit 1 | cut -d' ' -f1)\""
+    )]
     Show { id: String },
 }
 
@@ -306,6 +357,18 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<Outcome> {
         Command::Status => status_cmd(connect().await?.as_mut(), &socket, printer).await,
         Command::Runs(ref cmd) => runs_cmd(connect().await?.as_mut(), cmd, printer).await,
         Command::Output(ref args) => output_cmd(connect().await?.as_mut(), args, printer).await,
+        Command::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tend", &mut buf);
+            printer.out(&String::from_utf8(buf).context("the completion script is not UTF-8")?);
+            Ok(Outcome::Success)
+        }
+        Command::Man => {
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut buf)?;
+            printer.out(&String::from_utf8(buf).context("the man page is not UTF-8")?);
+            Ok(Outcome::Success)
+        }
         Command::State(cmd) => state_cmd(&cli.state, cmd, printer).await,
         Command::Daemon(args) => {
             let store = open_store(&cli.state)?;
