@@ -64,11 +64,6 @@ fn each_kind_of_bad_input_is_a_located_error_with_exit_1() {
             "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: other}\nspec: {provider: digitalocean, data: {token: dop_v1_plaintext}}\n",
             "secret.yaml:4:46",
         ),
-        (
-            "env.yaml",
-            "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: other}\nspec: {provider: nomad, data: {token: {fromEnv: TEND_SURELY_UNSET}}}\n",
-            "env.yaml:4:49",
-        ),
     ];
     for (file, text, location) in cases {
         let w = ws();
@@ -89,6 +84,64 @@ fn each_kind_of_bad_input_is_a_located_error_with_exit_1() {
         }
         assert!(!tend(&w, &["validate"]).all().contains("dop_v1_plaintext"));
     }
+}
+
+#[test]
+fn validate_needs_no_secrets_but_strict_validate_and_plan_do() {
+    let w = ws();
+    w.write("dbs.yaml", &db("one"));
+    w.write(
+        "env.yaml",
+        "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: other}\nspec: {provider: nomad, data: {token: {fromEnv: TEND_SURELY_UNSET}, address: {fromFile: missing/token}}}\n",
+    );
+    // Without TEND_CLI_TEST_PW either: validate reads no secret.
+    let r = Run::from(w.cmd(&["validate"]).output().expect("runs"));
+    assert_eq!(r.code, 0, "{}", r.all());
+    for needle in [
+        "warning: credential `other`: environment variable `TEND_SURELY_UNSET` for `token` is not set",
+        "env.yaml:4:49",
+        "warning: credential `other`: cannot read file",
+        "missing/token",
+        "warning: credential `pg`: environment variable `TEND_CLI_TEST_PW`",
+        "server.yaml:6:",
+        "3 warnings in manifests",
+    ] {
+        assert!(
+            r.stderr.contains(needle),
+            "expected {needle:?} in:\n{}",
+            r.stderr
+        );
+    }
+    assert!(r.stdout.contains("are valid (3 warnings)"), "{}", r.stdout);
+
+    let r = Run::from(w.cmd(&["validate", "--strict"]).output().expect("runs"));
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("error: credential `other`"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("env.yaml:4:49"), "{}", r.stderr);
+    assert!(r.stderr.contains("3 errors in manifests"), "{}", r.stderr);
+    assert!(!r.stdout.contains("Success"), "{}", r.stdout);
+
+    let r = tend(&w, &["plan"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("error: credential `other`"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stdout.contains("will be"), "{}", r.stdout);
+
+    // Everything else is still checked: a bad ref is an error with the secrets missing.
+    w.write(
+        "bad.yaml",
+        "apiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {name: a}\nspec: {server: main, owner: \"${PostgresDatabase.nope.status.outputs.username}\"}\n",
+    );
+    let r = Run::from(w.cmd(&["validate"]).output().expect("runs"));
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("bad.yaml:4:29"), "{}", r.stderr);
 }
 
 #[test]
@@ -233,4 +286,90 @@ fn on_a_terminal_apply_asks_and_anything_but_yes_cancels() {
     );
     assert!(r.stdout.contains("Apply cancelled."), "{}", r.all());
     assert_eq!(r.code, 1);
+}
+
+#[test]
+fn help_completions_and_man_page_cover_every_command_in_the_readme() {
+    let w = ws();
+    let help = tend(&w, &["--help"]).ok();
+    let listed: std::collections::BTreeSet<String> = help
+        .stdout
+        .split("Commands:")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .expect("a Commands section")
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_owned)
+        .collect();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let table: std::collections::BTreeSet<String> = readme
+        .split("### Commands")
+        .nth(1)
+        .expect("a Commands section in the README")
+        .lines()
+        .skip_while(|l| !l.starts_with("| command"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| {
+            l.trim_start_matches("| `")
+                .split([' ', '`'])
+                .next()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(
+        listed, table,
+        "`tend --help` and the README's command table differ"
+    );
+    assert!(help.stdout.contains("Nomad") && help.stdout.contains("Pulumi"));
+
+    for cmd in &listed {
+        let r = tend(&w, &[cmd, "--help"]).ok();
+        let examples = r.stdout.split("Examples:\n").nth(1).unwrap_or_default();
+        let n = examples
+            .lines()
+            .filter(|l| l.starts_with("  tend ") || l.contains("$(tend "))
+            .count();
+        assert!(
+            n >= 1,
+            "`tend {cmd} --help` ends without examples:\n{}",
+            r.stdout
+        );
+    }
+
+    let script = w.dir.path().join("tend.bash");
+    std::fs::write(&script, tend(&w, &["completions", "bash"]).ok().stdout).expect("write");
+    let status = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .expect("bash");
+    assert!(
+        status.success(),
+        "the bash completion script does not parse"
+    );
+    for shell in ["zsh", "fish"] {
+        assert!(
+            tend(&w, &["completions", shell])
+                .ok()
+                .stdout
+                .contains("validate")
+        );
+    }
+
+    let man = tend(&w, &["man"]).ok();
+    assert!(
+        man.stdout.starts_with(".ie") || man.stdout.contains(".TH"),
+        "{}",
+        man.stdout
+    );
+    for cmd in &listed {
+        assert!(
+            man.stdout.contains(&format!("tend\\-{cmd}")),
+            "the man page lacks {cmd}"
+        );
+    }
 }

@@ -5,7 +5,7 @@
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use tend_test_support::{Workspace, database_yaml, exists, owner_of, pg, server_yaml, unique};
+use tend_test_support::{Run, Workspace, database_yaml, exists, owner_of, pg, server_yaml, unique};
 
 struct Daemon {
     child: Child,
@@ -805,4 +805,122 @@ async fn a_server_that_never_answers_degrades_the_daemon_but_blocks_no_other_res
     );
     assert_eq!(d.stop(), 0);
     drop(frozen);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outputs_are_masked_unless_asked_for_from_state_and_through_the_daemon_and_reads_are_logged_without_values()
+ {
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
+    let (db, role) = (unique("tend_do_"), unique("tend_uo_"));
+    w.write("server.yaml", &server_yaml());
+    w.write("a.yaml", &database_yaml("a", &db, &role, ""));
+    w.run(&["apply", "--auto-approve"]).ok();
+
+    // From state, no daemon.
+    let all = w.run(&["output", "PostgresDatabase.a"]).ok();
+    assert!(
+        all.stdout.contains("password = (sensitive)"),
+        "{}",
+        all.stdout
+    );
+    assert!(
+        all.stdout.contains(&format!("database = \"{db}\"")),
+        "{}",
+        all.stdout
+    );
+    let password = w
+        .run(&[
+            "output",
+            "PostgresDatabase.a",
+            "password",
+            "--raw",
+            "--show-secrets",
+        ])
+        .ok()
+        .stdout
+        .trim_end()
+        .to_owned();
+    assert!(password.len() >= 16, "{password:?}");
+    assert!(!all.all().contains(&password));
+    let json = w.run(&["output", "PostgresDatabase.a", "--json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("json");
+    assert_eq!(v["password"]["sensitive"], true);
+    assert_eq!(v["password"]["value"], "(sensitive)");
+    assert_eq!(v["database"]["value"], db.as_str());
+    let r = w.run(&["output", "PostgresDatabase.a", "url", "--raw"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("--show-secrets"), "{}", r.stderr);
+    let r = w.run(&["output", "PostgresDatabase.a", "nope"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("has no output `nope`"), "{}", r.stderr);
+    let r = w.run(&["output", "PostgresDatabase.zz"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("PostgresDatabase.zz is not in state"),
+        "{}",
+        r.stderr
+    );
+    let local = Run::from(
+        w.cmd(&["output", "PostgresDatabase.a", "url", "--show-secrets"])
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("run"),
+    )
+    .ok();
+    assert!(local.stdout.contains(&password), "{}", local.stdout);
+    assert!(
+        local.stderr.contains("secret output read from state"),
+        "{}",
+        local.stderr
+    );
+    assert!(local.stderr.contains("key=url"), "{}", local.stderr);
+    assert!(!local.stderr.contains(&password), "{}", local.stderr);
+
+    // Through the daemon.
+    let d = Daemon::start(&w, &[]);
+    eventually("the daemon answers", &d, || async {
+        w.run(&["status"]).stdout.contains("tend daemon (pid")
+    })
+    .await;
+    let masked = w.run(&["output", "PostgresDatabase.a"]).ok();
+    assert_eq!(masked.stdout, all.stdout);
+    let raw = w
+        .run(&[
+            "output",
+            "PostgresDatabase.a",
+            "password",
+            "--raw",
+            "--show-secrets",
+        ])
+        .ok();
+    assert_eq!(raw.stdout.trim_end(), password);
+    let r = w.run(&["output", "PostgresDatabase.zz"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("PostgresDatabase.zz is not in state"),
+        "{}",
+        r.stderr
+    );
+    eventually("the read is logged", &d, || async {
+        d.log()
+            .contains("secret output read through the control socket")
+    })
+    .await;
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("secret output read through the control socket"))
+        .expect("audit line");
+    assert!(line.contains("key=password"), "{line}");
+    assert!(line.contains("address=PostgresDatabase.a"), "{line}");
+    assert!(line.contains("uid="), "{line}");
+    assert!(
+        !line.contains("key=url"),
+        "only the key read is logged: {line}"
+    );
+    assert!(
+        !log.contains(&password),
+        "the secret leaked into the log:\n{log}"
+    );
+    assert_eq!(d.stop(), 0);
 }

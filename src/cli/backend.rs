@@ -16,8 +16,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::PlanFlags;
+use crate::address::Address;
 use crate::apply::{ApplyOptions, apply};
-use crate::daemon::control::{self, ApplyReply, DaemonStatus, StatusReply};
+use crate::daemon::control::{
+    self, ApplyReply, DaemonStatus, OutputValue, RevealOutputs, StatusReply,
+};
 use crate::engine::{PlanOptions, blocking, plan};
 use crate::graph::Graph;
 use crate::manifest::{self, LoadOptions, ManifestSet};
@@ -62,6 +65,23 @@ pub trait Backend {
     /// The newest `limit` runs, newest first.
     async fn runs(&mut self, limit: usize) -> anyhow::Result<Vec<Run>>;
     async fn run(&mut self, id: &str) -> anyhow::Result<Option<Run>>;
+    /// A recorded resource's outputs (`None`: not in state), sensitive ones masked unless
+    /// `show_secrets` (then only `name`'s, when given). A revealed secret is logged, by key.
+    async fn outputs(
+        &mut self,
+        address: &Address,
+        name: Option<&str>,
+        show_secrets: bool,
+    ) -> anyhow::Result<Option<BTreeMap<String, OutputValue>>>;
+}
+
+/// Which outputs a read reveals.
+fn reveal_of(name: Option<&str>, show_secrets: bool) -> RevealOutputs<'_> {
+    match (show_secrets, name) {
+        (false, _) => RevealOutputs::None,
+        (true, None) => RevealOutputs::All,
+        (true, Some(n)) => RevealOutputs::Only(n),
+    }
 }
 
 /// The daemon when one answers on `socket`, otherwise the state directory.
@@ -261,6 +281,31 @@ impl Backend for Local {
         let id = id.to_owned();
         Ok(blocking(&store, move |s| s.run(&id)).await?)
     }
+
+    async fn outputs(
+        &mut self,
+        address: &Address,
+        name: Option<&str>,
+        show_secrets: bool,
+    ) -> anyhow::Result<Option<BTreeMap<String, OutputValue>>> {
+        let store = self.store()?;
+        let a = address.clone();
+        let Some(record) = blocking(&store, move |s| s.get(&a)).await? else {
+            return Ok(None);
+        };
+        let reveal = reveal_of(name, show_secrets);
+        let outputs = control::outputs_of(&record, reveal);
+        for key in control::revealed(&outputs, reveal) {
+            tracing::info!(
+                uid = control::euid(),
+                pid = std::process::id(),
+                address = %address,
+                key = %key,
+                "secret output read from state"
+            );
+        }
+        Ok(Some(outputs))
+    }
 }
 
 pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -379,5 +424,25 @@ impl Backend for Daemon {
 
     async fn run(&mut self, id: &str) -> anyhow::Result<Option<Run>> {
         self.call("GET", &format!("/v1/runs/{id}")).await
+    }
+
+    async fn outputs(
+        &mut self,
+        address: &Address,
+        name: Option<&str>,
+        show_secrets: bool,
+    ) -> anyhow::Result<Option<BTreeMap<String, OutputValue>>> {
+        let mut path = format!("/v1/outputs/{address}");
+        if show_secrets {
+            path.push_str("?show_secrets=1");
+            if let Some(n) = name {
+                path.push_str("&name=");
+                path.extend(percent_encoding::utf8_percent_encode(
+                    n,
+                    percent_encoding::NON_ALPHANUMERIC,
+                ));
+            }
+        }
+        self.call("GET", &path).await
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::address::Address;
 use crate::engine::blocking;
@@ -30,7 +30,8 @@ use output::Printer;
 #[command(
     name = "tend",
     version,
-    about = "Declarative reconciler: YAML manifests in, converged PostgreSQL out"
+    about = "Declarative reconciler: YAML manifests in; PostgreSQL roles and databases, Nomad jobs and Pulumi stacks (and tenants composed of them) converged to match; a daemon that watches the manifests, heals drift and answers on a control socket",
+    after_help = "Examples:\n  tend validate\n  tend plan && tend apply\n  tend daemon --prune --metrics-addr 127.0.0.1:9464"
 )]
 struct Cli {
     /// Directory of manifests.
@@ -60,27 +61,86 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Check every manifest and the dependency graph; touches nothing.
-    Validate,
+    /// Check every manifest and the dependency graph without reading secrets; touches nothing.
+    #[command(
+        after_help = "Examples:\n  tend validate\n  tend validate --strict\n  tend --manifests ./manifests validate"
+    )]
+    Validate(ValidateArgs),
     /// Show what apply would do.
+    #[command(
+        after_help = "Examples:\n  tend plan\n  tend plan --json --detailed-exitcode\n  tend plan --target PostgresDatabase.app --out app.plan"
+    )]
     Plan(PlanArgs),
     /// Converge: plan (or take a saved plan) and apply it.
+    #[command(
+        after_help = "Examples:\n  tend apply\n  tend apply --auto-approve\n  tend apply app.plan"
+    )]
     Apply(ApplyArgs),
     /// Print the dependency graph.
+    #[command(
+        after_help = "Examples:\n  tend graph\n  tend graph --format dot | dot -Tsvg > graph.svg"
+    )]
     Graph {
         #[arg(long, value_enum, default_value = "text")]
         format: GraphFormat,
     },
     /// Inspect or edit state.
+    #[command(
+        after_help = "Examples:\n  tend state list\n  tend state show TenantInstance.acme\n  tend state export > state.json"
+    )]
     #[command(subcommand)]
     State(StateCmd),
     /// Past applies.
+    #[command(after_help = "Examples:\n  tend runs list --limit 5\n  tend runs show RUN_ID")]
     #[command(subcommand)]
     Runs(RunsCmd),
     /// Watch the manifests, converge on every change, heal drift on a timer.
+    #[command(
+        after_help = "Examples:\n  tend daemon\n  tend daemon --prune --max-prune 5 --resync 10m\n  tend daemon --source git --approve manual --log-format json"
+    )]
     Daemon(DaemonArgs),
     /// What the daemon is doing (or, with no daemon, what state holds).
+    #[command(after_help = "Examples:\n  tend status\n  tend --socket /run/tend/tend.sock status")]
     Status,
+    /// A recorded resource's outputs (sensitive ones masked unless --show-secrets).
+    #[command(
+        after_help = "Examples:\n  tend output PostgresDatabase.app\n  tend output PostgresDatabase.app --json\n  psql \"$(tend output TenantInstance.acme/PostgresDatabase url --raw --show-secrets)\""
+    )]
+    Output(OutputArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  tend completions bash > ~/.local/share/bash-completion/completions/tend\n  tend completions zsh > ~/.zfunc/_tend\n  tend completions fish > ~/.config/fish/completions/tend.fish"
+    )]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), generated from the same definitions as --help.
+    #[command(
+        after_help = "Examples:\n  tend man > ~/.local/share/man/man1/tend.1\n  tend man | man -l -"
+    )]
+    Man,
+}
+
+#[derive(Args, Debug)]
+struct OutputArgs {
+    /// The resource, e.g. `PostgresDatabase.app` or `TenantInstance.acme/PostgresDatabase`.
+    address: Address,
+    /// Only this output.
+    name: Option<String>,
+    /// As JSON: the one value, or every output with whether it is sensitive.
+    #[arg(long, conflicts_with = "raw")]
+    json: bool,
+    /// The one value bare (no quotes, no name), for scripts.
+    #[arg(long, requires = "name")]
+    raw: bool,
+    /// Show sensitive values (each read is logged: who, which address and key, never the value).
+    #[arg(long)]
+    show_secrets: bool,
+}
+
+#[derive(Args, Debug)]
+struct ValidateArgs {
+    /// Fail on warnings too (a credential's `fromEnv` variable or `fromFile` file missing).
+    #[arg(long)]
+    strict: bool,
 }
 
 #[derive(Args, Debug)]
@@ -182,29 +242,46 @@ enum GraphFormat {
 #[derive(Subcommand, Debug)]
 enum StateCmd {
     /// Every recorded resource with its status.
+    #[command(after_help = "Examples:\n  tend state list\n  tend --state /var/lib/tend state list")]
     List,
     /// One record (secrets masked).
+    #[command(
+        after_help = "Examples:\n  tend state show PostgresDatabase.app\n  tend state show TenantInstance.acme"
+    )]
     Show { address: Address },
     /// Forget a resource without touching the real object.
+    #[command(
+        after_help = "Examples:\n  tend state rm PostgresDatabase.app\n  tend state rm TenantInstance.acme/NomadJob"
+    )]
     Rm { address: Address },
     /// The whole state as JSON on stdout.
+    #[command(
+        after_help = "Examples:\n  tend state export > state.json\n  tend state export --include-secrets > backup.json"
+    )]
     Export {
         /// Include secrets, encrypted with the state key (importable with the same key file).
         #[arg(long)]
         include_secrets: bool,
     },
     /// Replace state with an export made with `--include-secrets` (e.g. `backup.json`).
+    #[command(
+        after_help = "Examples:\n  tend state import backup.json\n  tend state import state/backup.json"
+    )]
     Import { file: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
 enum RunsCmd {
     /// Recent runs, newest first.
+    #[command(after_help = "Examples:\n  tend runs list\n  tend runs list --limit 5")]
     List {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
     /// One run with its per-resource results.
+    #[command(
+        after_help = "Examples:\n  tend runs show RUN_ID\n  tend runs show \"$(tend runs list --limit 1 | cut -d' ' -f1)\""
+    )]
     Show { id: String },
 }
 
@@ -277,18 +354,11 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<Outcome> {
         .unwrap_or_else(|| crate::daemon::control::default_socket(&cli.state));
     let load_opts = crate::manifest::LoadOptions {
         secrets_dirs: cli.secrets_dirs.clone(),
+        ..Default::default()
     };
     let connect = || backend::connect(&cli.manifests, &load_opts, &cli.state, &socket);
     match cli.command {
-        Command::Validate => {
-            let (set, _) = load(&cli.manifests, &load_opts)?;
-            printer.out(&format!(
-                "Success! {} manifests in {} are valid.",
-                set.manifests.len(),
-                cli.manifests.display()
-            ));
-            Ok(Outcome::Success)
-        }
+        Command::Validate(args) => validate_cmd(&cli.manifests, &args, &load_opts, printer),
         Command::Graph { format } => {
             let (_, graph) = load(&cli.manifests, &load_opts)?;
             printer.out(&match format {
@@ -301,6 +371,19 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<Outcome> {
         Command::Apply(ref args) => apply_cmd(connect().await?.as_mut(), args, printer).await,
         Command::Status => status_cmd(connect().await?.as_mut(), &socket, printer).await,
         Command::Runs(ref cmd) => runs_cmd(connect().await?.as_mut(), cmd, printer).await,
+        Command::Output(ref args) => output_cmd(connect().await?.as_mut(), args, printer).await,
+        Command::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tend", &mut buf);
+            printer.out(&String::from_utf8(buf).context("the completion script is not UTF-8")?);
+            Ok(Outcome::Success)
+        }
+        Command::Man => {
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut buf)?;
+            printer.out(&String::from_utf8(buf).context("the man page is not UTF-8")?);
+            Ok(Outcome::Success)
+        }
         Command::State(cmd) => state_cmd(&cli.state, cmd, printer).await,
         Command::Daemon(args) => {
             let store = open_store(&cli.state)?;
@@ -330,6 +413,53 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<Outcome> {
             })
         }
     }
+}
+
+/// Check the manifests without their secrets: a credential source that cannot be read is a
+/// warning (an error with `--strict`, as it is in plan and apply).
+fn validate_cmd(
+    dir: &Path,
+    args: &ValidateArgs,
+    load_opts: &manifest::LoadOptions,
+    printer: Printer,
+) -> anyhow::Result<Outcome> {
+    let opts = manifest::LoadOptions {
+        secrets: manifest::Secrets::Optional,
+        ..load_opts.clone()
+    };
+    let (set, _) = load(dir, &opts)?;
+    if args.strict && !set.warnings.is_empty() {
+        let errors = set.warnings.into_iter().map(|d| {
+            let mut d = d;
+            d.severity = manifest::diag::Severity::Error;
+            d
+        });
+        return Err(manifest::LoadErrors(errors.collect()).into());
+    }
+    let mut warnings = String::new();
+    for w in &set.warnings {
+        warnings.push_str(&w.render());
+        warnings.push('\n');
+    }
+    let n = set.warnings.len();
+    if n > 0 {
+        warnings.push_str(&format!(
+            "{n} warning{} in manifests",
+            if n == 1 { "" } else { "s" }
+        ));
+        printer.err(&warnings);
+    }
+    printer.out(&format!(
+        "Success! {} manifests in {} are valid{}.",
+        set.manifests.len(),
+        dir.display(),
+        match n {
+            0 => String::new(),
+            1 => " (1 warning)".to_owned(),
+            _ => format!(" ({n} warnings)"),
+        }
+    ));
+    Ok(Outcome::Success)
 }
 
 /// The plan, as text or JSON; with `--out` saved too.
@@ -423,6 +553,80 @@ async fn apply_cmd(
         printer.err(&s);
         Ok(Outcome::Failed)
     }
+}
+
+/// A resource's outputs: all or one, as text, JSON or one bare value.
+async fn output_cmd(
+    backend: &mut dyn Backend,
+    args: &OutputArgs,
+    printer: Printer,
+) -> anyhow::Result<Outcome> {
+    let address = &args.address;
+    let Some(outputs) = backend
+        .outputs(address, args.name.as_deref(), args.show_secrets)
+        .await?
+    else {
+        if address.kind.as_str() == crate::provider::tenant::INSTANCE && address.parent.is_none() {
+            bail!(
+                "{address} is not in state: a tenant's outputs are its children's, e.g. {address}/PostgresDatabase"
+            );
+        }
+        bail!("{address} is not in state");
+    };
+    let names = || outputs.keys().cloned().collect::<Vec<_>>().join(", ");
+    if let Some(name) = &args.name {
+        let Some(o) = outputs.get(name) else {
+            bail!(
+                "{address} has no output `{name}` (its outputs: {})",
+                if outputs.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names()
+                }
+            );
+        };
+        if args.raw {
+            if o.sensitive && !args.show_secrets {
+                bail!("output `{name}` of {address} is sensitive: add --show-secrets to print it");
+            }
+            printer.out(&match &o.value {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+        } else if args.json {
+            printer.out(&serde_json::to_string_pretty(&o.value)?);
+        } else {
+            printer.out(&output_line(name, o, name.len()));
+        }
+        return Ok(Outcome::Success);
+    }
+    if args.json {
+        printer.out(&serde_json::to_string_pretty(&outputs)?);
+        return Ok(Outcome::Success);
+    }
+    if outputs.is_empty() {
+        printer.out(&format!("{address} has no outputs."));
+        return Ok(Outcome::Success);
+    }
+    let width = outputs.keys().map(String::len).max().unwrap_or(0);
+    let lines: Vec<String> = outputs
+        .iter()
+        .map(|(k, o)| output_line(k, o, width))
+        .collect();
+    printer.out(&lines.join("\n"));
+    Ok(Outcome::Success)
+}
+
+/// `name = value`, a masked value shown bare as `(sensitive)`.
+fn output_line(name: &str, o: &crate::daemon::control::OutputValue, width: usize) -> String {
+    let masked =
+        o.sensitive && o.value == serde_json::Value::String(crate::value::SENSITIVE.to_owned());
+    let value = if masked {
+        crate::value::SENSITIVE.to_owned()
+    } else {
+        o.value.to_string()
+    };
+    format!("{name:<width$} = {value}")
 }
 
 /// What the daemon is doing, or (with no daemon) what state holds.

@@ -177,6 +177,7 @@ pub fn serve(
         .route("/v1/resources", get(get_resources))
         .route("/v1/runs", get(get_runs))
         .route("/v1/runs/{id}", get(get_run))
+        .route("/v1/outputs/{*address}", get(get_outputs))
         .route("/v1/plan", post(post_plan))
         .route("/v1/apply", post(post_apply))
         .with_state(ctx);
@@ -190,9 +191,9 @@ pub fn serve(
 
 type Reply<T> = Result<Json<T>, (StatusCode, String)>;
 
-/// The uid of the process on the other end of the socket (SO_PEERCRED).
+/// The uid (and pid, when known) of the process on the other end of the socket (SO_PEERCRED).
 #[derive(Clone, Copy, Debug)]
-pub struct PeerUid(Option<u32>);
+pub struct PeerUid(Option<u32>, Option<i32>);
 
 impl
     axum::extract::connect_info::Connected<
@@ -200,7 +201,8 @@ impl
     > for PeerUid
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
-        PeerUid(stream.io().peer_cred().ok().map(|c| c.uid()))
+        let cred = stream.io().peer_cred().ok();
+        PeerUid(cred.map(|c| c.uid()), cred.and_then(|c| c.pid()))
     }
 }
 
@@ -342,6 +344,110 @@ async fn get_run(
         Some(r) => Ok(Json(r)),
         None => Err((StatusCode::NOT_FOUND, format!("no run {id}"))),
     }
+}
+
+/// One output of a resource, as `tend output` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutputValue {
+    /// The value; `"(sensitive)"` for a sensitive one unless secrets were asked for.
+    pub value: serde_json::Value,
+    pub sensitive: bool,
+}
+
+/// `?show_secrets=1&name=KEY`.
+#[derive(Deserialize, Serialize, Default)]
+pub struct OutputsQuery {
+    #[serde(default)]
+    pub show_secrets: Option<u8>,
+    /// Reveal only this output (the others stay masked).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Which sensitive outputs a read reveals.
+#[derive(Clone, Copy, Debug)]
+pub enum RevealOutputs<'a> {
+    None,
+    All,
+    Only(&'a str),
+}
+
+/// A record's outputs, sensitive ones masked unless revealed (shared with the CLI's local
+/// backend). Sensitive: the kind's schema says so, or the value holds a secret.
+pub fn outputs_of(record: &Record, reveal: RevealOutputs<'_>) -> BTreeMap<String, OutputValue> {
+    let schema = record.address.kind.model().schema();
+    record
+        .outputs
+        .iter()
+        .map(|(k, v)| {
+            let sensitive =
+                v.is_sensitive() || schema.outputs.iter().any(|o| o.name == k && o.sensitive);
+            let shown = match reveal {
+                RevealOutputs::None => false,
+                RevealOutputs::All => true,
+                RevealOutputs::Only(name) => name == k,
+            };
+            let value = match (sensitive, shown) {
+                (true, false) => serde_json::Value::String(crate::value::SENSITIVE.to_owned()),
+                (true, true) => v.to_json(crate::value::Reveal::Yes),
+                (false, _) => v.to_json(crate::value::Reveal::No),
+            };
+            (k.clone(), OutputValue { value, sensitive })
+        })
+        .collect()
+}
+
+async fn get_outputs(
+    State(ctx): State<Ctx>,
+    ConnectInfo(info): ConnectInfo<PeerUid>,
+    UrlPath(address): UrlPath<String>,
+    Query(q): Query<OutputsQuery>,
+) -> Reply<BTreeMap<String, OutputValue>> {
+    check_peer(&ctx, &info)?;
+    let addr: crate::address::Address = address
+        .parse()
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("{address}: {e}")))?;
+    let key = addr.clone();
+    let Some(record) = blocking(&ctx.store, move |s| s.get(&key))
+        .await
+        .map_err(internal)?
+    else {
+        return Err((StatusCode::NOT_FOUND, format!("{addr} is not in state")));
+    };
+    let reveal = match (q.show_secrets.unwrap_or(0) != 0, q.name.as_deref()) {
+        (false, _) => RevealOutputs::None,
+        (true, None) => RevealOutputs::All,
+        (true, Some(name)) => RevealOutputs::Only(name),
+    };
+    let outputs = outputs_of(&record, reveal);
+    for key in revealed(&outputs, reveal) {
+        tracing::info!(
+            uid = info.0,
+            pid = info.1,
+            address = %addr,
+            key = %key,
+            "secret output read through the control socket"
+        );
+    }
+    Ok(Json(outputs))
+}
+
+/// The sensitive outputs a read revealed, for the audit log (names only, never values).
+pub fn revealed<'a>(
+    outputs: &'a BTreeMap<String, OutputValue>,
+    reveal: RevealOutputs<'a>,
+) -> impl Iterator<Item = &'a str> {
+    outputs
+        .iter()
+        .filter(move |(k, o)| {
+            o.sensitive
+                && match reveal {
+                    RevealOutputs::None => false,
+                    RevealOutputs::All => true,
+                    RevealOutputs::Only(name) => name == k.as_str(),
+                }
+        })
+        .map(|(k, _)| k.as_str())
 }
 
 /// Hand a request to the event loop and wait for its answer.

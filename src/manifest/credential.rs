@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::Credential as Loaded;
+use super::Secrets;
 use super::diag::{Diagnostic, suggest};
 use super::node::{Node, NodeValue, Pos};
 use crate::model::{Field, KindModel, Schema, Ty};
@@ -46,16 +47,26 @@ impl KindModel for Credential {
     }
 }
 
+/// Where a credential's sources are read from, and whether they must be readable.
+pub struct ReadCx<'a> {
+    pub places: &'a Places,
+    /// The file the credential is written in.
+    pub file: &'a Arc<std::path::PathBuf>,
+    pub secrets: Secrets,
+}
+
 /// Read a credential's `data` from its sources. Errors name the credential, the key and the
-/// variable or file.
+/// variable or file. With [`Secrets::Optional`] a missing variable or file is a warning and
+/// the key's value is [`Value::Unknown`].
 pub fn read_data(
     name: &str,
     provider: &str,
     data: Option<&Node>,
-    places: &Places,
-    file: &Arc<std::path::PathBuf>,
+    cx: &ReadCx<'_>,
     diags: &mut Vec<Diagnostic>,
+    warnings: &mut Vec<Diagnostic>,
 ) -> BTreeMap<String, Value> {
+    let (places, file) = (cx.places, cx.file);
     let mut out = BTreeMap::new();
     let Some(data) = data else { return out };
     let Some(entries) = data.as_map() else {
@@ -101,10 +112,25 @@ pub fn read_data(
             Ok(v) => {
                 out.insert(key.name.clone(), v);
             }
-            Err(d) => diags.push(*d),
+            Err(Problem::Missing(d)) if cx.secrets == Secrets::Optional => {
+                warnings.push(d.warning().with_help(
+                    "validate goes on without it; plan and apply need it (`tend validate --strict` makes this an error)",
+                ));
+                out.insert(key.name.clone(), Value::Unknown);
+            }
+            Err(Problem::Missing(d) | Problem::Invalid(d)) => diags.push(*d),
         }
     }
     out
+}
+
+/// Why a source gave no value.
+enum Problem {
+    /// The variable or file is not there: a warning where secrets are optional.
+    Missing(Box<Diagnostic>),
+    /// Written wrongly, or there but unfit (outside every place, world-readable): always an
+    /// error.
+    Invalid(Box<Diagnostic>),
 }
 
 struct Source<'a> {
@@ -168,8 +194,9 @@ pub enum Place {
     SecretsDir,
 }
 
-fn read_source(ctx: &Source<'_>, node: &Node, is_secret: bool) -> Result<Value, Box<Diagnostic>> {
-    let err = |pos: Pos, msg: String| Box::new(Diagnostic::new(ctx.file, pos, msg));
+fn read_source(ctx: &Source<'_>, node: &Node, is_secret: bool) -> Result<Value, Problem> {
+    let err =
+        |pos: Pos, msg: String| Problem::Invalid(Box::new(Diagnostic::new(ctx.file, pos, msg)));
     let (name, key) = (ctx.name, ctx.key);
     let wrap = |s: String| {
         if is_secret {
@@ -185,12 +212,13 @@ fn read_source(ctx: &Source<'_>, node: &Node, is_secret: bool) -> Result<Value, 
         return match k.name.as_str() {
             "fromEnv" => match std::env::var(arg) {
                 Ok(s) => Ok(wrap(s)),
-                Err(_) => Err(err(
+                Err(_) => Err(Problem::Missing(Box::new(Diagnostic::new(
+                    ctx.file,
                     v.pos,
                     format!(
                         "credential `{name}`: environment variable `{arg}` for `{key}` is not set"
                     ),
-                )),
+                )))),
             },
             "fromFile" => read_file(ctx, arg, v.pos).map(|(text, place)| {
                 // Only a non-secret key read from inside the manifests root stays plain text.
@@ -222,7 +250,7 @@ fn read_source(ctx: &Source<'_>, node: &Node, is_secret: bool) -> Result<Value, 
             NodeValue::Int(i) => Some(i.to_string()),
             _ => None,
         };
-        return Err(Box::new(d));
+        return Err(Problem::Invalid(Box::new(d)));
     }
     match &node.value {
         NodeValue::Str(s) => Ok(Value::Str(s.clone())),
@@ -237,21 +265,30 @@ fn read_source(ctx: &Source<'_>, node: &Node, is_secret: bool) -> Result<Value, 
     }
 }
 
-fn read_file(ctx: &Source<'_>, arg: &str, pos: Pos) -> Result<(String, Place), Box<Diagnostic>> {
+fn read_file(ctx: &Source<'_>, arg: &str, pos: Pos) -> Result<(String, Place), Problem> {
     use std::os::unix::fs::PermissionsExt;
     let (name, key) = (ctx.name, ctx.key);
     let path = ctx.places.root.join(arg);
-    let err = |msg: String| Box::new(Diagnostic::new(ctx.file, pos, msg));
+    let err = |msg: String| Problem::Invalid(Box::new(Diagnostic::new(ctx.file, pos, msg)));
     let cannot = |e: std::io::Error| {
-        err(format!(
-            "credential `{name}`: cannot read file `{}` for `{key}`: {e}",
-            path.display()
-        ))
+        let d = Box::new(Diagnostic::new(
+            ctx.file,
+            pos,
+            format!(
+                "credential `{name}`: cannot read file `{}` for `{key}`: {e}",
+                path.display()
+            ),
+        ));
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Problem::Missing(d)
+        } else {
+            Problem::Invalid(d)
+        }
     };
     // Symlinks are resolved before the check, so a link cannot point out of a place.
     let real = std::fs::canonicalize(&path).map_err(cannot)?;
     let Some(place) = ctx.places.place_of(&real) else {
-        return Err(Box::new(
+        return Err(Problem::Invalid(Box::new(
             Diagnostic::new(
                 ctx.file,
                 pos,
@@ -263,7 +300,7 @@ fn read_file(ctx: &Source<'_>, arg: &str, pos: Pos) -> Result<(String, Place), B
             .with_help(
                 "`fromFile` reads only under the manifests root, `$CREDENTIALS_DIRECTORY` or a directory named with `--secrets-dir`",
             ),
-        ));
+        )));
     };
     let meta = std::fs::metadata(&real).map_err(cannot)?;
     if !meta.is_file() {
@@ -274,7 +311,7 @@ fn read_file(ctx: &Source<'_>, arg: &str, pos: Pos) -> Result<(String, Place), B
     }
     let mode = meta.permissions().mode();
     if mode & 0o004 != 0 {
-        return Err(Box::new(
+        return Err(Problem::Invalid(Box::new(
             Diagnostic::new(
                 ctx.file,
                 pos,
@@ -285,7 +322,7 @@ fn read_file(ctx: &Source<'_>, arg: &str, pos: Pos) -> Result<(String, Place), B
                 ),
             )
             .with_help(format!("chmod o-rwx {}", path.display())),
-        ));
+        )));
     }
     let text = std::fs::read_to_string(&real).map_err(cannot)?;
     Ok((text.trim_end_matches(['\n', '\r']).to_owned(), place))

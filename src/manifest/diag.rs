@@ -8,12 +8,23 @@ use std::sync::Arc;
 
 use super::node::Pos;
 
+/// Whether a diagnostic fails the load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Severity {
+    /// The load fails.
+    #[default]
+    Error,
+    /// Reported, the load goes on (e.g. a credential source `tend validate` need not read).
+    Warning,
+}
+
 /// One problem in the manifests.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Diagnostic {
     /// The file, relative to the manifests root.
     pub file: Arc<PathBuf>,
     pub pos: Pos,
+    pub severity: Severity,
     pub message: String,
     pub help: Option<String>,
     /// The source line the position points into, when known.
@@ -27,11 +38,18 @@ impl Diagnostic {
         Diagnostic {
             file: Arc::clone(file),
             pos,
+            severity: Severity::Error,
             message: message.into(),
             help: None,
             line_text: None,
             redact: None,
         }
+    }
+
+    /// The same problem as a warning.
+    pub fn warning(mut self) -> Self {
+        self.severity = Severity::Warning;
+        self
     }
 
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
@@ -46,7 +64,11 @@ impl Diagnostic {
 
     /// Render like rustc: message, location, the line with a caret, then the hint.
     pub fn render(&self) -> String {
-        let mut s = format!("error: {}\n  --> {}\n", self.message, self.location());
+        let level = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        let mut s = format!("{level}: {}\n  --> {}\n", self.message, self.location());
         if let Some(line) = &self.line_text {
             let n = self.pos.line.to_string();
             let pad = " ".repeat(n.len());

@@ -85,7 +85,7 @@ fn walk(dir: &Path, ancestors: &mut Vec<PathBuf>, out: &mut Vec<PathBuf>) -> Res
     Ok(())
 }
 
-/// Load every manifest under `root`.
+/// Load every manifest under `root`, every credential source required.
 pub fn load(root: &Path) -> Result<ManifestSet, LoadErrors> {
     load_with(root, &LoadOptions::default())
 }
@@ -130,7 +130,8 @@ pub fn load_with(root: &Path, opts: &LoadOptions) -> Result<ManifestSet, LoadErr
     load_files_with(root, files, opts)
 }
 
-/// Load from already-read files (relative path, contents). The daemon and tests use this.
+/// Load from already-read files (relative path, contents), every credential source required.
+/// The daemon and tests use this.
 pub fn load_files(root: &Path, files: Vec<super::SourceFile>) -> Result<ManifestSet, LoadErrors> {
     load_files_with(root, files, &LoadOptions::default())
 }
@@ -224,14 +225,20 @@ pub fn load_files_with(
     // Credentials: read their sources.
     let mut credentials = BTreeMap::new();
     let places = credential::Places::new(root, &opts.secrets_dirs);
+    let mut warnings = Vec::new();
     for c in cred_docs {
+        let cx = credential::ReadCx {
+            places: &places,
+            file: &c.file,
+            secrets: opts.secrets,
+        };
         let data = credential::read_data(
             &c.name,
             &c.provider,
             c.data.as_ref(),
-            &places,
-            &c.file,
+            &cx,
             &mut diags,
+            &mut warnings,
         );
         credentials.insert(
             c.name.clone(),
@@ -268,11 +275,18 @@ pub fn load_files_with(
     secret_free(&manifests, &credentials, &mut diags);
 
     if diags.is_empty() {
+        warnings.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
+        for d in &mut warnings {
+            if let Some(text) = texts.get(d.file.as_path()) {
+                attach_source(std::slice::from_mut(d), text);
+            }
+        }
         Ok(ManifestSet {
             root: root.to_path_buf(),
             manifests,
             credentials,
             digest: hex::encode(digest.finalize()),
+            warnings,
         })
     } else {
         diags.sort_by(|a, b| (&a.file, a.pos).cmp(&(&b.file, b.pos)));
@@ -1137,6 +1151,7 @@ mod tests {
         };
         let opts = LoadOptions {
             secrets_dirs: vec![secrets.clone()],
+            ..LoadOptions::default()
         };
         let user = |path: &str| {
             let files = vec![(PathBuf::from("c.yaml"), Ok(doc(path)))];

@@ -35,6 +35,18 @@ pub struct LoadOptions {
     /// Directories `fromFile` may read besides the manifests root and systemd's
     /// `$CREDENTIALS_DIRECTORY` (`--secrets-dir`, repeatable).
     pub secrets_dirs: Vec<PathBuf>,
+    /// Whether credential sources must be readable.
+    pub secrets: Secrets,
+}
+
+/// Whether credential sources must be readable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Secrets {
+    /// A missing `fromEnv` variable or `fromFile` file is an error (plan, apply, the daemon).
+    #[default]
+    Required,
+    /// It is a warning and the value stays unknown (`tend validate`, which needs no secrets).
+    Optional,
 }
 
 /// One document: a resource as written.
@@ -111,6 +123,9 @@ pub struct ManifestSet {
     pub credentials: BTreeMap<String, Credential>,
     /// Digest of every file's path and bytes: a saved plan is stale when it changes.
     pub digest: String,
+    /// What the load let pass but reports (with [`Secrets::Optional`], a credential source it
+    /// could not read), each with its file:line:col.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl ManifestSet {

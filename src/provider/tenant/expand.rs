@@ -115,7 +115,10 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
                 Diagnostic::new(
                     &inst.file,
                     pos,
-                    format!("org_id {org_id} is already used by {}", prev.address),
+                    format!(
+                        "{}: org_id {org_id} is already used by {}",
+                        inst.address, prev.address
+                    ),
                 )
                 .with_help(format!(
                     "{} has it at {}:{}:{}; every tenant needs its own org_id",
@@ -453,7 +456,7 @@ mod tests {
         )
         .expect_err("duplicate");
         assert!(
-            errs[0].contains("org_id 1 is already used by TenantInstance.a"),
+            errs[0].contains("TenantInstance.b: org_id 1 is already used by TenantInstance.a"),
             "{errs:?}"
         );
         let errs = load(&instance("a", "1", "prod", "running")).expect_err("tier");
