@@ -252,15 +252,11 @@ fn exit_code(outcome: anyhow::Result<Outcome>, printer: Printer) -> ExitCode {
     }
 }
 
-/// tokio-postgres logs every statement at debug, and the statements that set a password carry
-/// its verifier (`CREATE ROLE … PASSWORD 'SCRAM-SHA-256$…'`): its logs stop at info whatever
-/// `RUST_LOG` says. tend logs its own statements, verifiers left out (`Admin::execute_sensitive`).
-const QUIET_TARGETS: &[&str] = &["tokio_postgres=info", "postgres_protocol=info"];
-
 fn init_logging(default: &str, json: bool) {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    for quiet in QUIET_TARGETS {
+    // Statements that carry password verifiers are logged by tokio-postgres at debug.
+    for quiet in provider::postgres::QUIET_LOG_TARGETS {
         if let Ok(d) = quiet.parse() {
             filter = filter.add_directive(d);
         }

@@ -93,13 +93,11 @@ impl SledStore {
     /// once open, a `backup.json` of another lineage ([`StateError::OtherLineage`]) or newer
     /// than the store ([`StateError::Behind`]). Each error names the restore command.
     pub fn open(state_dir: &Path) -> Result<SledStore, StateError> {
-        if store_missing(state_dir) {
-            if let Some(backup) = newest_backup(state_dir) {
-                return Err(StateError::Lost {
-                    dir: state_dir.display().to_string(),
-                    backup: backup.display().to_string(),
-                });
-            }
+        if let Some(backup) = newest_backup(state_dir).filter(|_| store_missing(state_dir)) {
+            return Err(StateError::Lost {
+                dir: state_dir.display().to_string(),
+                backup: backup.display().to_string(),
+            });
         }
         let store = SledStore::open_to_restore(state_dir)?;
         store.check_backup()?;
@@ -535,10 +533,11 @@ impl StateStore for SledStore {
         self.flush()?;
         // The operator chose another history: the old one's newest backup is kept, renamed.
         let newest = self.dir.join(BACKUP_FILE);
-        if let Some(old) = read_head(&newest)?.and_then(|h| h.lineage) {
-            if old != lineage {
-                fs::rename(&newest, self.dir.join(format!("backup-{old}.json")))?;
-            }
+        if let Some(old) = read_head(&newest)?
+            .and_then(|h| h.lineage)
+            .filter(|old| *old != lineage)
+        {
+            fs::rename(&newest, self.dir.join(format!("backup-{old}.json")))?;
         }
         Ok(())
     }
@@ -568,7 +567,7 @@ impl StateStore for SledStore {
         let MacWriter { mut out, mac } = w;
         let mac = hex::encode(hmac::Mac::finalize(mac).into_bytes());
         out.write_all(MAC_OPEN)?;
-        write!(out, "{mac}\"}}\n")?;
+        writeln!(out, "{mac}\"}}")?;
         out.flush()?;
         Ok(())
     }
@@ -576,15 +575,16 @@ impl StateStore for SledStore {
     fn write_backup(&self) -> Result<(), StateError> {
         let meta = self.meta()?;
         let newest = self.dir.join(BACKUP_FILE);
-        if let Some(theirs) = read_head(&newest)?.and_then(|h| h.lineage) {
-            if theirs != meta.lineage {
-                return Err(StateError::OtherLineage {
-                    dir: self.dir.display().to_string(),
-                    backup: newest.display().to_string(),
-                    theirs,
-                    ours: meta.lineage,
-                });
-            }
+        if let Some(theirs) = read_head(&newest)?
+            .and_then(|h| h.lineage)
+            .filter(|theirs| *theirs != meta.lineage)
+        {
+            return Err(StateError::OtherLineage {
+                dir: self.dir.display().to_string(),
+                backup: newest.display().to_string(),
+                theirs,
+                ours: meta.lineage,
+            });
         }
         let numbered = self.dir.join(format!("backup.{}.json", meta.serial));
         let mut failed = None;
