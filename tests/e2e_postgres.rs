@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use tend::address::Address;
 use tend::state::{SledStore, StateStore, Status};
-use tend_test_support::{Workspace, database_yaml, exists, owner_of, pg, server_yaml, unique};
+use tend_test_support::{
+    Workspace, assert_has, database_yaml, exists, owner_of, pg, server_yaml, unique,
+};
 
 /// The generated password of a database resource, read from state with the library.
 fn password_in_state(w: &Workspace, name: &str) -> String {
@@ -223,6 +225,50 @@ async fn secrets_never_reach_output_logs_run_records_or_state_bytes() {
     }
 }
 
+/// A password verifier (`SCRAM-SHA-256$…`, or `md5` and 32 hex digits) somewhere in `text`.
+fn verifier_in(text: &str) -> Option<&str> {
+    if let Some(i) = text.find("SCRAM-SHA-256$") {
+        return Some(&text[i..text.len().min(i + 40)]);
+    }
+    text.match_indices("md5")
+        .map(|(i, _)| &text[i..])
+        .find(|rest| rest.len() >= 35 && rest.as_bytes()[3..35].iter().all(u8::is_ascii_hexdigit))
+}
+
+#[tokio::test]
+async fn trace_logs_never_contain_a_password_verifier() {
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
+    let (db, role) = (unique("tend_db_"), unique("tend_user_"));
+    w.write("server.yaml", &server_yaml());
+    w.write("db.yaml", &database_yaml("a", &db, &role, ""));
+    let mut logs = String::new();
+    for args in [&["apply", "--auto-approve"][..], &["plan"]] {
+        let out = w.cmd(args).env("RUST_LOG", "trace").output().expect("run");
+        assert!(out.status.success(), "{args:?} failed");
+        logs += &String::from_utf8_lossy(&out.stderr);
+    }
+    // Rotating the password sends an ALTER ROLE with a new verifier.
+    w.write(
+        "db.yaml",
+        &database_yaml("a", &db, &role, "  rotation: 1\n"),
+    );
+    let out = w
+        .cmd(&["apply", "--auto-approve"])
+        .env("RUST_LOG", "trace")
+        .output()
+        .expect("run");
+    logs += &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        logs.contains("TRACE") || logs.contains("DEBUG"),
+        "trace logging is on"
+    );
+    assert_eq!(
+        verifier_in(&logs),
+        None,
+        "a password verifier is in the logs"
+    );
+}
+
 #[tokio::test]
 async fn a_saved_plan_applies_and_a_terminal_yes_approves() {
     let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
@@ -276,6 +322,57 @@ async fn the_backup_restores_state_with_its_secrets() {
     w.run(&["state", "import", backup.to_str().expect("utf-8")])
         .ok();
     assert_eq!(password_in_state(&w, "a"), before);
+    let r = w.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(r.code, 0, "restored state converges: {}", r.all());
+}
+
+#[tokio::test]
+async fn a_lost_store_beside_its_backup_is_refused_and_the_backup_restores() {
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
+    let (db, role) = (unique("tend_db_"), unique("tend_user_"));
+    w.write("server.yaml", &server_yaml());
+    w.write("db.yaml", &database_yaml("a", &db, &role, ""));
+    w.run(&["apply", "--auto-approve"]).ok();
+    let before = password_in_state(&w, "a");
+    let backup_path = w.state.join("backup.json");
+    let backup = std::fs::read(&backup_path).expect("backup");
+    std::fs::remove_dir_all(w.state.join("db")).expect("lose the store");
+
+    let restore = format!(
+        "tend --state {} state import {}",
+        w.state.display(),
+        backup_path.display()
+    );
+    for args in [&["apply", "--auto-approve"][..], &["plan"]] {
+        let r = w.run(args);
+        assert_eq!(r.code, 1, "{args:?} is refused: {}", r.all());
+        assert_has(&r, &restore);
+    }
+    assert_eq!(
+        std::fs::read(&backup_path).expect("backup"),
+        backup,
+        "the backup is intact byte for byte"
+    );
+    assert!(!w.state.join("db").exists(), "no new history was started");
+
+    // A tampered copy is refused; the backup itself restores.
+    let tampered = w.dir.path().join("tampered.json");
+    let text = String::from_utf8(backup.clone()).expect("utf-8");
+    std::fs::write(
+        &tampered,
+        text.replacen("\"generation\":1", "\"generation\":7", 1),
+    )
+    .expect("write");
+    let r = w.run(&["state", "import", tampered.to_str().expect("utf-8")]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert_has(&r, "integrity check");
+    w.run(&["state", "import", backup_path.to_str().expect("utf-8")])
+        .ok();
+    assert_eq!(
+        password_in_state(&w, "a"),
+        before,
+        "no password was rotated"
+    );
     let r = w.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(r.code, 0, "restored state converges: {}", r.all());
 }

@@ -107,9 +107,25 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> anyhow::Result<(ManifestSet, Grap
 }
 
 pub fn open_store(dir: &Path) -> anyhow::Result<Arc<dyn StateStore>> {
-    match SledStore::open(dir) {
+    opened(SledStore::open(dir), dir)
+}
+
+/// The store for `tend state import`: created when missing (see [`SledStore::open_to_restore`]).
+pub fn open_store_to_restore(dir: &Path) -> anyhow::Result<Arc<dyn StateStore>> {
+    opened(SledStore::open_to_restore(dir), dir)
+}
+
+fn opened(store: Result<SledStore, StateError>, dir: &Path) -> anyhow::Result<Arc<dyn StateStore>> {
+    match store {
         Ok(s) => Ok(Arc::new(s)),
-        Err(e @ StateError::Locked(_)) => bail!("{e}"),
+        // These say what to do in full; a context would only repeat the directory.
+        Err(
+            e @ (StateError::Locked(_)
+            | StateError::Lost { .. }
+            | StateError::OtherLineage { .. }
+            | StateError::Behind { .. }
+            | StateError::Unreadable { .. }),
+        ) => bail!("{e}"),
         Err(e) => Err(e).with_context(|| format!("cannot open state in {}", dir.display())),
     }
 }

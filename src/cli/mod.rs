@@ -263,11 +263,19 @@ enum StateCmd {
         #[arg(long)]
         include_secrets: bool,
     },
-    /// Replace state with an export made with `--include-secrets` (e.g. `backup.json`).
+    /// Replace state with an export made with `--include-secrets` or a backup
+    /// (`<state>/backup.json`, `backup.<serial>.json`); its MAC must match the key file.
+    /// Also the way back when `<state>/db` was lost: it creates the store.
     #[command(
-        after_help = "Examples:\n  tend state import backup.json\n  tend state import state/backup.json"
+        after_help = "Examples:\n  tend state import backup.json\n  tend state import state/backup.3.json\n  tend state import old-export.json --allow-unsigned"
     )]
-    Import { file: PathBuf },
+    Import {
+        file: PathBuf,
+        /// Accept a document without a MAC (made by a tend that did not sign backups). A MAC
+        /// that does not match is refused all the same.
+        #[arg(long)]
+        allow_unsigned: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -333,8 +341,14 @@ fn exit_code(outcome: anyhow::Result<Outcome>, printer: Printer) -> ExitCode {
 }
 
 fn init_logging(default: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Statements that carry password verifiers are logged by tokio-postgres at debug.
+    for quiet in provider::postgres::QUIET_LOG_TARGETS {
+        if let Ok(d) = quiet.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -738,7 +752,10 @@ fn confirm(printer: Printer) -> anyhow::Result<bool> {
 }
 
 async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Result<Outcome> {
-    let store = open_store(dir)?;
+    let store = match cmd {
+        StateCmd::Import { .. } => backend::open_store_to_restore(dir)?,
+        _ => open_store(dir)?,
+    };
     match cmd {
         StateCmd::List => {
             let records = blocking(&store, |s| s.list()).await?;
@@ -823,20 +840,36 @@ async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Resul
                 "Removed {address} from state (the real object was not touched)."
             ));
         }
-        StateCmd::Export { include_secrets } => {
-            let doc = blocking(&store, move |s| s.export(include_secrets)).await?;
-            printer.out(&serde_json::to_string_pretty(&doc)?);
-        }
-        StateCmd::Import { file } => {
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let doc: serde_json::Value = serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is not JSON", file.display()))?;
-            blocking(&store, move |s| {
-                s.import(&doc)?;
-                s.write_backup()
+        StateCmd::Export {
+            include_secrets: true,
+        } => {
+            // Signed, in the backup's form, so `state import` can check it.
+            let doc = blocking(&store, |s| {
+                let mut out = Vec::new();
+                s.export_signed(&mut out)?;
+                Ok(out)
             })
             .await?;
+            printer.out(&String::from_utf8_lossy(&doc));
+        }
+        StateCmd::Export {
+            include_secrets: false,
+        } => {
+            let doc = blocking(&store, move |s| s.export(false)).await?;
+            printer.out(&serde_json::to_string_pretty(&doc)?);
+        }
+        StateCmd::Import {
+            file,
+            allow_unsigned,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            blocking(&store, move |s| {
+                s.import(&bytes, allow_unsigned)?;
+                s.write_backup()
+            })
+            .await
+            .with_context(|| format!("cannot import {}", file.display()))?;
             printer.out(&format!("Imported state from {}.", file.display()));
         }
     }

@@ -4,8 +4,9 @@
 //! loop stays the only writer. Plans travel as data (the plan JSON of `tend plan --json`), never
 //! as rendered text: the CLI renders them, with colour on a terminal.
 //!
-//! Also [`answers`] and [`request`], the client the CLI uses. Must not touch manifests or
-//! providers itself.
+//! Also [`answers`] and [`request`], the client the CLI uses: it trusts a socket only when the
+//! file and the serving process (SO_PEERCRED) belong to the same user or root. Must not touch
+//! manifests or providers itself.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -490,11 +491,46 @@ async fn post_apply(
     ask(&ctx, Control::Apply).await.map(Json)
 }
 
+/// Whether the CLI may trust a socket file or a peer owned by `uid`: only one of this user
+/// (`me`, the effective uid) or root. Anyone else could answer with a forged plan or status,
+/// or read what the CLI sends.
+pub fn trusted_uid(uid: u32, me: u32) -> bool {
+    uid == me || uid == 0
+}
+
+/// [`trusted_uid`] as an error naming `what` (the socket file, or the process serving it).
+pub fn check_uid(socket: &Path, what: &str, uid: u32, me: u32) -> anyhow::Result<()> {
+    if trusted_uid(uid, me) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to trust the control socket {}: {what} uid {uid}, not this user (uid {me}) \
+         or root; remove it or point --socket elsewhere",
+        socket.display()
+    )
+}
+
 /// A connection to the daemon, `Ok(None)` when none answers on the socket (no file, or a
-/// stale one nobody listens on).
+/// stale one nobody listens on). The socket file must belong to this user or root, and so
+/// must the process that accepts (SO_PEERCRED).
 async fn connect(socket: &Path) -> anyhow::Result<Option<tokio::net::UnixStream>> {
+    let me = euid();
+    match std::fs::metadata(socket) {
+        Ok(meta) => check_uid(socket, "its file is owned by", meta.uid(), me)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => anyhow::bail!("cannot reach the daemon at {}: {e}", socket.display()),
+    }
     match tokio::net::UnixStream::connect(socket).await {
-        Ok(s) => Ok(Some(s)),
+        Ok(s) => {
+            let peer = s.peer_cred().map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot tell who serves the control socket {}: {e}",
+                    socket.display()
+                )
+            })?;
+            check_uid(socket, "it is served by", peer.uid(), me)?;
+            Ok(Some(s))
+        }
         Err(e)
             if matches!(
                 e.kind(),
@@ -541,4 +577,87 @@ pub async fn request(
 /// The default socket path.
 pub fn default_socket(state: &Path) -> PathBuf {
     state.join("tend.sock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_user_or_root_is_trusted() {
+        assert!(trusted_uid(1000, 1000));
+        assert!(trusted_uid(0, 1000));
+        assert!(!trusted_uid(1001, 1000));
+        let err = check_uid(Path::new("/s.sock"), "its file is owned by", 1001, 1000)
+            .expect_err("another user");
+        assert!(err.to_string().contains("uid 1001"), "{err}");
+        assert!(err.to_string().contains("refusing to trust"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_socket_of_this_user_is_trusted_and_a_missing_one_answers_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tend.sock");
+        assert!(!answers(&path).await.expect("no socket"));
+        let _listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        assert!(answers(&path).await.expect("our own socket is trusted"));
+    }
+
+    #[tokio::test]
+    async fn a_socket_file_of_another_user_is_refused() {
+        if euid() != 0 {
+            return; // chown to another user needs root; the pure check is tested above
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tend.sock");
+        let _listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid NUL-terminated path; chown has no other preconditions.
+        assert_eq!(unsafe { libc::chown(c_path.as_ptr(), 4242, 4242) }, 0);
+        let err = answers(&path).await.expect_err("refused");
+        assert!(err.to_string().contains("owned by uid 4242"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_socket_served_by_another_user_is_refused() {
+        use std::os::fd::AsRawFd;
+        if euid() != 0 {
+            return; // serving as another user needs root; the pure check is tested above
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tend.sock");
+        // Bound by us (the file is ours); a child that became uid 4242 listens on it again,
+        // and the kernel hands connecting clients the credentials of the last listen().
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let fd = listener.as_raw_fd();
+        // SAFETY: the child only makes async-signal-safe system calls, then waits to be killed.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork");
+        if child == 0 {
+            // SAFETY: plain system calls on our own descriptor.
+            unsafe {
+                if libc::setgid(4242) != 0 || libc::setuid(4242) != 0 || libc::listen(fd, 8) != 0 {
+                    libc::_exit(1);
+                }
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let refused = loop {
+            match answers(&path).await {
+                Err(e) => break Some(e),
+                Ok(_) if std::time::Instant::now() > deadline => break None,
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
+        // SAFETY: our own child.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        let err = refused.expect("the other user's listener is refused");
+        assert!(err.to_string().contains("served by uid 4242"), "{err}");
+    }
 }

@@ -13,6 +13,8 @@
 //! error, or an [`Observed`] / [`Drift`] value.
 
 mod conn;
+
+pub use conn::QUIET_LOG_TARGETS;
 mod error;
 pub mod model;
 mod observed;

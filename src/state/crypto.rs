@@ -118,7 +118,11 @@ impl KeyLocation {
 pub struct StateKey {
     cipher: XChaCha20Poly1305,
     digest_key: Zeroizing<[u8; 32]>,
+    backup_key: Zeroizing<[u8; 32]>,
 }
+
+/// HMAC-SHA256 under the backup key: the MAC a backup carries.
+pub type BackupMac = Hmac<Sha256>;
 
 impl fmt::Debug for StateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -167,6 +171,7 @@ impl StateKey {
         StateKey {
             cipher: XChaCha20Poly1305::new(Key::from_slice(&enc[..])),
             digest_key: derive(root, b"tend digest v1"),
+            backup_key: derive(root, b"tend backup mac v1"),
         }
     }
 
@@ -206,6 +211,14 @@ impl StateKey {
     /// Key for keyed digests of secrets: HMAC-SHA256(root key, "tend digest v1").
     pub fn digest_key(&self) -> &[u8] {
         &self.digest_key[..]
+    }
+
+    /// A fresh MAC for a backup, keyed by HMAC-SHA256(root key, "tend backup mac v1"): feed it
+    /// the backup's bytes as they are written (or read) and finish it with
+    /// `finalize` / `verify_slice`.
+    pub fn backup_mac(&self) -> BackupMac {
+        <BackupMac as Mac>::new_from_slice(&self.backup_key[..])
+            .unwrap_or_else(|_| unreachable!("hmac accepts keys of any length"))
     }
 }
 

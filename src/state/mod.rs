@@ -4,6 +4,8 @@
 //! Invariants this module upholds: every write is flushed before it returns (never rely on
 //! sled's background flusher); secrets are encrypted at rest with the key file; one process
 //! holds the store at a time (sled's file lock, reported as [`StateError::Locked`]).
+//! A store is never silently replaced: a missing `db/` beside a backup, a backup of another
+//! lineage or one newer than the store is refused with the restore command.
 //! It must not know about manifests, plans or providers.
 
 mod crypto;
@@ -12,7 +14,7 @@ mod store;
 
 pub use record::{Record, ResourceResult, Run, RunOutcome, Status, Trigger};
 
-pub use store::SledStore;
+pub use store::{BACKUP_FILE, BACKUPS_KEPT, SledStore};
 
 use crate::address::Address;
 
@@ -59,8 +61,59 @@ pub enum StateError {
     Corrupt { key: String, reason: String },
     #[error("state I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// sled failed; the message says how to restore the newest backup.
     #[error("state store error: {0}")]
     Sled(String),
+    /// The store (`<state>/db`) is missing while a backup of its history exists: starting a
+    /// new history would orphan every recorded object and the backup with it.
+    #[error(
+        "the state store {dir}/db is missing but {backup} holds this state's backup; tend will \
+         not start a new history over it. Restore it with: tend --state {dir} state import {backup}"
+    )]
+    Lost { dir: String, backup: String },
+    /// The store cannot be opened (damaged, not a sled store, no permission).
+    #[error("cannot read the state store {dir}/db: {reason}; {restore}")]
+    Unreadable {
+        dir: String,
+        reason: String,
+        /// How to restore the newest backup (see `store::restore_hint`).
+        restore: String,
+    },
+    /// `backup.json` belongs to another lineage than the store: it is not overwritten.
+    #[error(
+        "{backup} belongs to state lineage {theirs} but the store in {dir} is lineage {ours}; \
+         tend will not overwrite it. Restore it with `tend --state {dir} state import {backup}`, \
+         or move it out of the state directory to keep this store"
+    )]
+    OtherLineage {
+        dir: String,
+        backup: String,
+        theirs: String,
+        ours: String,
+    },
+    /// `backup.json` is newer than the store (same lineage): the store lost writes.
+    #[error(
+        "{backup} is at serial {backup_serial} but the store in {dir} only at {serial}: the store \
+         lost writes. Restore the backup with: tend --state {dir} state import {backup}"
+    )]
+    Behind {
+        dir: String,
+        backup: String,
+        backup_serial: u64,
+        serial: u64,
+    },
+    /// A backup or export whose MAC does not match its bytes.
+    #[error(
+        "the document fails its integrity check (its MAC does not match): it was changed after \
+         tend wrote it, or written under another key file; it is not imported"
+    )]
+    Tampered,
+    /// A document to import carries no MAC.
+    #[error(
+        "the document carries no MAC (tend signs its backups and `state export \
+         --include-secrets`); it is not imported unless --allow-unsigned is given"
+    )]
+    Unsigned,
 }
 
 /// The state store. Synchronous: async callers go through `spawn_blocking`.
@@ -92,9 +145,17 @@ pub trait StateStore: Send + Sync {
     /// `include_secrets`, in which case they are included *encrypted* (importable with the same
     /// key file).
     fn export(&self, include_secrets: bool) -> Result<serde_json::Value, StateError>;
-    /// Replace all records with those of an export made with secrets included.
-    fn import(&self, doc: &serde_json::Value) -> Result<(), StateError>;
-    /// Write the rolling backup (`backup.json` beside the store, secrets encrypted) atomically:
-    /// write a temp file, fsync, rename.
+    /// The whole state with secrets encrypted, signed: what a backup holds, streamed to `out`
+    /// record by record, ending in a MAC under the state key over every byte before it.
+    fn export_signed(&self, out: &mut dyn std::io::Write) -> Result<(), StateError>;
+    /// Replace all records with those of a signed export or backup (`bytes` as written). The
+    /// MAC is checked first: a mismatch is [`StateError::Tampered`]; a document without one is
+    /// [`StateError::Unsigned`] unless `allow_unsigned` (an export made without secrets is
+    /// refused either way). A `backup.json` of another lineage is kept as
+    /// `backup-<lineage>.json` rather than overwritten.
+    fn import(&self, bytes: &[u8], allow_unsigned: bool) -> Result<(), StateError>;
+    /// Write the backup atomically (temp file, fsync, rename): `backup.<serial>.json`, then
+    /// `backup.json` as the newest; keeps the newest [`BACKUPS_KEPT`] of this lineage.
+    /// Refuses ([`StateError::OtherLineage`]) to replace a `backup.json` of another lineage.
     fn write_backup(&self) -> Result<(), StateError>;
 }

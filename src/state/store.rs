@@ -27,7 +27,7 @@ use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
 };
 
-use super::crypto::{KeyLocation, StateKey};
+use super::crypto::{BackupMac, KeyLocation, StateKey};
 use super::{Meta, Record, Run, Sealed, StateError, StateStore, Status};
 use crate::address::{Address, Kind};
 use crate::model::ErrorClass;
@@ -39,8 +39,14 @@ pub const SCHEMA_VERSION: u32 = 1;
 const EXPORT_VERSION: u64 = 1;
 /// The map key that marks an encrypted secret.
 const ENC: &str = "$enc";
-/// File name of the rolling backup in the state directory.
+/// File name of the newest backup in the state directory.
 pub const BACKUP_FILE: &str = "backup.json";
+/// How many `backup.<serial>.json` of one lineage are kept.
+pub const BACKUPS_KEPT: usize = 5;
+/// What a signed document ends with, before the MAC's hex digits and `"}`.
+const MAC_OPEN: &[u8] = b",\"mac\":\"";
+/// How much of a backup's head is read for its lineage and serial.
+const HEAD_BYTES: u64 = 4096;
 
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_LINEAGE: &[u8] = b"lineage";
@@ -82,7 +88,25 @@ impl SledStore {
     /// [`LOCK_GRACE`]); [`StateError::Schema`] if a newer tend wrote it; an I/O error if the
     /// key file is unusable, or missing while the store already holds records (a new key would
     /// make them unreadable).
+    /// Refused before anything is written: a missing or empty `db/` while a backup exists
+    /// ([`StateError::Lost`]), a store that cannot be read ([`StateError::Unreadable`]), and,
+    /// once open, a `backup.json` of another lineage ([`StateError::OtherLineage`]) or newer
+    /// than the store ([`StateError::Behind`]). Each error names the restore command.
     pub fn open(state_dir: &Path) -> Result<SledStore, StateError> {
+        if let Some(backup) = newest_backup(state_dir).filter(|_| store_missing(state_dir)) {
+            return Err(StateError::Lost {
+                dir: state_dir.display().to_string(),
+                backup: backup.display().to_string(),
+            });
+        }
+        let store = SledStore::open_to_restore(state_dir)?;
+        store.check_backup()?;
+        Ok(store)
+    }
+
+    /// [`SledStore::open`] for `tend state import`: a missing store is created (to be filled
+    /// from a backup) and the backups are not compared with it.
+    pub fn open_to_restore(state_dir: &Path) -> Result<SledStore, StateError> {
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -123,6 +147,67 @@ impl SledStore {
     /// The state directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// `backup.json` must be of this store's lineage and not newer than it.
+    fn check_backup(&self) -> Result<(), StateError> {
+        let path = self.dir.join(BACKUP_FILE);
+        let Some(head) = read_head(&path)? else {
+            return Ok(());
+        };
+        let meta = self.meta()?;
+        let (dir, backup) = (self.dir.display().to_string(), path.display().to_string());
+        if head.lineage.as_deref() != Some(meta.lineage.as_str()) {
+            return Err(StateError::OtherLineage {
+                dir,
+                backup,
+                theirs: head.lineage.unwrap_or_else(|| "(unknown)".to_owned()),
+                ours: meta.lineage,
+            });
+        }
+        match head.serial {
+            Some(backup_serial) if backup_serial > meta.serial => Err(StateError::Behind {
+                dir,
+                backup,
+                backup_serial,
+                serial: meta.serial,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Check a signed document's MAC; its bytes without the MAC are returned.
+    fn verify<'a>(&self, bytes: &'a [u8], allow_unsigned: bool) -> Result<&'a [u8], StateError> {
+        let Some((body, mac)) = split_mac(bytes) else {
+            return if allow_unsigned {
+                Ok(bytes)
+            } else {
+                Err(StateError::Unsigned)
+            };
+        };
+        let mac = hex::decode(mac).map_err(|_| StateError::Tampered)?;
+        let mut check = self.key.backup_mac();
+        hmac::Mac::update(&mut check, body);
+        hmac::Mac::verify_slice(check, &mac).map_err(|_| StateError::Tampered)?;
+        Ok(bytes)
+    }
+
+    /// Keep the newest [`BACKUPS_KEPT`] `backup.<serial>.json` of `lineage`; others' are kept.
+    fn prune_backups(&self, lineage: &str) -> Result<(), StateError> {
+        let mine: Vec<PathBuf> = serial_backups(&self.dir)
+            .into_iter()
+            .map(|(_, p)| p)
+            .filter(|p| {
+                read_head(p)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|h| h.lineage.as_deref() == Some(lineage))
+            })
+            .collect();
+        for old in mine.iter().rev().skip(BACKUPS_KEPT) {
+            fs::remove_file(old)?;
+        }
+        Ok(())
     }
 
     /// Make every write that finished before this call durable (see [`GroupCommit`]).
@@ -365,11 +450,14 @@ impl StateStore for SledStore {
         }))
     }
 
-    fn import(&self, doc: &J) -> Result<(), StateError> {
+    fn import(&self, bytes: &[u8], allow_unsigned: bool) -> Result<(), StateError> {
         let bad = |reason: String| StateError::Corrupt {
             key: "import document".to_owned(),
             reason,
         };
+        let doc: J = serde_json::from_slice(self.verify(bytes, allow_unsigned)?)
+            .map_err(|e| bad(format!("not JSON: {e}")))?;
+        let doc = &doc;
         let version = doc
             .get("version")
             .and_then(J::as_u64)
@@ -442,31 +530,75 @@ impl StateStore for SledStore {
                 Ok(())
             })
             .map_err(|e| self.tx_error(e))?;
-        self.flush()
+        self.flush()?;
+        // The operator chose another history: the old one's newest backup is kept, renamed.
+        let newest = self.dir.join(BACKUP_FILE);
+        if let Some(old) = read_head(&newest)?
+            .and_then(|h| h.lineage)
+            .filter(|old| *old != lineage)
+        {
+            fs::rename(&newest, self.dir.join(format!("backup-{old}.json")))?;
+        }
+        Ok(())
     }
 
-    fn write_backup(&self) -> Result<(), StateError> {
-        // The export with secrets, streamed: the stored form of a record *is* its exported form
-        // (secrets sealed), so each record's bytes are copied into the document one at a time
-        // instead of building the whole document (for 10,000 records, ~120 MB) in memory.
+    fn export_signed(&self, out: &mut dyn Write) -> Result<(), StateError> {
+        // The stored form of a record *is* its exported form (secrets sealed), so each
+        // record's bytes are copied into the document one at a time instead of building the
+        // whole document (for 10,000 records, ~120 MB) in memory. The MAC covers every byte
+        // before `,"mac":`.
         let meta = self.meta()?;
         let records = self.list_sealed()?;
         let lineage = serde_json::to_string(&meta.lineage).map_err(io::Error::other)?;
-        write_atomically(&self.dir.join(BACKUP_FILE), |file| {
-            let mut w = io::BufWriter::new(file);
-            write!(
-                w,
-                "{{\"version\":{EXPORT_VERSION},\"lineage\":{lineage},\"serial\":{},\"secrets\":\"encrypted\",\"resources\":[",
-                meta.serial
-            )?;
-            for (i, r) in records.iter().enumerate() {
-                w.write_all(if i == 0 { b"\n" } else { b",\n" })?;
-                w.write_all(r.bytes())?;
-            }
-            w.write_all(b"\n]}\n")?;
-            w.flush()
-        })?;
+        let mut w = MacWriter {
+            out: io::BufWriter::new(out),
+            mac: self.key.backup_mac(),
+        };
+        write!(
+            w,
+            "{{\"version\":{EXPORT_VERSION},\"lineage\":{lineage},\"serial\":{},\"secrets\":\"encrypted\",\"resources\":[",
+            meta.serial
+        )?;
+        for (i, r) in records.iter().enumerate() {
+            w.write_all(if i == 0 { b"\n" } else { b",\n" })?;
+            w.write_all(r.bytes())?;
+        }
+        w.write_all(b"\n]")?;
+        let MacWriter { mut out, mac } = w;
+        let mac = hex::encode(hmac::Mac::finalize(mac).into_bytes());
+        out.write_all(MAC_OPEN)?;
+        writeln!(out, "{mac}\"}}")?;
+        out.flush()?;
         Ok(())
+    }
+
+    fn write_backup(&self) -> Result<(), StateError> {
+        let meta = self.meta()?;
+        let newest = self.dir.join(BACKUP_FILE);
+        if let Some(theirs) = read_head(&newest)?
+            .and_then(|h| h.lineage)
+            .filter(|theirs| *theirs != meta.lineage)
+        {
+            return Err(StateError::OtherLineage {
+                dir: self.dir.display().to_string(),
+                backup: newest.display().to_string(),
+                theirs,
+                ours: meta.lineage,
+            });
+        }
+        let numbered = self.dir.join(format!("backup.{}.json", meta.serial));
+        let mut failed = None;
+        write_atomically(&numbered, |file| {
+            self.export_signed(file).map_err(|e| {
+                let io = io::Error::other(e.to_string());
+                failed = Some(e);
+                io
+            })
+        })
+        .map_err(|e| failed.take().unwrap_or(StateError::Io(e)))?;
+        // `backup.json` is the same file under the name older tends and operators know.
+        link_atomically(&numbered, &newest)?;
+        self.prune_backups(&meta.lineage)
     }
 }
 
@@ -724,7 +856,14 @@ fn open_db(state_dir: &Path) -> Result<sled::Db, StateError> {
                 StateError::Locked(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                e => return Err(e),
+                e @ StateError::Locked(_) => return Err(e),
+                e => {
+                    return Err(StateError::Unreadable {
+                        dir: state_dir.display().to_string(),
+                        reason: e.to_string(),
+                        restore: restore_hint(state_dir),
+                    });
+                }
             },
         }
     }
@@ -743,8 +882,155 @@ fn sled_error(e: sled::Error, dir: &Path) -> StateError {
             StateError::Locked(dir.display().to_string())
         }
         sled::Error::Io(io) => StateError::Io(io),
-        other => StateError::Sled(other.to_string()),
+        other => StateError::Sled(format!("{other}; {}", restore_hint(dir))),
     }
+}
+
+/// A writer that feeds every byte it writes to a MAC.
+struct MacWriter<W: Write> {
+    out: W,
+    mac: BackupMac,
+}
+
+impl<W: Write> Write for MacWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        hmac::Mac::update(&mut self.mac, &buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// A signed document split into the bytes the MAC covers and the MAC's hex digits; `None`
+/// when it does not end in `,"mac":"<64 hex>"}`.
+fn split_mac(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let doc = bytes.trim_ascii_end();
+    let rest = doc.strip_suffix(b"\"}")?;
+    let at = rest.len().checked_sub(64)?;
+    let (before, mac) = rest.split_at(at);
+    let body = before.strip_suffix(MAC_OPEN)?;
+    mac.iter().all(u8::is_ascii_hexdigit).then_some((body, mac))
+}
+
+/// What a backup's head says: its lineage and serial (`None` where the head does not say).
+struct Head {
+    lineage: Option<String>,
+    serial: Option<u64>,
+}
+
+/// The head of the backup at `path`; `Ok(None)` if there is no file. Only the fields before
+/// `"resources"` are read, so a record never answers for the document.
+fn read_head(path: &Path) -> Result<Option<Head>, StateError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut head = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(file, HEAD_BYTES), &mut head)?;
+    let head = String::from_utf8_lossy(&head);
+    let head = head.split("\"resources\"").next().unwrap_or_default();
+    let field = |name: &str| -> Option<String> {
+        let at = head.find(&format!("\"{name}\""))? + name.len() + 2;
+        let value = head[at..].trim_start().strip_prefix(':')?.trim_start();
+        Some(match value.strip_prefix('"') {
+            Some(s) => s.split('"').next()?.to_owned(),
+            None => value
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .to_owned(),
+        })
+    };
+    Ok(Some(Head {
+        lineage: field("lineage"),
+        serial: field("serial").and_then(|s| s.parse().ok()),
+    }))
+}
+
+/// Whether `<state_dir>/db` is absent or empty: opening it would start a new history.
+fn store_missing(state_dir: &Path) -> bool {
+    match fs::read_dir(state_dir.join("db")) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    }
+}
+
+/// `backup.<serial>.json` files in `dir`, oldest first.
+fn serial_backups(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut out: Vec<(u64, PathBuf)> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name();
+            let serial = name
+                .to_str()?
+                .strip_prefix("backup.")?
+                .strip_suffix(".json")?
+                .parse()
+                .ok()?;
+            Some((serial, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The backup to restore: `backup.json`, else the newest `backup.<serial>.json`, else the
+/// newest kept backup of another lineage (`backup-<lineage>.json`).
+fn newest_backup(dir: &Path) -> Option<PathBuf> {
+    let newest = dir.join(BACKUP_FILE);
+    if newest.exists() {
+        return Some(newest);
+    }
+    if let Some((_, p)) = serial_backups(dir).pop() {
+        return Some(p);
+    }
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("backup-") && n.ends_with(".json"))
+        })
+        .max_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+}
+
+/// How to restore the newest backup of `dir` after its store is damaged.
+fn restore_hint(dir: &Path) -> String {
+    match newest_backup(dir) {
+        Some(b) => format!(
+            "to restore the newest backup, move the damaged store aside and import it: \
+             mv {d}/db {d}/db.damaged && tend --state {d} state import {b}",
+            d = dir.display(),
+            b = b.display()
+        ),
+        None => format!("no backup exists in {} to restore from", dir.display()),
+    }
+}
+
+/// Make `link` name the same file as `target`, atomically (a temporary hard link renamed
+/// over `link`), then fsync the directory.
+fn link_atomically(target: &Path, link: &Path) -> io::Result<()> {
+    let dir = match link.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut suffix = [0u8; 8];
+    rand::rng().fill_bytes(&mut suffix);
+    let tmp = dir.join(format!(".{BACKUP_FILE}.link-{}", hex::encode(suffix)));
+    let result = fs::hard_link(target, &tmp).and_then(|()| fs::rename(&tmp, link));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    File::open(dir)?.sync_all()
 }
 
 /// Replace `path` with what `write` writes, so that a crash leaves the old file or the new one,
@@ -1303,14 +1589,12 @@ mod tests {
         store.put(&sample("b")).expect("put");
         store.write_backup().expect("backup");
         let before = store.meta().expect("meta");
-        let backup: J =
-            serde_json::from_slice(&fs::read(dir.path().join(BACKUP_FILE)).expect("read backup"))
-                .expect("backup is JSON");
+        let backup = fs::read(dir.path().join(BACKUP_FILE)).expect("read backup");
 
         // Lose the records (and, as after restoring onto a fresh store, the lineage).
         store.remove(&addr("a")).expect("remove");
         store.put(&sample("c")).expect("put");
-        store.import(&backup).expect("import");
+        store.import(&backup, false).expect("import");
         assert_eq!(store.list().expect("list"), vec![sample("a"), sample("b")]);
         let after = store.meta().expect("meta");
         assert_eq!(after.lineage, before.lineage);
@@ -1321,7 +1605,9 @@ mod tests {
         let fresh = tempfile::tempdir().expect("tempdir");
         fs::copy(dir.path().join("tend.key"), fresh.path().join("tend.key")).expect("copy key");
         let store = open(fresh.path());
-        store.import(&backup).expect("import into fresh store");
+        store
+            .import(&backup, false)
+            .expect("import into fresh store");
         assert_eq!(store.list().expect("list"), vec![sample("a"), sample("b")]);
         assert_eq!(store.meta().expect("meta").lineage, before.lineage);
         assert_eq!(store.meta().expect("meta").serial, before.serial + 1);
@@ -1337,7 +1623,9 @@ mod tests {
         store.put(&sample("a")).expect("put");
         let doc = store.export(false).expect("export");
         store.remove(&addr("a")).expect("remove");
-        let err = store.import(&doc).expect_err("refused");
+        let err = store
+            .import(doc.to_string().as_bytes(), true)
+            .expect_err("refused");
         assert!(err.to_string().contains("without secrets"), "{err}");
         assert_eq!(store.list().expect("list"), vec![]);
     }
@@ -1354,16 +1642,191 @@ mod tests {
         let store = open(two.path());
         store.put(&sample("z")).expect("put");
         let before = store.meta().expect("meta");
-        assert!(matches!(store.import(&doc), Err(StateError::Decrypt)));
+        let bytes = |doc: &J| doc.to_string().into_bytes();
+        assert!(matches!(
+            store.import(&bytes(&doc), true),
+            Err(StateError::Decrypt)
+        ));
         assert_eq!(store.list().expect("list"), vec![sample("z")]);
         assert_eq!(store.meta().expect("meta"), before);
 
         let mut newer = doc.clone();
         newer["version"] = J::from(2);
         assert!(matches!(
-            store.import(&newer),
+            store.import(&bytes(&newer), true),
             Err(StateError::Schema { found: 2, .. })
         ));
+    }
+
+    /// A store with two records and its backup written, closed.
+    fn backed_up(dir: &Path) -> Vec<u8> {
+        let store = open(dir);
+        store.put(&sample("a")).expect("put");
+        store.put(&sample("b")).expect("put");
+        store.write_backup().expect("backup");
+        fs::read(dir.join(BACKUP_FILE)).expect("read backup")
+    }
+
+    #[test]
+    fn a_lost_store_beside_a_backup_is_refused_until_restored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backup = backed_up(dir.path());
+        fs::remove_dir_all(dir.path().join("db")).expect("lose the store");
+        let err = SledStore::open(dir.path()).expect_err("refused");
+        let d = dir.path().display();
+        assert!(matches!(err, StateError::Lost { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("tend --state {d} state import {d}/backup.json")),
+            "{err}"
+        );
+        assert!(!dir.path().join("db").exists(), "no new store was started");
+        // An empty db/ is no different.
+        fs::create_dir(dir.path().join("db")).expect("mkdir");
+        assert!(matches!(
+            SledStore::open(dir.path()),
+            Err(StateError::Lost { .. })
+        ));
+        assert_eq!(
+            fs::read(dir.path().join(BACKUP_FILE)).expect("read"),
+            backup,
+            "the backup is intact byte for byte"
+        );
+
+        let store = SledStore::open_to_restore(dir.path()).expect("open to restore");
+        store.import(&backup, false).expect("restore");
+        store.write_backup().expect("backup");
+        assert_eq!(store.list().expect("list"), vec![sample("a"), sample("b")]);
+        drop(store);
+        open(dir.path());
+    }
+
+    #[test]
+    fn an_unreadable_store_says_how_to_restore() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        backed_up(dir.path());
+        fs::remove_dir_all(dir.path().join("db")).expect("rm");
+        fs::write(dir.path().join("db"), b"not a store").expect("damage");
+        let err = SledStore::open(dir.path()).expect_err("unreadable");
+        assert!(matches!(err, StateError::Unreadable { .. }), "{err}");
+        let d = dir.path().display();
+        assert!(
+            err.to_string().contains(&format!(
+                "mv {d}/db {d}/db.damaged && tend --state {d} state import {d}/backup.json"
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_tampered_or_unsigned_backup_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backup = backed_up(dir.path());
+        let store = open(dir.path());
+        let text = String::from_utf8(backup.clone()).expect("utf-8");
+        assert!(text.contains("\"owner\":\"app\""));
+        let tampered = text.replacen("\"owner\":\"app\"", "\"owner\":\"eve\"", 1);
+        for allow_unsigned in [false, true] {
+            assert!(matches!(
+                store.import(tampered.as_bytes(), allow_unsigned),
+                Err(StateError::Tampered)
+            ));
+        }
+        let unsigned = match text.rfind(",\"mac\":") {
+            Some(at) => format!("{}}}", &text[..at]),
+            None => panic!("the backup is signed: {text}"),
+        };
+        assert!(matches!(
+            store.import(unsigned.as_bytes(), false),
+            Err(StateError::Unsigned)
+        ));
+        assert_eq!(store.list().expect("list"), vec![sample("a"), sample("b")]);
+        store
+            .import(unsigned.as_bytes(), true)
+            .expect("unsigned allowed when asked");
+        store.import(&backup, false).expect("the real one imports");
+    }
+
+    #[test]
+    fn another_lineage_never_overwrites_backup_json() {
+        let one = tempfile::tempdir().expect("tempdir");
+        let two = tempfile::tempdir().expect("tempdir");
+        let mine = backed_up(one.path());
+        // Another history under the same key file.
+        fs::copy(one.path().join("tend.key"), two.path().join("tend.key")).expect("copy key");
+        let theirs = {
+            let store = open(two.path());
+            store.put(&sample("z")).expect("put");
+            store.write_backup().expect("backup");
+            fs::read(two.path().join(BACKUP_FILE)).expect("read")
+        };
+        let store = open(one.path());
+        let newest = one.path().join(BACKUP_FILE);
+        fs::write(&newest, &theirs).expect("their backup where ours was");
+        let err = store.write_backup().expect_err("refused");
+        assert!(matches!(err, StateError::OtherLineage { .. }), "{err}");
+        assert_eq!(fs::read(&newest).expect("read"), theirs, "left as it was");
+        drop(store);
+        let err = SledStore::open(one.path()).expect_err("refused at open");
+        assert!(err.to_string().contains("state import"), "{err}");
+
+        // Importing another history on purpose keeps the one it replaces.
+        fs::write(&newest, &mine).expect("ours back");
+        let store = open(one.path());
+        let ours = store.meta().expect("meta").lineage;
+        store.import(&theirs, false).expect("import theirs");
+        store.write_backup().expect("backup");
+        let kept = one.path().join(format!("backup-{ours}.json"));
+        assert_eq!(fs::read(kept).expect("kept"), mine);
+        assert_eq!(store.list().expect("list"), vec![sample("z")]);
+    }
+
+    #[test]
+    fn the_newest_backups_are_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        for i in 0..(BACKUPS_KEPT + 3) {
+            store.put(&sample(&format!("r{i}"))).expect("put");
+            store.write_backup().expect("backup");
+        }
+        let serials: Vec<u64> = serial_backups(dir.path())
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(serials, [4, 5, 6, 7, 8]);
+        let newest = fs::read(dir.path().join(BACKUP_FILE)).expect("read");
+        assert_eq!(
+            newest,
+            fs::read(dir.path().join("backup.8.json")).expect("read")
+        );
+        let head = read_head(&dir.path().join("backup.4.json"))
+            .expect("head")
+            .expect("exists");
+        assert_eq!(head.serial, Some(4));
+        assert_eq!(head.lineage, Some(store.meta().expect("meta").lineage));
+    }
+
+    #[test]
+    fn a_backup_newer_than_the_store_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        backed_up(dir.path());
+        {
+            let store = open(dir.path());
+            store.meta.insert(META_SERIAL, &b"1"[..]).expect("insert");
+            store.flush().expect("flush");
+        }
+        let err = SledStore::open(dir.path()).expect_err("behind");
+        assert!(
+            matches!(
+                err,
+                StateError::Behind {
+                    backup_serial: 2,
+                    serial: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

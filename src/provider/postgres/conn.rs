@@ -22,6 +22,12 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+/// Log targets capped at info whatever `RUST_LOG` says: tokio-postgres logs every statement at
+/// debug, and the ones that set a password carry its verifier (`CREATE ROLE … PASSWORD
+/// 'SCRAM-SHA-256$…'`). tend logs its own statements, verifiers left out
+/// ([`Admin::execute_sensitive`]).
+pub const QUIET_LOG_TARGETS: &[&str] = &["tokio_postgres=info", "postgres_protocol=info"];
+
 use crate::provider::ProviderError;
 use crate::value::Sensitive;
 
