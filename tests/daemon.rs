@@ -83,6 +83,16 @@ where
     }
 }
 
+/// A loopback address with a port free right now, for `--metrics-addr`.
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 /// A plain HTTP/1.1 GET; the whole response as text.
 fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
@@ -207,12 +217,7 @@ async fn the_cli_talks_to_a_running_daemon_through_its_socket() {
     let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
     let (db, role) = (unique("tend_dc_"), unique("tend_uc_"));
     w.write("server.yaml", &server_yaml());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let metrics_addr = format!("127.0.0.1:{port}");
+    let metrics_addr = free_addr();
     let d = Daemon::start(
         &w,
         &["--approve", "manual", "--metrics-addr", &metrics_addr],
@@ -661,12 +666,7 @@ async fn a_permanent_failure_is_not_retried_until_its_manifest_changes() {
             "",
         ),
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let metrics_addr = format!("127.0.0.1:{port}");
+    let metrics_addr = free_addr();
     let d = Daemon::start(
         &w,
         &[
@@ -751,12 +751,7 @@ async fn a_server_that_never_answers_degrades_the_daemon_but_blocks_no_other_res
             &format!("spec: {{sslmode: disable, host: 127.0.0.1, port: {frozen_port}}}"),
         ),
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let metrics_addr = format!("127.0.0.1:{port}");
+    let metrics_addr = free_addr();
     let d = Daemon::start(
         &w,
         &[
