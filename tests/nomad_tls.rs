@@ -397,7 +397,10 @@ fn mutual_tls_with_a_client_cert_of_another_ca_fails_clearly() {
     for form in key_forms(&other.client_key) {
         assert!(!r.all().contains(&form), "{}", r.all());
     }
-    f.assert_tls_refusal_not_retried(&r);
+    // Not `assert_tls_refusal_not_retried`: the server checks the client's certificate after
+    // the client finished its side of the TLS 1.3 handshake, so a loaded client can first see a
+    // reset (Transient, retried) before the alert arrives, as in the test above. Seen once in a
+    // full run under load.
 }
 
 #[test]
