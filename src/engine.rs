@@ -41,6 +41,14 @@ impl Default for PlanOptions {
     }
 }
 
+/// Why a refresh that was attempted gave no observation.
+enum Unanswered {
+    /// The provider failed (logged).
+    Failed,
+    /// No answer within the deadline.
+    TimedOut(std::time::Duration),
+}
+
 /// Run a blocking state call off the async runtime.
 pub async fn blocking<T, F>(store: &Arc<dyn StateStore>, f: F) -> Result<T, StateError>
 where
@@ -139,60 +147,51 @@ pub async fn plan(
                             Some(_) => opts.refresh,
                             None => desired.address.kind.model().checks_ownership(),
                         };
-                        let refresh = looked_for && desired.connection.is_known();
-                        let mut timed_out = None;
-                        let obs = if refresh {
+                        let (obs, unanswered) = if looked_for && desired.connection.is_known() {
                             let deadline = opts.refresh_timeout.unwrap_or(desired.timeout);
                             match tokio::time::timeout(deadline, p.observe(&desired, rec.as_ref()))
                                 .await
                             {
-                                Ok(Ok(Some(o))) => Observation::Present(o),
-                                Ok(Ok(None)) => Observation::Absent,
+                                Ok(Ok(Some(o))) => (Observation::Present(o), None),
+                                Ok(Ok(None)) => (Observation::Absent, None),
                                 Ok(Err(e)) => {
                                     tracing::warn!(address = %desired.address, error = %e, "refresh failed");
-                                    Observation::NotRefreshed
+                                    (Observation::NotRefreshed, Some(Unanswered::Failed))
                                 }
                                 Err(_) => {
                                     tracing::warn!(address = %desired.address, timeout = ?deadline, "refresh timed out");
-                                    timed_out = Some(deadline);
-                                    Observation::NotRefreshed
+                                    (
+                                        Observation::NotRefreshed,
+                                        Some(Unanswered::TimedOut(deadline)),
+                                    )
                                 }
                             }
                         } else {
-                            Observation::NotRefreshed
+                            (Observation::NotRefreshed, None)
                         };
-                        Ok::<_, StateError>((desired, rec, obs, timed_out))
+                        Ok::<_, StateError>((desired, rec, obs, unanswered))
                     }
                 })
                 .buffer_unordered(opts.parallelism.max(1));
             let mut leaves = Vec::new();
             while let Some(next) = observed.next().await {
-                let (desired, rec, obs, timed_out) = next?;
-                if let Some(deadline) = timed_out {
-                    plan.timed_out.push(desired.address.clone());
-                    plan.warnings.push(format!(
-                        "could not refresh {}: no answer within {}; planned from state alone",
-                        desired.address,
-                        humantime::format_duration(deadline)
-                    ));
-                } else if let Observation::NotRefreshed = obs
-                    && opts.refresh
-                    && rec.is_some()
-                    && desired.connection.is_known()
-                {
-                    plan.warnings.push(format!(
-                        "could not refresh {}: planned from state alone (see the log for the error)",
-                        desired.address
-                    ));
-                } else if let Observation::NotRefreshed = obs
-                    && rec.is_none()
-                    && desired.connection.is_known()
-                    && desired.address.kind.model().checks_ownership()
-                {
-                    plan.warnings.push(format!(
-                        "could not check whether {} already exists outside tend (see the log for the error)",
-                        desired.address
-                    ));
+                let (desired, rec, obs, unanswered) = next?;
+                let a = &desired.address;
+                match (unanswered, &rec) {
+                    (Some(Unanswered::TimedOut(deadline)), _) => {
+                        plan.timed_out.push(a.clone());
+                        plan.warnings.push(format!(
+                            "could not refresh {a}: no answer within {}; planned from state alone",
+                            humantime::format_duration(deadline)
+                        ));
+                    }
+                    (Some(Unanswered::Failed), Some(_)) => plan.warnings.push(format!(
+                        "could not refresh {a}: planned from state alone (see the log for the error)"
+                    )),
+                    (Some(Unanswered::Failed), None) => plan.warnings.push(format!(
+                        "could not check whether {a} already exists outside tend (see the log for the error)"
+                    )),
+                    (None, _) => {}
                 }
                 if let Observation::Present(o) = &obs {
                     plan.warnings.extend(
