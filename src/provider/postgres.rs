@@ -365,6 +365,34 @@ mod tests {
     }
 
     #[test]
+    fn powerful_roles_and_the_admins_own_are_never_adopted() {
+        let found = |role: observed::RoleState| {
+            TenantState {
+                role: Some(role),
+                database: None,
+                password_ok: None,
+            }
+            .to_observed()
+        };
+        let m = model::PostgresDatabase;
+        let d = sample();
+        let plain = observed::RoleState::desired(-1);
+        assert_eq!(m.refuse_adoption(&d, &found(plain)), None);
+        let replication = observed::RoleState {
+            replication: true,
+            bypassrls: true,
+            ..plain
+        };
+        let why = m.refuse_adoption(&d, &found(replication)).expect("refused");
+        assert!(why.contains("REPLICATION, BYPASSRLS"), "{why}");
+        // The admin tend connects as owns the database: never taken over.
+        let mut admins = sample();
+        admins.spec.insert("owner", s("doadmin"));
+        let why = m.refuse_adoption(&admins, &found(plain)).expect("refused");
+        assert!(why.contains("the admin role tend connects as"), "{why}");
+    }
+
+    #[test]
     fn drift_goes_through_the_observed_fields() {
         let p = model::PostgresDatabase;
         let d = sample();
