@@ -8,12 +8,14 @@
 //! lineage or one newer than the store is refused with the restore command.
 //! It must not know about manifests, plans or providers.
 
+mod codec;
 mod crypto;
 mod record;
 mod store;
 
 pub use record::{Record, ResourceResult, Run, RunOutcome, Status, Trigger};
 
+pub use codec::SCHEMA_VERSION;
 pub use store::{BACKUP_FILE, BACKUPS_KEPT, SledStore};
 
 use crate::address::Address;

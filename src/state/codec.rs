@@ -1,0 +1,452 @@
+//! The one encoding of state, shared by every backend: a [`Record`] as stored JSON with every
+//! secret sealed (`{"$enc": "<hex nonce||ciphertext>"}`, see `crypto`), runs as JSON, and the
+//! signed export document (`version`, `lineage`, `serial`, `secrets`, `resources`, ending in
+//! an HMAC-SHA256 under the state key) that backups, `state export --include-secrets`,
+//! `state import` and `state migrate` read and write.
+//!
+//! Map keys that begin with `$` are escaped by doubling the `$`, so no user map is ever read
+//! back as a secret. This module must not do I/O beyond the writer it is given, must never
+//! encode a value that is not known yet, and never prints a secret.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as J;
+
+use super::crypto::{BackupMac, StateKey};
+use super::{Meta, Record, Run, StateError, Status};
+use crate::address::{Address, Kind};
+use crate::model::ErrorClass;
+use crate::value::{SENSITIVE, Sensitive, Value};
+
+/// The schema this tend reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+/// The export format version.
+pub(super) const EXPORT_VERSION: u64 = 1;
+/// The map key that marks an encrypted secret.
+pub(super) const ENC: &str = "$enc";
+/// What a signed document ends with, before the MAC's hex digits and `"}`.
+pub(super) const MAC_OPEN: &[u8] = b",\"mac\":\"";
+
+/// Encodes and decodes records under one state key.
+pub(super) struct Codec {
+    pub(super) key: StateKey,
+}
+
+impl Codec {
+    /// A record as stored: secrets encrypted, unknown values refused.
+    pub(super) fn encode_record(&self, record: &Record) -> Result<Vec<u8>, StateError> {
+        let entry = record.address.to_string();
+        let enc = |v: &Value, field: &str| {
+            encode(v, &self.key, field).map_err(|reason| StateError::Corrupt {
+                key: entry.clone(),
+                reason,
+            })
+        };
+        let enc_map = |m: &BTreeMap<String, Value>, field: &str| {
+            m.iter()
+                .map(|(k, v)| Ok((k.clone(), enc(v, &format!("{field}.{k}"))?)))
+                .collect::<Result<BTreeMap<_, _>, StateError>>()
+        };
+        let stored = StoredRecord {
+            address: record.address.clone(),
+            kind: record.kind,
+            spec_hash: record.spec_hash.clone(),
+            spec: enc(&record.spec, "spec")?,
+            connection: enc(&record.connection, "connection")?,
+            outputs: enc_map(&record.outputs, "outputs")?,
+            private: enc_map(&record.private, "private")?,
+            status: record.status,
+            last_error: record.last_error.clone(),
+            error_class: record.error_class,
+            failed_inputs: record.failed_inputs.clone(),
+            prevent_destroy: record.prevent_destroy,
+            depends_on: record.depends_on.clone(),
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            generation: record.generation,
+        };
+        serde_json::to_vec(&stored).map_err(|e| StateError::Corrupt {
+            key: entry,
+            reason: e.to_string(),
+        })
+    }
+
+    /// A stored record back in memory, secrets decrypted.
+    pub(super) fn decode_record(&self, stored: StoredRecord) -> Result<Record, StateError> {
+        let entry = stored.address.to_string();
+        let dec = |j: &J| decode(j, &self.key, &entry);
+        let dec_map = |m: &BTreeMap<String, J>| {
+            m.iter()
+                .map(|(k, v)| Ok((k.clone(), dec(v)?)))
+                .collect::<Result<BTreeMap<_, _>, StateError>>()
+        };
+        Ok(Record {
+            spec: dec(&stored.spec)?,
+            connection: dec(&stored.connection)?,
+            outputs: dec_map(&stored.outputs)?,
+            private: dec_map(&stored.private)?,
+            address: stored.address,
+            kind: stored.kind,
+            spec_hash: stored.spec_hash,
+            status: stored.status,
+            last_error: stored.last_error,
+            error_class: stored.error_class,
+            failed_inputs: stored.failed_inputs,
+            prevent_destroy: stored.prevent_destroy,
+            depends_on: stored.depends_on,
+            created_at: stored.created_at,
+            updated_at: stored.updated_at,
+            generation: stored.generation,
+        })
+    }
+
+    /// Check a signed document's MAC; its bytes without the MAC are returned.
+    pub(super) fn verify<'a>(
+        &self,
+        bytes: &'a [u8],
+        allow_unsigned: bool,
+    ) -> Result<&'a [u8], StateError> {
+        let Some((body, mac)) = split_mac(bytes) else {
+            return if allow_unsigned {
+                Ok(bytes)
+            } else {
+                Err(StateError::Unsigned)
+            };
+        };
+        let mac = hex::decode(mac).map_err(|_| StateError::Tampered)?;
+        let mut check = self.key.backup_mac();
+        hmac::Mac::update(&mut check, body);
+        hmac::Mac::verify_slice(check, &mac).map_err(|_| StateError::Tampered)?;
+        Ok(bytes)
+    }
+
+    /// Parse a signed export or backup (MAC checked first, see [`Codec::verify`]) into its
+    /// lineage, serial and records re-encoded through the one write path, keyed by address.
+    /// Decoding every record proves the key matches and nothing is malformed before a store
+    /// is touched.
+    pub(super) fn parse_import(
+        &self,
+        bytes: &[u8],
+        allow_unsigned: bool,
+    ) -> Result<Imported, StateError> {
+        let bad = |reason: String| StateError::Corrupt {
+            key: "import document".to_owned(),
+            reason,
+        };
+        let doc: J = serde_json::from_slice(self.verify(bytes, allow_unsigned)?)
+            .map_err(|e| bad(format!("not JSON: {e}")))?;
+        let doc = &doc;
+        let version = doc
+            .get("version")
+            .and_then(J::as_u64)
+            .ok_or_else(|| bad("no `version`: not a tend state export".to_owned()))?;
+        if version > EXPORT_VERSION {
+            return Err(StateError::Schema {
+                found: u32::try_from(version).unwrap_or(u32::MAX),
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if version != EXPORT_VERSION {
+            return Err(bad(format!("unsupported export version {version}")));
+        }
+        match doc.get("secrets").and_then(J::as_str) {
+            Some("encrypted") => {}
+            Some("omitted") => {
+                return Err(bad(
+                    "this export was made without secrets, so importing it would lose \
+                     them; export with secrets included (or use backup.json)"
+                        .to_owned(),
+                ));
+            }
+            _ => return Err(bad("`secrets` must be \"encrypted\"".to_owned())),
+        }
+        let lineage = doc
+            .get("lineage")
+            .and_then(J::as_str)
+            .filter(|l| !l.is_empty())
+            .ok_or_else(|| bad("no `lineage`".to_owned()))?
+            .to_owned();
+        let doc_serial = doc
+            .get("serial")
+            .and_then(J::as_u64)
+            .ok_or_else(|| bad("no `serial`".to_owned()))?;
+        let items = doc
+            .get("resources")
+            .and_then(J::as_array)
+            .ok_or_else(|| bad("no `resources` list".to_owned()))?;
+
+        // Decode everything first (this proves the key matches and nothing is malformed), and
+        // re-encode through the one write path, before touching the store.
+        let mut new = BTreeMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let stored: StoredRecord = serde_json::from_value(item.clone())
+                .map_err(|e| bad(format!("resource #{i}: {e}")))?;
+            let record = self.decode_record(stored)?;
+            let key = record.address.to_string();
+            let bytes = self.encode_record(&record)?;
+            if new.insert(key.clone(), bytes).is_some() {
+                return Err(bad(format!("{key} appears twice")));
+            }
+        }
+        Ok(Imported {
+            lineage,
+            serial: doc_serial,
+            records: new,
+        })
+    }
+
+    /// The export document as JSON (`state export`); sealed secrets are replaced with
+    /// `(sensitive)` unless `include_secrets` (then they stay sealed).
+    pub(super) fn export(
+        &self,
+        meta: &Meta,
+        stored: Vec<StoredRecord>,
+        include_secrets: bool,
+    ) -> Result<J, StateError> {
+        let resources = stored
+            .into_iter()
+            .map(|mut r| {
+                if !include_secrets {
+                    r.omit_secrets();
+                }
+                serde_json::to_value(r).map_err(|e| StateError::Corrupt {
+                    key: "export".to_owned(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(serde_json::json!({
+            "version": EXPORT_VERSION,
+            "lineage": meta.lineage,
+            "serial": meta.serial,
+            "secrets": if include_secrets { "encrypted" } else { "omitted" },
+            "resources": resources,
+        }))
+    }
+
+    /// Stream the signed document to `out`: each record's stored bytes (its stored form *is*
+    /// its exported form, secrets sealed) copied in one at a time, so 10,000 records are never
+    /// one document in memory; the MAC covers every byte before `,"mac":`.
+    pub(super) fn write_signed<'a>(
+        &self,
+        meta: &Meta,
+        records: impl IntoIterator<Item = &'a [u8]>,
+        out: &mut dyn Write,
+    ) -> Result<(), StateError> {
+        let lineage = serde_json::to_string(&meta.lineage).map_err(io::Error::other)?;
+        let mut w = MacWriter {
+            out: io::BufWriter::new(out),
+            mac: self.key.backup_mac(),
+        };
+        write!(
+            w,
+            "{{\"version\":{EXPORT_VERSION},\"lineage\":{lineage},\"serial\":{},\"secrets\":\"encrypted\",\"resources\":[",
+            meta.serial
+        )?;
+        for (i, r) in records.into_iter().enumerate() {
+            w.write_all(if i == 0 { b"\n" } else { b",\n" })?;
+            w.write_all(r)?;
+        }
+        w.write_all(b"\n]")?;
+        let MacWriter { mut out, mac } = w;
+        let mac = hex::encode(hmac::Mac::finalize(mac).into_bytes());
+        out.write_all(MAC_OPEN)?;
+        writeln!(out, "{mac}\"}}")?;
+        out.flush()?;
+        Ok(())
+    }
+}
+
+/// What a signed document holds, ready to replace a store's records.
+pub(super) struct Imported {
+    pub(super) lineage: String,
+    /// The document's serial: the store continues above it.
+    pub(super) serial: u64,
+    /// Stored bytes by address.
+    pub(super) records: BTreeMap<String, Vec<u8>>,
+}
+
+/// A [`Record`] as stored and exported: every [`Value`] as JSON with secrets sealed.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StoredRecord {
+    pub(super) address: Address,
+    kind: Kind,
+    spec_hash: String,
+    spec: J,
+    connection: J,
+    outputs: BTreeMap<String, J>,
+    private: BTreeMap<String, J>,
+    status: Status,
+    last_error: Option<String>,
+    /// Added after schema 1 was released: absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error_class: Option<ErrorClass>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failed_inputs: Option<String>,
+    prevent_destroy: bool,
+    depends_on: Vec<Address>,
+    created_at: u64,
+    updated_at: u64,
+    generation: u64,
+}
+
+impl StoredRecord {
+    /// Replace every sealed secret with `(sensitive)`, for an export without secrets.
+    pub(super) fn omit_secrets(&mut self) {
+        omit(&mut self.spec);
+        omit(&mut self.connection);
+        self.outputs.values_mut().for_each(omit);
+        self.private.values_mut().for_each(omit);
+    }
+}
+
+fn omit(j: &mut J) {
+    match j {
+        J::Object(o) if is_sealed(o) => *j = J::String(SENSITIVE.to_owned()),
+        J::Object(o) => o.values_mut().for_each(omit),
+        J::Array(a) => a.iter_mut().for_each(omit),
+        _ => {}
+    }
+}
+
+fn is_sealed(o: &serde_json::Map<String, J>) -> bool {
+    o.len() == 1 && o.get(ENC).is_some_and(J::is_string)
+}
+
+/// A value as stored JSON. Errors (a reason, for [`StateError::Corrupt`]) on values that must
+/// never be stored: unknowns and non-finite floats.
+fn encode(v: &Value, key: &StateKey, path: &str) -> Result<J, String> {
+    Ok(match v {
+        Value::Null => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(i) => J::from(*i),
+        Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(J::Number)
+            .ok_or_else(|| format!("`{path}` is {f}, which state cannot hold"))?,
+        Value::Str(s) => J::String(s.clone()),
+        Value::Secret(s) => {
+            let mut o = serde_json::Map::new();
+            o.insert(ENC.to_owned(), J::String(key.encrypt(s.expose())));
+            J::Object(o)
+        }
+        Value::Unknown => {
+            return Err(format!(
+                "`{path}` is not known yet (known after apply); unknown values are never stored"
+            ));
+        }
+        Value::List(l) => J::Array(
+            l.iter()
+                .enumerate()
+                .map(|(i, v)| encode(v, key, &format!("{path}.{i}")))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Map(m) => J::Object(
+            m.iter()
+                .map(|(k, v)| {
+                    // `$…` keys are escaped as `$$…` so a user map is never taken for a secret.
+                    let stored = if k.starts_with('$') {
+                        format!("${k}")
+                    } else {
+                        k.clone()
+                    };
+                    Ok((stored, encode(v, key, &format!("{path}.{k}"))?))
+                })
+                .collect::<Result<_, String>>()?,
+        ),
+    })
+}
+
+/// Stored JSON back to a value, decrypting secrets.
+fn decode(j: &J, key: &StateKey, entry: &str) -> Result<Value, StateError> {
+    let corrupt = |reason: String| StateError::Corrupt {
+        key: entry.to_owned(),
+        reason,
+    };
+    Ok(match j {
+        J::Null => Value::Null,
+        J::Bool(b) => Value::Bool(*b),
+        J::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Value::Int(i),
+            (None, Some(f)) if n.is_f64() => Value::Float(f),
+            _ => return Err(corrupt(format!("number {n} is out of range"))),
+        },
+        J::String(s) => Value::Str(s.clone()),
+        J::Array(a) => Value::List(
+            a.iter()
+                .map(|v| decode(v, key, entry))
+                .collect::<Result<_, _>>()?,
+        ),
+        J::Object(o) => {
+            if let Some(sealed) = o.get(ENC) {
+                return match (o.len(), sealed.as_str()) {
+                    (1, Some(s)) => Ok(Value::Secret(Sensitive::new(key.decrypt(s)?))),
+                    _ => Err(corrupt(format!("malformed `{ENC}` object"))),
+                };
+            }
+            let mut m = crate::value::Fields::new();
+            for (k, v) in o {
+                let k = match k.strip_prefix('$') {
+                    Some(rest) if rest.starts_with('$') => rest.to_owned(),
+                    Some(_) => return Err(corrupt(format!("unknown marker key `{k}`"))),
+                    None => k.clone(),
+                };
+                m.insert(k, decode(v, key, entry)?);
+            }
+            Value::Map(m)
+        }
+    })
+}
+
+pub(super) fn parse_stored(key: &[u8], bytes: &[u8]) -> Result<StoredRecord, StateError> {
+    let entry = String::from_utf8_lossy(key).into_owned();
+    let stored: StoredRecord = serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt {
+        key: entry.clone(),
+        reason: e.to_string(),
+    })?;
+    if stored.address.to_string() != entry {
+        return Err(StateError::Corrupt {
+            reason: format!("holds the record of {}", stored.address),
+            key: entry,
+        });
+    }
+    Ok(stored)
+}
+
+pub(super) fn parse_run(key: &[u8], bytes: &[u8]) -> Result<Run, StateError> {
+    serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt {
+        key: format!("run {}", String::from_utf8_lossy(key)),
+        reason: e.to_string(),
+    })
+}
+
+/// A writer that feeds every byte it writes to a MAC.
+struct MacWriter<W: Write> {
+    out: W,
+    mac: BackupMac,
+}
+
+impl<W: Write> Write for MacWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        hmac::Mac::update(&mut self.mac, &buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// A signed document split into the bytes the MAC covers and the MAC's hex digits; `None`
+/// when it does not end in `,"mac":"<64 hex>"}`.
+pub(super) fn split_mac(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let doc = bytes.trim_ascii_end();
+    let rest = doc.strip_suffix(b"\"}")?;
+    let at = rest.len().checked_sub(64)?;
+    let (before, mac) = rest.split_at(at);
+    let body = before.strip_suffix(MAC_OPEN)?;
+    mac.iter().all(u8::is_ascii_hexdigit).then_some((body, mac))
+}
