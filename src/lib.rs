@@ -9,6 +9,7 @@ pub mod engine;
 pub mod graph;
 pub mod manifest;
 pub mod model;
+pub mod pg;
 pub mod plan;
 pub mod provider;
 pub mod registry;

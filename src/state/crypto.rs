@@ -165,6 +165,23 @@ impl StateKey {
         }
     }
 
+    /// A random key that no file holds: a placeholder that never seals anything kept.
+    pub(super) fn ephemeral() -> StateKey {
+        let mut root = Zeroizing::new([0u8; KEY_LEN]);
+        rand::rng().fill_bytes(&mut root[..]);
+        StateKey::from_root(&root)
+    }
+
+    /// A short public fingerprint of the key (HMAC of a fixed label under the digest key), kept
+    /// beside a shared state so a host with another key file is refused before it reads or
+    /// writes anything.
+    pub fn fingerprint(&self) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.digest_key[..])
+            .unwrap_or_else(|_| unreachable!("hmac accepts keys of any length"));
+        mac.update(b"tend key fingerprint v1");
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+
     /// Derive the subkeys from the root key.
     fn from_root(root: &[u8; KEY_LEN]) -> StateKey {
         let enc = derive(root, b"tend encrypt v1");

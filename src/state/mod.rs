@@ -10,12 +10,14 @@
 
 mod codec;
 mod crypto;
+mod postgres;
 mod record;
 mod store;
 
 pub use record::{Record, ResourceResult, Run, RunOutcome, Status, Trigger};
 
 pub use codec::SCHEMA_VERSION;
+pub use postgres::{DEFAULT_LEASE, DEFAULT_SCHEMA, PgOpen, PgStore, PgTarget, Writer};
 pub use store::{BACKUP_FILE, BACKUPS_KEPT, SledStore};
 
 use crate::address::Address;
@@ -34,6 +36,16 @@ impl Sealed {
     fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+}
+
+/// A whole state as stored, moved between backends by `tend state migrate`.
+pub struct Dump {
+    pub lineage: String,
+    pub serial: u64,
+    /// Sealed: secrets stay encrypted under the state key, which both stores share.
+    pub records: Vec<Sealed>,
+    /// Oldest first.
+    pub runs: Vec<Run>,
 }
 
 /// Store metadata (DESIGN §3 `meta`).
@@ -110,6 +122,27 @@ pub enum StateError {
          tend wrote it, or written under another key file; it is not imported"
     )]
     Tampered,
+    /// A PostgreSQL state could not be read or written (never names the password).
+    #[error("state backend {target}: {reason}")]
+    Postgres { target: String, reason: String },
+    /// Another writer holds the PostgreSQL state's lock.
+    #[error("the state in {target} is locked by {holder}")]
+    Held { target: String, holder: String },
+    /// A write refused because this process no longer holds the writers' lock.
+    #[error("this tend no longer holds the lock on the state in {target}: {reason}")]
+    Fenced { target: String, reason: String },
+    /// The store was moved to another backend by `tend state migrate`.
+    #[error(
+        "the state in {store} was migrated to {to} and is no longer used; run tend with \
+         --state {to}"
+    )]
+    Migrated { store: String, to: String },
+    /// `state migrate` only fills an empty store.
+    #[error(
+        "the state in {store} already holds records or runs; `tend state migrate` only fills an \
+         empty state"
+    )]
+    NotEmpty { store: String },
     /// A document to import carries no MAC.
     #[error(
         "the document carries no MAC (tend signs its backups and `state export \
@@ -156,6 +189,22 @@ pub trait StateStore: Send + Sync {
     /// refused either way). A `backup.json` of another lineage is kept as
     /// `backup-<lineage>.json` rather than overwritten.
     fn import(&self, bytes: &[u8], allow_unsigned: bool) -> Result<(), StateError>;
+    /// Everything as stored (records sealed), for `tend state migrate`.
+    fn dump(&self) -> Result<Dump, StateError> {
+        let meta = self.meta()?;
+        Ok(Dump {
+            lineage: meta.lineage,
+            serial: meta.serial,
+            records: self.list_sealed()?,
+            runs: self.runs(usize::MAX)?.into_iter().rev().collect(),
+        })
+    }
+    /// Fill this store, which must hold no record and no run ([`StateError::NotEmpty`]), with
+    /// `dump`: its lineage, serial, sealed records and runs kept as they are, in one write.
+    fn load(&self, dump: &Dump) -> Result<(), StateError>;
+    /// Refuse all further use of this store ([`StateError::Migrated`]): its state now lives
+    /// at `to` (a shown form, never a password).
+    fn mark_migrated(&self, to: &str) -> Result<(), StateError>;
     /// Write the backup atomically (temp file, fsync, rename): `backup.<serial>.json`, then
     /// `backup.json` as the newest; keeps the newest [`BACKUPS_KEPT`] of this lineage.
     /// Refuses ([`StateError::OtherLineage`]) to replace a `backup.json` of another lineage.

@@ -28,7 +28,7 @@ use sled::transaction::{
 
 use super::codec::{Codec, Imported, SCHEMA_VERSION, StoredRecord, parse_run, parse_stored};
 use super::crypto::{KeyLocation, StateKey};
-use super::{Meta, Record, Run, Sealed, StateError, StateStore, Status};
+use super::{Dump, Meta, Record, Run, Sealed, StateError, StateStore, Status};
 use crate::address::Address;
 
 /// File name of the newest backup in the state directory.
@@ -41,6 +41,8 @@ const HEAD_BYTES: u64 = 4096;
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_LINEAGE: &[u8] = b"lineage";
 const META_SERIAL: &[u8] = b"serial";
+/// Set by `state migrate` on the store it moved away from: the store is refused from then on.
+const META_MIGRATED: &[u8] = b"migrated_to";
 
 /// The sled-backed state store. Holds sled's exclusive file lock while open.
 pub struct SledStore {
@@ -105,6 +107,12 @@ impl SledStore {
         let tree = |name: &str| db.open_tree(name).map_err(|e| sled_error(e, state_dir));
         let (resources, runs, meta) = (tree("resources")?, tree("runs")?, tree("meta")?);
         init_meta(&db, &meta, state_dir)?;
+        if let Some(to) = meta.get(META_MIGRATED).map_err(|e| sled_error(e, state_dir))? {
+            return Err(StateError::Migrated {
+                store: state_dir.display().to_string(),
+                to: String::from_utf8_lossy(&to).into_owned(),
+            });
+        }
 
         // Refuse to mint a new key for a store that already holds records: they would all
         // become unreadable.
@@ -382,6 +390,41 @@ impl StateStore for SledStore {
         let records = self.list_sealed()?;
         self.codec
             .write_signed(&self.meta()?, records.iter().map(Sealed::bytes), out)
+    }
+
+    fn load(&self, dump: &Dump) -> Result<(), StateError> {
+        if !self.resources.is_empty() || !self.runs.is_empty() {
+            return Err(StateError::NotEmpty {
+                store: self.dir.display().to_string(),
+            });
+        }
+        let mut runs = sled::Batch::default();
+        for run in &dump.runs {
+            let bytes = serde_json::to_vec(run).map_err(|e| StateError::Corrupt {
+                key: format!("run {}", run.id),
+                reason: e.to_string(),
+            })?;
+            runs.insert(run.id.as_bytes(), bytes);
+        }
+        (&self.resources, &self.runs, &self.meta)
+            .transaction(|(res, run_tree, meta)| {
+                for r in &dump.records {
+                    res.insert(r.address.to_string().as_bytes(), r.bytes())?;
+                }
+                run_tree.apply_batch(&runs)?;
+                meta.insert(META_LINEAGE, dump.lineage.as_bytes())?;
+                meta.insert(META_SERIAL, dump.serial.to_string().as_bytes())?;
+                Ok(())
+            })
+            .map_err(|e| self.tx_error(e))?;
+        self.flush()
+    }
+
+    fn mark_migrated(&self, to: &str) -> Result<(), StateError> {
+        self.meta
+            .insert(META_MIGRATED, to.as_bytes())
+            .map_err(|e| sled_error(e, &self.dir))?;
+        self.flush()
     }
 
     fn write_backup(&self) -> Result<(), StateError> {
