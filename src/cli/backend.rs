@@ -27,7 +27,9 @@ use crate::manifest::{self, LoadOptions, ManifestSet};
 use crate::plan::{Plan, render};
 use crate::provider::tenant::status::TenantStatus;
 use crate::provider::{self, Provider};
-use crate::state::{Run, SledStore, StateError, StateStore, Status, Trigger};
+use crate::state::{
+    PgOpen, PgStore, PgTarget, Run, SledStore, StateError, StateStore, Status, Trigger, Writer,
+};
 
 /// Where an apply's progress lines go, one line at a time.
 pub type Progress = Arc<dyn Fn(String) + Send + Sync>;
@@ -84,19 +86,20 @@ fn reveal_of(name: Option<&str>, show_secrets: bool) -> RevealOutputs<'_> {
     }
 }
 
-/// The daemon when one answers on `socket`, otherwise the state directory.
+/// The daemon when one answers on `socket`, otherwise the state itself (opened for `access`).
 pub async fn connect(
     manifests: &Path,
     load_opts: &LoadOptions,
-    state: &Path,
+    state: &StateAt,
     socket: &Path,
+    access: Access,
 ) -> anyhow::Result<Box<dyn Backend>> {
     if control::answers(socket).await? {
         return Ok(Box::new(Daemon {
             socket: socket.to_owned(),
         }));
     }
-    Ok(Box::new(Local::new(manifests, load_opts, state)))
+    Ok(Box::new(Local::new(manifests, load_opts, state, access)))
 }
 
 /// Load manifests and the graph; every diagnostic in the error ([`manifest::LoadErrors`]).
@@ -106,16 +109,95 @@ pub fn load(dir: &Path, opts: &LoadOptions) -> anyhow::Result<(ManifestSet, Grap
     Ok((set, graph))
 }
 
-pub fn open_store(dir: &Path) -> anyhow::Result<Arc<dyn StateStore>> {
-    opened(SledStore::open(dir), dir)
+/// Where state lives: `--state DIR` (sled) or `--state postgres://…` (a schema on a
+/// PostgreSQL server, with a local directory for the key file, the socket and work files).
+#[derive(Clone, Debug)]
+pub enum StateAt {
+    Dir(PathBuf),
+    Postgres {
+        target: PgTarget,
+        local: PathBuf,
+        lease: Duration,
+    },
+}
+
+impl StateAt {
+    /// The directory for local files: the state directory itself, or the work directory.
+    pub fn local_dir(&self) -> &Path {
+        match self {
+            StateAt::Dir(d) => d,
+            StateAt::Postgres { local, .. } => local,
+        }
+    }
+
+    /// What to pass as `--state` for it (a URL's password masked).
+    pub fn arg_shown(&self) -> String {
+        match self {
+            StateAt::Dir(d) => d.display().to_string(),
+            StateAt::Postgres { target, .. } => target.url_shown(),
+        }
+    }
+
+    /// How messages name it (a URL's password masked).
+    pub fn shown(&self) -> String {
+        match self {
+            StateAt::Dir(d) => d.display().to_string(),
+            StateAt::Postgres { target, .. } => target.shown(),
+        }
+    }
+}
+
+/// Whether a command reads state or also writes it. A PostgreSQL state takes the writers' lock
+/// for `Write` (naming `command` to anyone refused); a sled store is exclusive either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write(&'static str),
+}
+
+pub fn open_store(at: &StateAt, access: Access) -> anyhow::Result<Arc<dyn StateStore>> {
+    match at {
+        StateAt::Dir(dir) => opened(SledStore::open(dir), &at.shown()),
+        StateAt::Postgres { .. } => open_pg(at, access),
+    }
 }
 
 /// The store for `tend state import`: created when missing (see [`SledStore::open_to_restore`]).
-pub fn open_store_to_restore(dir: &Path) -> anyhow::Result<Arc<dyn StateStore>> {
-    opened(SledStore::open_to_restore(dir), dir)
+pub fn open_store_to_restore(at: &StateAt) -> anyhow::Result<Arc<dyn StateStore>> {
+    match at {
+        StateAt::Dir(dir) => opened(SledStore::open_to_restore(dir), &at.shown()),
+        StateAt::Postgres { .. } => open_pg(at, Access::Write("tend state import")),
+    }
 }
 
-fn opened(store: Result<SledStore, StateError>, dir: &Path) -> anyhow::Result<Arc<dyn StateStore>> {
+fn open_pg(at: &StateAt, access: Access) -> anyhow::Result<Arc<dyn StateStore>> {
+    let StateAt::Postgres {
+        target,
+        local,
+        lease,
+    } = at
+    else {
+        bail!("not a PostgreSQL state");
+    };
+    let writer = match access {
+        Access::Read => None,
+        Access::Write(command) => Some(Writer {
+            command: command.to_owned(),
+            lease: *lease,
+        }),
+    };
+    let store = PgStore::open(PgOpen {
+        target,
+        local_dir: local,
+        writer,
+    });
+    opened(store, &at.shown())
+}
+
+fn opened<S: StateStore + 'static>(
+    store: Result<S, StateError>,
+    shown: &str,
+) -> anyhow::Result<Arc<dyn StateStore>> {
     match store {
         Ok(s) => Ok(Arc::new(s)),
         // These say what to do in full; a context would only repeat the directory.
@@ -124,9 +206,12 @@ fn opened(store: Result<SledStore, StateError>, dir: &Path) -> anyhow::Result<Ar
             | StateError::Lost { .. }
             | StateError::OtherLineage { .. }
             | StateError::Behind { .. }
-            | StateError::Unreadable { .. }),
+            | StateError::Unreadable { .. }
+            | StateError::Held { .. }
+            | StateError::Migrated { .. }
+            | StateError::Postgres { .. }),
         ) => bail!("{e}"),
-        Err(e) => Err(e).with_context(|| format!("cannot open state in {}", dir.display())),
+        Err(e) => Err(e).with_context(|| format!("cannot open state in {shown}")),
     }
 }
 
@@ -150,20 +235,22 @@ struct Loaded {
 pub struct Local {
     manifests: PathBuf,
     load_opts: LoadOptions,
-    state: PathBuf,
+    state: StateAt,
+    access: Access,
     providers: Vec<Arc<dyn Provider>>,
     loaded: Option<Loaded>,
     store: Option<Arc<dyn StateStore>>,
 }
 
 impl Local {
-    pub fn new(manifests: &Path, load_opts: &LoadOptions, state: &Path) -> Self {
+    pub fn new(manifests: &Path, load_opts: &LoadOptions, state: &StateAt, access: Access) -> Self {
         Local {
             manifests: manifests.to_owned(),
             load_opts: load_opts.clone(),
-            state: state.to_owned(),
+            state: state.clone(),
+            access,
             providers: crate::registry::providers(&provider::Context {
-                state_dir: state.to_owned(),
+                state_dir: state.local_dir().to_owned(),
             }),
             loaded: None,
             store: None,
@@ -187,7 +274,7 @@ impl Local {
         if let Some(s) = &self.store {
             return Ok(Arc::clone(s));
         }
-        let s = open_store(&self.state)?;
+        let s = open_store(&self.state, self.access)?;
         self.store = Some(Arc::clone(&s));
         Ok(s)
     }

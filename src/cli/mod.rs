@@ -21,9 +21,10 @@ use crate::engine::blocking;
 use crate::manifest;
 use crate::plan::{Action, render};
 use crate::provider;
+use crate::state::PgTarget;
 use crate::state::{RunOutcome, Status};
 use crate::value::Reveal;
-use backend::{Backend, load, open_store};
+use backend::{Access, Backend, StateAt, load, open_store};
 use output::Printer;
 
 #[derive(Parser, Debug)]
@@ -42,9 +43,31 @@ struct Cli {
         default_value = "manifests"
     )]
     manifests: PathBuf,
-    /// State directory (sled store, key file, backups).
-    #[arg(long, global = true, env = "TEND_STATE", default_value = "state")]
-    state: PathBuf,
+    /// Where state lives: a directory (sled store, key file, backups) or a PostgreSQL URL,
+    /// `postgres://USER@HOST/DB?sslmode=require` (shared by several hosts; see `--work-dir`).
+    #[arg(
+        long,
+        global = true,
+        env = "TEND_STATE",
+        default_value = "state",
+        value_name = "DIR|URL"
+    )]
+    state: String,
+    /// Read the `--state` URL from this file (e.g. a systemd credential:
+    /// `LoadCredentialEncrypted=state-url` and `--state-url-file %d/state-url`).
+    #[arg(long, global = true, env = "TEND_STATE_URL_FILE", value_name = "FILE")]
+    state_url_file: Option<PathBuf>,
+    /// With a PostgreSQL state: the schema that holds it.
+    #[arg(long, global = true, env = "TEND_STATE_SCHEMA", default_value = crate::state::DEFAULT_SCHEMA)]
+    state_schema: String,
+    /// With a PostgreSQL state: how long a writer's lock outlives its last heartbeat (the
+    /// server ends the lock's session after this long without one).
+    #[arg(long, global = true, value_parser = humantime::parse_duration, default_value = "15s")]
+    state_lease: Duration,
+    /// With a PostgreSQL state: the local directory for the key file, the control socket and
+    /// provider work files [default: state].
+    #[arg(long, global = true, env = "TEND_WORK_DIR", value_name = "DIR")]
+    work_dir: Option<PathBuf>,
     /// The daemon's control socket [default: <state>/tend.sock].
     #[arg(long, global = true, env = "TEND_SOCKET")]
     socket: Option<PathBuf>,
@@ -276,6 +299,21 @@ enum StateCmd {
         #[arg(long)]
         allow_unsigned: bool,
     },
+    /// Copy this state into another backend (a sled directory into PostgreSQL, or back),
+    /// keeping its lineage, serial, runs and encrypted secrets; the source is left intact and
+    /// refuses use from then on, so two stores never both act. The target must be empty and
+    /// use the same key file.
+    #[command(
+        after_help = "Examples:\n  tend --state /var/lib/tend state migrate --to postgres://tend@db.internal/tend\n  tend --state postgres://tend@db.internal/tend state migrate --to /var/lib/tend-restored"
+    )]
+    Migrate {
+        /// The target: a directory or a `postgres://` URL (its schema: `--to-schema`).
+        #[arg(long, value_name = "DIR|URL")]
+        to: String,
+        /// With a PostgreSQL target: its schema.
+        #[arg(long, default_value = crate::state::DEFAULT_SCHEMA)]
+        to_schema: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -361,16 +399,41 @@ fn init_logging(default: &str, json: bool) {
     };
 }
 
+/// `--state` (or `--state-url-file`) as a place.
+fn state_at(cli: &Cli) -> anyhow::Result<StateAt> {
+    let url = match &cli.state_url_file {
+        Some(file) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the state URL file {}", file.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => PgTarget::is_url(&cli.state).then(|| cli.state.clone()),
+    };
+    Ok(match url {
+        None => StateAt::Dir(PathBuf::from(&cli.state)),
+        Some(url) => StateAt::Postgres {
+            target: PgTarget::new(&url, &cli.state_schema)?,
+            local: cli
+                .work_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("state")),
+            lease: cli.state_lease,
+        },
+    })
+}
+
 async fn run(cli: Cli, printer: Printer) -> anyhow::Result<Outcome> {
+    let at = state_at(&cli)?;
     let socket = cli
         .socket
         .clone()
-        .unwrap_or_else(|| crate::daemon::control::default_socket(&cli.state));
+        .unwrap_or_else(|| crate::daemon::control::default_socket(at.local_dir()));
     let load_opts = crate::manifest::LoadOptions {
         secrets_dirs: cli.secrets_dirs.clone(),
         ..Default::default()
     };
-    let connect = || backend::connect(&cli.manifests, &load_opts, &cli.state, &socket);
+    let connect = |access| backend::connect(&cli.manifests, &load_opts, &at, &socket, access);
     match cli.command {
         Command::Validate(args) => validate_cmd(&cli.manifests, &args, &load_opts, printer),
         Command::Graph { format } => {
@@ -381,11 +444,22 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<Outcome> {
             });
             Ok(Outcome::Success)
         }
-        Command::Plan(ref args) => plan_cmd(connect().await?.as_mut(), args, printer).await,
-        Command::Apply(ref args) => apply_cmd(connect().await?.as_mut(), args, printer).await,
-        Command::Status => status_cmd(connect().await?.as_mut(), &socket, printer).await,
-        Command::Runs(ref cmd) => runs_cmd(connect().await?.as_mut(), cmd, printer).await,
-        Command::Output(ref args) => output_cmd(connect().await?.as_mut(), args, printer).await,
+        Command::Plan(ref args) => {
+            plan_cmd(connect(Access::Read).await?.as_mut(), args, printer).await
+        }
+        Command::Apply(ref args) => {
+            let mut backend = connect(Access::Write("tend apply")).await?;
+            apply_cmd(backend.as_mut(), args, printer).await
+        }
+        Command::Status => {
+            status_cmd(connect(Access::Read).await?.as_mut(), &socket, printer).await
+        }
+        Command::Runs(ref cmd) => {
+            runs_cmd(connect(Access::Read).await?.as_mut(), cmd, printer).await
+        }
+        Command::Output(ref args) => {
+            output_cmd(connect(Access::Read).await?.as_mut(), args, printer).await
+        }
         Command::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "tend", &mut buf);
@@ -398,9 +472,9 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<Outcome> {
             printer.out(&String::from_utf8(buf).context("the man page is not UTF-8")?);
             Ok(Outcome::Success)
         }
-        Command::State(cmd) => state_cmd(&cli.state, cmd, printer).await,
+        Command::State(cmd) => state_cmd(&at, cmd, printer).await,
         Command::Daemon(args) => {
-            let store = open_store(&cli.state)?;
+            let store = open_store(&at, Access::Write("tend daemon"))?;
             let opts = crate::daemon::Options {
                 socket: socket.clone(),
                 metrics_addr: args.metrics_addr,
@@ -419,7 +493,7 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<Outcome> {
                 grace: args.grace,
             };
             let providers = crate::registry::providers(&provider::Context {
-                state_dir: cli.state.clone(),
+                state_dir: at.local_dir().to_owned(),
             });
             Ok(match crate::daemon::run(opts, store, providers).await? {
                 0 => Outcome::Success,
@@ -751,10 +825,15 @@ fn confirm(printer: Printer) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Result<Outcome> {
+async fn state_cmd(at: &StateAt, cmd: StateCmd, printer: Printer) -> anyhow::Result<Outcome> {
     let store = match cmd {
-        StateCmd::Import { .. } => backend::open_store_to_restore(dir)?,
-        _ => open_store(dir)?,
+        StateCmd::Import { .. } => backend::open_store_to_restore(at)?,
+        StateCmd::Rm { .. } => open_store(at, Access::Write("tend state rm"))?,
+        StateCmd::Migrate {
+            ref to,
+            ref to_schema,
+        } => return migrate_cmd(at, to, to_schema, printer).await,
+        _ => open_store(at, Access::Read)?,
     };
     match cmd {
         StateCmd::List => {
@@ -872,7 +951,71 @@ async fn state_cmd(dir: &Path, cmd: StateCmd, printer: Printer) -> anyhow::Resul
             .with_context(|| format!("cannot import {}", file.display()))?;
             printer.out(&format!("Imported state from {}.", file.display()));
         }
+        StateCmd::Migrate { .. } => unreachable!("answered before the store is opened"),
     }
+    Ok(Outcome::Success)
+}
+
+/// `tend state migrate`: copy the whole state, then retire the source.
+async fn migrate_cmd(
+    at: &StateAt,
+    to: &str,
+    to_schema: &str,
+    printer: Printer,
+) -> anyhow::Result<Outcome> {
+    let target = if PgTarget::is_url(to) {
+        StateAt::Postgres {
+            target: PgTarget::new(to, to_schema)?,
+            // The same key file as the source's: both must seal with one key.
+            local: at.local_dir().to_owned(),
+            lease: crate::state::DEFAULT_LEASE,
+        }
+    } else {
+        StateAt::Dir(PathBuf::from(to))
+    };
+    if target.shown() == at.shown() {
+        bail!("the migration target is the state itself");
+    }
+    let source = open_store(at, Access::Write("tend state migrate"))?;
+    let source_key = crate::state::key_file(at.local_dir());
+    if let StateAt::Dir(dir) = &target {
+        // A new directory would mint its own key; it gets the source's instead.
+        crate::state::share_key_file(&source_key, dir)
+            .with_context(|| format!("cannot give {} the state key", dir.display()))?;
+    }
+    let dest = open_store(&target, Access::Write("tend state migrate"))?;
+    if dest.digest_key() != source.digest_key() {
+        bail!(
+            "{} uses another key file than {}: the encrypted secrets would not open there \
+             (use the same TEND_STATE_KEY_FILE or key file for both)",
+            target.shown(),
+            at.shown()
+        );
+    }
+    let shown = target.shown();
+    let (records, runs, lineage, serial) = blocking(&source, {
+        let dest = Arc::clone(&dest);
+        let shown = shown.clone();
+        move |s| {
+            let dump = s.dump()?;
+            dest.load(&dump)?;
+            s.mark_migrated(&shown)?;
+            Ok((
+                dump.records.len(),
+                dump.runs.len(),
+                dump.lineage,
+                dump.serial,
+            ))
+        }
+    })
+    .await?;
+    printer.out(&format!(
+        "Migrated {records} resources and {runs} runs (lineage {lineage}, serial {serial}) from \
+         {} to {shown}.\n{} now refuses use; run tend with --state {}.",
+        at.shown(),
+        at.shown(),
+        target.arg_shown()
+    ));
     Ok(Outcome::Success)
 }
 

@@ -113,6 +113,26 @@ impl KeyLocation {
     }
 }
 
+/// Give a new state directory `dir` the key file at `source` (for `state migrate` into a
+/// directory): copied as a private file when `dir`'s key would be its own default one and does
+/// not exist yet; nothing to do when the environment names one key file for both.
+pub fn share_key_file(source: &Path, dir: &Path) -> io::Result<()> {
+    let location = KeyLocation::from_env(dir);
+    if !location.create_if_missing() || location.path.exists() || location.path == source {
+        return Ok(());
+    }
+    let key = Zeroizing::new(fs::read(source)?);
+    std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&location.path)?;
+    f.write_all(&key)?;
+    f.sync_all()
+}
+
 /// The state key: a cipher and a digest key derived from the key file. Key material is zeroed
 /// on drop and never printed.
 pub struct StateKey {

@@ -22,6 +22,13 @@ pub use store::{BACKUP_FILE, BACKUPS_KEPT, SledStore};
 
 use crate::address::Address;
 
+/// The key file a state whose local directory is `dir` uses (see `crypto`).
+pub fn key_file(dir: &std::path::Path) -> std::path::PathBuf {
+    crypto::KeyLocation::from_env(dir).path
+}
+
+pub use crypto::share_key_file;
+
 /// A record as it sits in the store, its spec and secrets not yet decoded: listing 10,000 of
 /// these costs their bytes (under 1 KB each), not 10,000 decoded specs. Open one with
 /// [`StateStore::unseal`] when it is needed.

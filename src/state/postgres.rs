@@ -107,6 +107,11 @@ impl PgTarget {
         })
     }
 
+    /// The URL with its password masked.
+    pub fn url_shown(&self) -> String {
+        redact(&self.url)
+    }
+
     /// The target as shown in messages: the URL with its password masked, and the schema.
     pub fn shown(&self) -> String {
         format!("{} (schema {})", redact(&self.url), self.schema)
@@ -117,10 +122,7 @@ impl PgTarget {
 /// parameter dropped).
 fn redact(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let (authority_end, query_at) = (
-        rest.find(['/', '?']).unwrap_or(rest.len()),
-        rest.find('?'),
-    );
+    let (authority_end, query_at) = (rest.find(['/', '?']).unwrap_or(rest.len()), rest.find('?'));
     let (authority, tail) = rest.split_at(authority_end);
     let authority = match authority.rsplit_once('@') {
         Some((user, host)) => match user.split_once(':') {
@@ -287,6 +289,13 @@ impl PgStore {
             )
             .into());
         }
+        if location.create_if_missing() && !location.path.exists() {
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(local_dir)?;
+        }
         let key = StateKey::load_or_create_at(&location)?;
         if let Some(check) = &meta.key_check
             && *check != key.fingerprint()
@@ -356,7 +365,10 @@ impl PgStore {
         let layout: i32 = self.call(move |c| async move {
             let pg = |e| pg_error(&shown, e);
             let exists: bool = c
-                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("{s}.meta")])
+                .query_one(
+                    "SELECT to_regclass($1) IS NOT NULL",
+                    &[&format!("{s}.meta")],
+                )
                 .await
                 .map_err(pg)?
                 .get(0);
@@ -408,7 +420,10 @@ impl PgStore {
         );
         let shown = self.shown.clone();
         self.call(move |c| async move {
-            let row = c.query_one(&q, &[]).await.map_err(|e| pg_error(&shown, e))?;
+            let row = c
+                .query_one(&q, &[])
+                .await
+                .map_err(|e| pg_error(&shown, e))?;
             Ok(MetaRow {
                 schema_version: u32::try_from(row.get::<_, i32>(0)).unwrap_or(u32::MAX),
                 lineage: row.get(1),
@@ -434,65 +449,68 @@ impl PgStore {
 
     /// Take the writers' lock or fail naming its holder; then record who holds it, bump the
     /// epoch and set the session's lease.
-    fn lock(&mut self, writer: &Writer, valid_until: Arc<Mutex<Instant>>) -> Result<(), StateError> {
+    fn lock(
+        &mut self,
+        writer: &Writer,
+        valid_until: Arc<Mutex<Instant>>,
+    ) -> Result<(), StateError> {
         let key = lock_key(&self.schema, "writer");
         let (s, shown) = (self.schema.clone(), self.shown.clone());
         let command = writer.command.clone();
         let lease_ms = i64::try_from(writer.lease.as_millis()).unwrap_or(i64::MAX);
         let started = Instant::now();
-        let got: Result<i64, String> = self
-            .call(move |c| async move {
-                let pg = |e| pg_error(&shown, e);
-                let taken: bool = c
-                    .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-                    .await
-                    .map_err(pg)?
-                    .get(0);
-                if !taken {
-                    return Ok(Err(holder(&c, &s, key).await.map_err(pg)?));
-                }
-                let version: i32 = c
-                    .query_one("SELECT current_setting('server_version_num')::int", &[])
-                    .await
-                    .map_err(pg)?
-                    .get(0);
-                if version >= 140_000 {
-                    c.batch_execute(&format!("SET idle_session_timeout = {lease_ms}"))
-                        .await
-                        .map_err(pg)?;
-                }
-                c.batch_execute(&format!(
-                    "DELETE FROM {s}.holders WHERE backend_pid NOT IN \
-                     (SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL)"
-                ))
+        let got: Result<i64, String> = self.call(move |c| async move {
+            let pg = |e| pg_error(&shown, e);
+            let taken: bool = c
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
                 .await
-                .map_err(pg)?;
-                let epoch: i64 = c
-                    .query_one(
-                        &format!("UPDATE {s}.meta SET epoch = epoch + 1 RETURNING epoch"),
-                        &[],
-                    )
+                .map_err(pg)?
+                .get(0);
+            if !taken {
+                return Ok(Err(holder(&c, &s, key).await.map_err(pg)?));
+            }
+            let version: i32 = c
+                .query_one("SELECT current_setting('server_version_num')::int", &[])
+                .await
+                .map_err(pg)?
+                .get(0);
+            if version >= 140_000 {
+                c.batch_execute(&format!("SET idle_session_timeout = {lease_ms}"))
                     .await
-                    .map_err(pg)?
-                    .get(0);
-                c.execute(
-                    &format!(
-                        "INSERT INTO {s}.holders (backend_pid, host, pid, command, epoch) \
+                    .map_err(pg)?;
+            }
+            c.batch_execute(&format!(
+                "DELETE FROM {s}.holders WHERE backend_pid NOT IN \
+                     (SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL)"
+            ))
+            .await
+            .map_err(pg)?;
+            let epoch: i64 = c
+                .query_one(
+                    &format!("UPDATE {s}.meta SET epoch = epoch + 1 RETURNING epoch"),
+                    &[],
+                )
+                .await
+                .map_err(pg)?
+                .get(0);
+            c.execute(
+                &format!(
+                    "INSERT INTO {s}.holders (backend_pid, host, pid, command, epoch) \
                          VALUES (pg_backend_pid(), $1, $2, $3, $4) \
                          ON CONFLICT (backend_pid) DO UPDATE SET host = $1, pid = $2, \
                          command = $3, epoch = $4, since = now()"
-                    ),
-                    &[
-                        &hostname(),
-                        &i32::try_from(std::process::id()).unwrap_or(i32::MAX),
-                        &command,
-                        &epoch,
-                    ],
-                )
-                .await
-                .map_err(pg)?;
-                Ok(Ok(epoch))
-            })?;
+                ),
+                &[
+                    &hostname(),
+                    &i32::try_from(std::process::id()).unwrap_or(i32::MAX),
+                    &command,
+                    &epoch,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+            Ok(Ok(epoch))
+        })?;
         match got {
             Ok(epoch) => {
                 *valid_until.lock().unwrap_or_else(PoisonError::into_inner) =
@@ -509,10 +527,13 @@ impl PgStore {
 
     /// The epoch to write with, or why this store may not write.
     fn writer_epoch(&self) -> Result<i64, StateError> {
-        self.held.as_ref().map(|h| h.epoch).ok_or_else(|| StateError::Postgres {
-            target: self.shown.clone(),
-            reason: "this command opened the state read-only".to_owned(),
-        })
+        self.held
+            .as_ref()
+            .map(|h| h.epoch)
+            .ok_or_else(|| StateError::Postgres {
+                target: self.shown.clone(),
+                reason: "this command opened the state read-only".to_owned(),
+            })
     }
 
     /// Run `body` in a fenced transaction: `tend.epoch` set to this writer's epoch, so the
@@ -526,7 +547,9 @@ impl PgStore {
         let epoch = self.writer_epoch()?;
         let (s, shown) = (self.schema.clone(), self.shown.clone());
         self.call(move |c| async move {
-            c.batch_execute("BEGIN").await.map_err(|e| pg_error(&shown, e))?;
+            c.batch_execute("BEGIN")
+                .await
+                .map_err(|e| pg_error(&shown, e))?;
             let done = async {
                 c.execute(
                     "SELECT set_config('tend.epoch', $1, true)",
@@ -657,7 +680,10 @@ impl StateStore for PgStore {
         let key = address.to_string();
         self.fenced(move |c, s| async move {
             let gone = c
-                .execute(&format!("DELETE FROM {s}.resources WHERE address = $1"), &[&key])
+                .execute(
+                    &format!("DELETE FROM {s}.resources WHERE address = $1"),
+                    &[&key],
+                )
                 .await?;
             if gone > 0 {
                 bump_serial(&c, &s).await?;
@@ -1077,10 +1103,7 @@ async fn connect(config: &Config, shown: &str) -> Result<Client, StateError> {
         }
     };
     client
-        .batch_execute(&format!(
-            "SET statement_timeout = {}",
-            DEADLINE.as_millis()
-        ))
+        .batch_execute(&format!("SET statement_timeout = {}", DEADLINE.as_millis()))
         .await
         .map_err(err)?;
     Ok(client)
@@ -1134,10 +1157,8 @@ BEGIN
     RETURN NULL;
 END
 $fence$;
-DROP TRIGGER IF EXISTS fence ON {s}.resources;
 CREATE TRIGGER fence BEFORE INSERT OR UPDATE OR DELETE ON {s}.resources
     FOR EACH STATEMENT EXECUTE FUNCTION {s}.fence();
-DROP TRIGGER IF EXISTS fence ON {s}.runs;
 CREATE TRIGGER fence BEFORE INSERT OR UPDATE OR DELETE ON {s}.runs
     FOR EACH STATEMENT EXECUTE FUNCTION {s}.fence();
 "#;

@@ -107,7 +107,10 @@ impl SledStore {
         let tree = |name: &str| db.open_tree(name).map_err(|e| sled_error(e, state_dir));
         let (resources, runs, meta) = (tree("resources")?, tree("runs")?, tree("meta")?);
         init_meta(&db, &meta, state_dir)?;
-        if let Some(to) = meta.get(META_MIGRATED).map_err(|e| sled_error(e, state_dir))? {
+        if let Some(to) = meta
+            .get(META_MIGRATED)
+            .map_err(|e| sled_error(e, state_dir))?
+        {
             return Err(StateError::Migrated {
                 store: state_dir.display().to_string(),
                 to: String::from_utf8_lossy(&to).into_owned(),
