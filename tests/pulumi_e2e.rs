@@ -751,3 +751,65 @@ fn a_stack_removed_outside_tend_plans_a_create() {
     let r = f.tend(&["plan", "--detailed-exitcode"]);
     assert_eq!(r.code, 0, "{}", r.all());
 }
+
+// Issue 12 (Pulumi): each test fails against the strict double without its fix.
+
+#[test]
+fn a_failed_json_preview_shows_the_diagnostics_it_printed_on_stdout() {
+    let f = Fixture::new();
+    f.cluster("db-s-1vcpu-1gb", "");
+    f.apply().ok();
+    // `preview --json` writes its error only into the document on stdout (item 8).
+    let r = f.tend_env(&["plan"], &[("PULUMI_DOUBLE_FAIL", "preview")]);
+    assert_has(&r, "could not refresh DigitalOceanDatabaseCluster.main");
+    assert_has(&r, "preview failed (PULUMI_DOUBLE_FAIL)");
+    assert_lacks(&r, "no output");
+}
+
+#[test]
+fn a_resource_error_in_up_is_permanent_not_retried() {
+    let f = Fixture::new();
+    f.cluster("db-s-1vcpu-1gb", "");
+    let r = f.tend_env(
+        &["apply", "--auto-approve"],
+        &[("PULUMI_DOUBLE_FAIL", "up")],
+    );
+    assert_eq!(r.code, 1, "{}", r.all());
+    // Exit 1 with a failed-resource event: running `up` again would fail the same way (item 9).
+    let st = f.state("DigitalOceanDatabaseCluster.main");
+    assert_eq!(st["error_class"], "permanent", "{st}");
+    assert!(
+        st["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("update failed (PULUMI_DOUBLE_FAIL)")),
+        "{st}"
+    );
+}
+
+#[test]
+fn an_engine_the_provider_rejects_is_a_permanent_error_with_its_diagnostic() {
+    let f = Fixture::new();
+    write_program(
+        &f,
+        "programs/cache",
+        "name: cache\nruntime: yaml\nresources:\n  main:\n    type: digitalocean:DatabaseCluster\n    properties:\n      name: cache\n      engine: redis\n      version: \"7\"\n      size: db-s-1vcpu-1gb\n      region: nyc3\n      nodeCount: 1\noutputs:\n  host: ${main.host}\n",
+    );
+    f.w.write(
+        "cache.yaml",
+        "apiVersion: tend/v1\nkind: PulumiStack\nmetadata: {name: cache}\nspec:\n  program: programs/cache\n  stack: dev\n  credential: do\n",
+    );
+    // The provider no longer knows `redis`; a CLI before 3.227 exits 255 for it (item 9).
+    let r = f.tend_env(
+        &["apply", "--auto-approve"],
+        &[("PULUMI_DOUBLE_LEGACY_EXIT", "1")],
+    );
+    assert_eq!(r.code, 1, "{}", r.all());
+    let st = f.state("PulumiStack.cache");
+    assert_eq!(st["error_class"], "permanent", "{st}");
+    assert!(
+        st["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("expected engine to be one of")),
+        "{st}"
+    );
+}

@@ -299,7 +299,15 @@ impl<'a> Session<'a> {
     }
 
     /// A non-zero exit as an error (reference §6): lock conflicts name the command that clears
-    /// a stale lock; invocation, authentication and passphrase errors are permanent.
+    /// a stale lock and are transient; invocation, authentication and passphrase errors are
+    /// permanent, and so are failures of the program or its resources.
+    ///
+    /// The exit code cannot tell those apart: the CLI exits 1 for a failed resource, a
+    /// program error and missing config alike, and before 3.227 it exited 255 for everything
+    /// (pkg/cmd/pulumi/cmd/exit_codes.go). So the output decides: under `--json` the
+    /// diagnostics are only in stdout (failed-resource events, error diagnostics), and missing
+    /// config is named on stderr. Re-running `pulumi up` after a resource error would only
+    /// repeat it against the cloud, so those are parked, not retried.
     fn failure(&self, label: &str, f: &Finished) -> ProviderError {
         let text = f.tail_text();
         let code = f
@@ -312,14 +320,29 @@ impl<'a> Session<'a> {
                 self.ws.cancel_command()
             ));
         }
-        let lines = parse::error_lines(&f.tail);
+        let from_stdout = parse::stdout_failure(&f.stdout);
+        let mut lines: Vec<String> = from_stdout
+            .errors
+            .iter()
+            .map(|l| self.runner.redactor.redact(l))
+            .collect();
+        for l in parse::error_lines(&f.tail) {
+            if !lines.contains(&l) {
+                lines.push(l);
+            }
+        }
+        lines.truncate(4);
         let detail = if lines.is_empty() {
             "no output".to_owned()
         } else {
             lines.join("; ")
         };
         let msg = format!("{label} failed ({code}): {detail}");
-        if parse::is_passphrase_error(&text) || matches!(f.code, Some(2 | 3)) {
+        if parse::is_passphrase_error(&text)
+            || parse::is_missing_config(&text)
+            || from_stdout.is_program_error()
+            || matches!(f.code, Some(2 | 3))
+        {
             ProviderError::permanent(msg)
         } else {
             ProviderError::transient(msg)

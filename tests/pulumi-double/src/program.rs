@@ -20,6 +20,11 @@ pub const STACK_TYPE: &str = "pulumi:pulumi:Stack";
 /// The value of an output not known until apply (§4.1).
 pub const UNKNOWN: &str = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
 const DB_CLUSTER: &str = "digitalocean:index/databaseCluster:DatabaseCluster";
+/// The engines the DigitalOcean provider's current schema lists for a DatabaseCluster
+/// (pulumi-digitalocean `provider/cmd/pulumi-resource-digitalocean/schema.json`,
+/// `digitalocean:index/databaseCluster:DatabaseCluster` `engine`; `redis` is gone since
+/// DigitalOcean replaced Redis with Valkey). Any other engine fails the resource's check.
+const DO_ENGINES: &[&str] = &["pg", "mysql", "valkey", "mongodb", "kafka", "opensearch"];
 
 /// A loaded Pulumi.yaml.
 pub struct Program {
@@ -466,6 +471,18 @@ impl<'a> Engine<'a> {
                             .copied()
                             .filter(|k| inputs.get(*k).is_none_or(J::is_null))
                             .collect();
+                        if ty == DB_CLUSTER
+                            && let Some(e) = inputs.get("engine").and_then(J::as_str)
+                            && !DO_ENGINES.contains(&e)
+                        {
+                            return Err(Fail::new(
+                                1,
+                                format!(
+                                    "{ty} resource '{name}': property engine value {{{e}}} has a problem: expected engine to be one of [{}], got {e}",
+                                    DO_ENGINES.join(" ")
+                                ),
+                            ));
+                        }
                         if let Some(k) = missing.pop() {
                             return Err(Fail::new(
                                 1,
@@ -546,7 +563,7 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn needs_token(&self, steps: &[Step]) -> Option<String> {
+    fn needs_token(&self, steps: &[Step]) -> Option<(String, String)> {
         if self.do_token {
             return None;
         }
@@ -554,10 +571,10 @@ impl<'a> Engine<'a> {
             .iter()
             .find(|s| s.ty == DB_CLUSTER && s.op != StepOp::Same)
             .map(|s| {
-                format!(
+                (s.urn.clone(), format!(
                     "{} resource '{}': 1 error occurred:\n\t* Error creating database cluster: POST https://api.digitalocean.com/v2/databases: 401 (request \"00000000\") Unable to authenticate you",
                     s.ty, s.name
-                )
+                ))
             })
     }
 }
@@ -747,9 +764,19 @@ pub fn preview(ctx: &Ctx) -> Res<()> {
     }
     let (engine, cp, _) = open_engine(ctx, &program, &backend, &stack)?;
     ctx.maybe_hang(&mut || {})?;
-    let (steps, _) = engine.plan(&cp)?;
-    let stack_op = engine.stack_step(&cp);
     let mut diagnostics = Vec::new();
+    // Under --json an engine error goes only into the document's diagnostics, never to
+    // stderr (pkg/backend/display/json.go `ShowPreviewDigest`).
+    let steps = match engine.plan(&cp) {
+        Ok((steps, _)) => steps,
+        Err(f) if ctx.json => {
+            diagnostics
+                .push(json!({"message": format!("error: {}\n", f.message), "severity": "error"}));
+            Vec::new()
+        }
+        Err(f) => return Err(f),
+    };
+    let stack_op = engine.stack_step(&cp);
     if ctx.told_to("PULUMI_DOUBLE_FAIL") {
         diagnostics.push(
             json!({"message": "error: preview failed (PULUMI_DOUBLE_FAIL)\n", "severity": "error"}),
@@ -815,12 +842,21 @@ fn symbol(op: StepOp) -> &'static str {
     }
 }
 
-/// Report a failure during an update: a diagnostic (and failed-op event), then exit 1.
+/// Report a failure during an update: a diagnostic, and for a resource a failed-op event
+/// (`resOpFailedEvent`, sdk/go/common/apitype/events.go), then exit 1 with nothing on stderr:
+/// the engine already reported it (a "bail", pkg/cmd/pulumi/cmd/exit_codes.go).
 fn resource_error(ctx: &Ctx, locked: &Locked, urn: Option<&str>, message: &str) -> Fail {
     if ctx.json {
         event(
             json!({"diagnosticEvent": {"urn": urn, "prefix": "error: ", "message": format!("{message}\n"), "color": "never", "severity": "error"}}),
         );
+        if let Some(u) = urn {
+            let ty = u.split("::").nth(2).unwrap_or_default();
+            event(
+                json!({"resOpFailedEvent": {"metadata": {"op": "create", "urn": u, "type": ty,
+                "old": null, "new": null, "detailedDiff": null, "provider": ""}, "status": 1, "steps": 1}}),
+            );
+        }
         event(
             json!({"summaryEvent": {"maybeCorrupt": false, "durationSeconds": 1, "resourceChanges": {}, "PolicyPacks": {}, "isPreview": false, "result": "failed"}}),
         );
@@ -909,8 +945,8 @@ fn up_locked(ctx: &Ctx, locked: &Locked) -> Res<()> {
             "update failed (PULUMI_DOUBLE_FAIL)",
         ));
     }
-    if let Some(m) = engine.needs_token(&steps) {
-        return Err(resource_error(ctx, locked, None, &m));
+    if let Some((urn, m)) = engine.needs_token(&steps) {
+        return Err(resource_error(ctx, locked, Some(&urn), &m));
     }
     let stack_op = engine.stack_step(&cp);
     let mut resources: Vec<Resource> = Vec::new();
