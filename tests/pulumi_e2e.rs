@@ -813,3 +813,33 @@ fn an_engine_the_provider_rejects_is_a_permanent_error_with_its_diagnostic() {
         "{st}"
     );
 }
+
+#[test]
+fn destroying_a_stack_keeps_the_operators_stack_config_file() {
+    let f = Fixture::new();
+    let program = write_program(&f, "programs/app", APP_PROGRAM);
+    // The operator's own stack file, with a value tend does not manage.
+    std::fs::write(
+        program.join("Pulumi.dev.yaml"),
+        "config:\n  app:apiKey: set-by-hand\n",
+    )
+    .expect("stack config");
+    f.w.write(
+        "app.yaml",
+        "apiVersion: tend/v1\nkind: PulumiStack\nmetadata: {name: app}\nspec:\n  program: programs/app\n  stack: dev\n  credential: do\n  config:\n    bucketName: assets\n",
+    );
+    f.apply().ok();
+    f.w.remove("app.yaml");
+    let r = f.apply().ok();
+    assert_has(&r, "PulumiStack.app: Destruction complete");
+    // `stack rm` without --preserve-config would delete it (item 13).
+    let cfg = std::fs::read_to_string(program.join("Pulumi.dev.yaml"))
+        .expect("the stack's config file is kept");
+    assert!(cfg.contains("set-by-hand"), "{cfg}");
+    assert!(
+        f.invocations()
+            .iter()
+            .filter(|a| a.starts_with(&["stack".into(), "rm".into()]))
+            .all(|a| a.contains(&"--preserve-config".to_owned()))
+    );
+}

@@ -14,7 +14,9 @@
 //!   --create`, `config rm` of keys no longer declared, `config set`, then `up --yes
 //!   --skip-preview` unless the recorded config digest is unchanged and a preview shows nothing
 //!   to do, then `stack output --json` with and without `--show-secrets`.
-//! - destroy: `destroy --yes` then `stack rm --yes`; a stack already gone is success.
+//! - destroy: `destroy --yes`, `config rm` of the keys tend set, then `stack rm --yes
+//!   --preserve-config` (the stack's config file may be the operator's); a stack already gone
+//!   is success.
 //!
 //! Must not touch: the state store (only through the `Journal`), manifests, any stack but the
 //! resource's own. Must not put a secret into an argument, a log line, an error, or an
@@ -461,14 +463,29 @@ impl<'a> Session<'a> {
         )))
     }
 
+    /// Destroy the stack's resources, take tend's own config keys out of the stack's config
+    /// file, and remove the stack, keeping that file: `Pulumi.<stack>.yaml` beside an
+    /// operator's program is theirs, and `stack rm` deletes it unless told
+    /// `--preserve-config` (pkg/cmd/pulumi/stack/stack_rm.go).
     async fn destroy(&self) -> Result<(), ProviderError> {
         let mut inv =
             Invocation::new(&self.args(&["destroy"], &["--yes", "--skip-preview", "--json"]));
         inv.render = Some(parse::event_line);
         self.run_ok(inv).await?;
-        self.run_ok(Invocation::new(&self.args(&["stack", "rm"], &["--yes"])))
-            .await
-            .map(drop)
+        for key in self.ws.config_keys() {
+            let more: Vec<&str> = if key.starts_with('[') {
+                vec!["--path", &key]
+            } else {
+                vec![&key]
+            };
+            self.run_ok(Invocation::new(&self.args(&["config", "rm"], &more)))
+                .await?;
+        }
+        self.run_ok(Invocation::new(
+            &self.args(&["stack", "rm"], &["--yes", "--preserve-config"]),
+        ))
+        .await
+        .map(drop)
     }
 }
 
