@@ -843,3 +843,25 @@ fn destroying_a_stack_keeps_the_operators_stack_config_file() {
             .all(|a| a.contains(&"--preserve-config".to_owned()))
     );
 }
+
+#[test]
+fn valkey_is_offered_and_redis_is_its_alias_with_a_warning() {
+    let f = Fixture::new();
+    f.w.write(
+        "caches.yaml",
+        "apiVersion: tend/v1\nkind: DigitalOceanDatabaseCluster\nmetadata: {name: sessions}\nspec:\n  engine: valkey\n  region: nyc3\n  size_slug: db-s-1vcpu-1gb\n---\napiVersion: tend/v1\nkind: DigitalOceanDatabaseCluster\nmetadata: {name: legacy}\nspec:\n  engine: redis\n  region: nyc3\n  size_slug: db-s-1vcpu-1gb\n",
+    );
+    // DigitalOcean's current engines include valkey; redis is gone there, so tend sends valkey
+    // for it and says so (item 11). The double rejects an engine its provider does not know.
+    let r = f.apply().ok();
+    assert_has(&r, "`redis` is an alias of `valkey`");
+    assert_has(
+        &r,
+        "DigitalOceanDatabaseCluster.sessions: Creation complete",
+    );
+    assert_has(&r, "DigitalOceanDatabaseCluster.legacy: Creation complete");
+    let uri = f
+        .tend(&["state", "show", "DigitalOceanDatabaseCluster.legacy"])
+        .ok();
+    assert_has(&uri, "\"port\": 25061");
+}

@@ -22,23 +22,27 @@ pub const PROGRAM_NAME: &str = "digitalocean-database-cluster";
 /// The marker of a line kept only when its config key is set.
 const ONLY_IF: &str = "# tend: only-if ";
 
-/// DigitalOcean's engine slug for a spec's engine.
+/// DigitalOcean's engine slug for a spec's engine (`redis` is an alias of `valkey`, see
+/// [`super::model::DO_ENGINES`]).
 pub fn engine_slug(engine: &str) -> Option<&'static str> {
     Some(match engine {
         "postgres" => "pg",
         "mysql" => "mysql",
-        "redis" => "redis",
+        "valkey" | "redis" => "valkey",
         "mongodb" => "mongodb",
+        "kafka" => "kafka",
         _ => return None,
     })
 }
 
-/// The version used when the spec names none.
-fn default_version(engine: &str) -> &'static str {
+/// The version used when the spec names none; kafka has none (its versions move quickly).
+fn default_version(engine: &str) -> Option<&'static str> {
     match engine {
-        "postgres" => "16",
-        "mysql" => "8",
-        _ => "7",
+        "postgres" => Some("16"),
+        "mysql" => Some("8"),
+        "valkey" | "redis" => Some("8"),
+        "mongodb" => Some("7"),
+        _ => None,
     }
 }
 
@@ -100,10 +104,15 @@ impl Cluster {
             return Err(bad("a mongodb cluster has 1 or 3 nodes, not 2".into()));
         }
         let storage_gib = int("storage_gib")?;
-        if engine == "redis" && storage_gib.is_some() {
-            return Err(bad(
-                "a redis cluster has no storage_gib (its storage is its memory)".into(),
-            ));
+        if (engine == "redis" || engine == "valkey") && storage_gib.is_some() {
+            return Err(bad(format!(
+                "a {engine} cluster has no storage_gib (its storage is its memory)"
+            )));
+        }
+        if engine == "kafka" && node_count != 3 {
+            return Err(bad(format!(
+                "a kafka cluster has 3 nodes, not {node_count}"
+            )));
         }
         if let Some(g) = storage_gib
             && g <= 0
@@ -112,7 +121,8 @@ impl Cluster {
         }
         Ok(Cluster {
             version: text(spec, "engine_version")
-                .unwrap_or_else(|| default_version(&engine).to_owned()),
+                .or_else(|| default_version(&engine).map(str::to_owned))
+                .ok_or_else(|| bad(format!("engine_version is required for {engine}")))?,
             region: required("region")?,
             size: required("size_slug")?,
             vpc: text(spec, "vpc"),
@@ -243,6 +253,21 @@ mod tests {
         let mysql =
             Cluster::from_spec(&spec(&[("engine", Value::Str("mysql".into()))])).expect("valid");
         assert_eq!(mysql.version, "8");
+        let slug = |engine: &str| {
+            let c = Cluster::from_spec(&spec(&[
+                ("engine", Value::Str(engine.into())),
+                ("node_count", Value::Int(3)),
+                ("engine_version", Value::Str("3.8".into())),
+            ]))
+            .expect("valid");
+            c.config()
+                .iter()
+                .find(|e| e.key == "engine")
+                .map(|e| e.value.expose().to_owned())
+        };
+        assert_eq!(slug("valkey").as_deref(), Some("valkey"));
+        assert_eq!(slug("redis").as_deref(), Some("valkey"), "an alias");
+        assert_eq!(slug("kafka").as_deref(), Some("kafka"));
     }
 
     #[test]
@@ -268,6 +293,14 @@ mod tests {
             .contains("redis")
         );
         assert!(err(&[("storage_gib", Value::Int(0))]).contains("positive"));
+        assert!(err(&[("engine", Value::Str("kafka".into()))]).contains("3 nodes"));
+        assert!(
+            err(&[
+                ("engine", Value::Str("kafka".into())),
+                ("node_count", Value::Int(3))
+            ])
+            .contains("engine_version is required")
+        );
         assert!(err(&[("engine", Value::Str("oracle".into()))]).contains("oracle"));
         assert!(err(&[("region", Value::Null)]).contains("region is required"));
     }

@@ -105,6 +105,9 @@ impl PulumiProvider {
                     .join(name);
                 let (entries, program) = if config {
                     let c = cluster::Cluster::from_spec(spec)?;
+                    if c.engine == "redis" {
+                        tracing::warn!(resource = %name, "engine `redis` is an alias of `valkey`: DigitalOcean no longer creates Redis clusters, so the cluster runs Valkey; write `engine: valkey`");
+                    }
                     (c.config(), Some(c.program()))
                 } else if dir.join("Pulumi.yaml").exists() {
                     (Vec::new(), None)
