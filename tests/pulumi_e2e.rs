@@ -865,3 +865,44 @@ fn valkey_is_offered_and_redis_is_its_alias_with_a_warning() {
         .ok();
     assert_has(&uri, "\"port\": 25061");
 }
+
+#[test]
+fn a_backend_in_the_legacy_diy_layout_gets_plain_stack_names() {
+    let f = Fixture::new();
+    // A state dir an older CLI made: meta.yaml version 0, stacks without projects (item 7).
+    let meta = f.backend().join(".pulumi");
+    std::fs::create_dir_all(&meta).expect("backend dir");
+    std::fs::write(meta.join("meta.yaml"), "version: 0\n").expect("meta.yaml");
+    f.cluster("db-s-1vcpu-1gb", "");
+    let r = f.apply().ok();
+    assert_has(&r, "DigitalOceanDatabaseCluster.main: Creation complete");
+    assert!(meta.join("stacks/main.json").is_file(), "{}", r.all());
+    assert!(
+        f.invocations()
+            .iter()
+            .filter(|a| a.first().is_some_and(|w| w == "up"))
+            .all(|a| a.contains(&"main".to_owned())),
+    );
+    let r = f.tend(&["plan", "--detailed-exitcode"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+}
+
+#[test]
+fn the_legacy_layout_variable_of_the_operator_does_not_reach_pulumi() {
+    let f = Fixture::new();
+    f.cluster("db-s-1vcpu-1gb", "");
+    // Set in tend's environment, it would make a new backend legacy, where tend's
+    // `organization/<project>/<stack>` names are refused (item 7).
+    let r = f
+        .tend_env(
+            &["apply", "--auto-approve"],
+            &[("PULUMI_DIY_BACKEND_LEGACY_LAYOUT", "true")],
+        )
+        .ok();
+    assert_has(&r, "DigitalOceanDatabaseCluster.main: Creation complete");
+    assert!(
+        f.backend()
+            .join(".pulumi/stacks/digitalocean-database-cluster/main.json")
+            .is_file()
+    );
+}

@@ -83,8 +83,19 @@ impl PulumiProvider {
         private: Option<&BTreeMap<String, Value>>,
         config: bool,
     ) -> Result<(Workspace, Option<String>), ProviderError> {
-        let backend =
+        let mut backend =
             Backend::from_credential(connection.get("pulumi"), &self.root.join("backend"));
+        if let Some(dir) = &backend.dir {
+            let meta = std::fs::read_to_string(dir.join(".pulumi").join("meta.yaml")).ok();
+            let has_legacy_stacks = std::fs::read_dir(dir.join(".pulumi").join("stacks"))
+                .map(|rd| {
+                    rd.flatten().any(|e| {
+                        e.path().is_file() && e.file_name().to_string_lossy().ends_with(".json")
+                    })
+                })
+                .unwrap_or(false);
+            backend.legacy = stack::legacy_layout(meta.as_deref(), has_legacy_stacks);
+        }
         let pulumi_secret = |k: &str| match connection.get("pulumi").and_then(|p| p.get(k)) {
             Some(Value::Secret(s)) => Some(s.clone()),
             Some(Value::Str(s)) if !s.is_empty() => Some(Sensitive::new(s.clone())),

@@ -435,7 +435,10 @@ impl Ctx {
                 .flatten()
         });
         match named {
-            Some(n) => StackRef::parse(&n, &program.name),
+            Some(n) => {
+                backend.check_name(&n)?;
+                StackRef::parse(&n, &program.name)
+            }
             None => backend.selected(&self.home, &program.name).ok_or_else(|| {
                 Fail::new(
                     6,
@@ -679,6 +682,7 @@ fn stack_select(ctx: &Ctx) -> Res<()> {
                 "no stack selected; please use `pulumi stack select` to choose one",
             )
         })?;
+    backend.check_name(&named)?;
     let r = StackRef::parse(&named, &program.name)?;
     if !backend.exists(&r) {
         if !ctx.flags.has("--create") {
@@ -718,6 +722,7 @@ fn stack_init(ctx: &Ctx) -> Res<()> {
         .map(str::to_owned)
         .or_else(|| ctx.flags.positional.first().cloned())
         .ok_or_else(|| Fail::new(2, "a stack name is required in non-interactive mode"))?;
+    backend.check_name(&named)?;
     let r = StackRef::parse(&named, &program.name)?;
     if backend.exists(&r) {
         return Err(Fail::new(1, format!("stack '{}' already exists", r.name)));
