@@ -906,3 +906,21 @@ fn the_legacy_layout_variable_of_the_operator_does_not_reach_pulumi() {
             .is_file()
     );
 }
+
+#[test]
+fn a_change_made_outside_pulumi_shows_up_through_the_refreshing_preview() {
+    let f = Fixture::new();
+    f.cluster("db-s-1vcpu-1gb", "");
+    f.apply().ok();
+    // Someone resized the cluster in DigitalOcean's console: only a refresh sees it.
+    let edit = [("PULUMI_DOUBLE_CLOUD_EDIT", "main.size=db-s-2vcpu-4gb")];
+    let r = f.tend_env(&["plan", "--detailed-exitcode"], &edit);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert_has(&r, "main update (size)");
+    // The apply puts it back (`up --refresh`).
+    let r = f.tend_env(&["apply", "--auto-approve"], &edit).ok();
+    assert_has(
+        &r,
+        "DigitalOceanDatabaseCluster.main: Modifications complete",
+    );
+}

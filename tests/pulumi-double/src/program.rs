@@ -739,6 +739,35 @@ fn open_engine<'a>(
     Ok((engine, cp, crypter))
 }
 
+/// The checkpoint as a refresh finds it: "the cloud" is the checkpoint, except where the test
+/// changed a resource out of band (`PULUMI_DOUBLE_CLOUD_EDIT=<name>.<property>=<value>`, comma
+/// separated), which only a refresh (`refresh`, or `preview`/`up --refresh`) sees; the
+/// change lands in the resource's inputs and outputs, so the program's inputs then differ
+/// (pkg/engine/refresh.go: a refresh rewrites state from the provider's Read).
+fn refreshed(mut cp: Checkpoint) -> Checkpoint {
+    let Ok(edits) = std::env::var("PULUMI_DOUBLE_CLOUD_EDIT") else {
+        return cp;
+    };
+    for edit in edits.split(',') {
+        let Some((target, value)) = edit.split_once('=') else {
+            continue;
+        };
+        let Some((name, prop)) = target.trim().split_once('.') else {
+            continue;
+        };
+        for r in cp.resources.iter_mut() {
+            if r.urn.rsplit("::").next() == Some(name) {
+                for side in [&mut r.inputs, &mut r.outputs] {
+                    if let Some(o) = side.as_object_mut() {
+                        o.insert(prop.to_owned(), json!(value));
+                    }
+                }
+            }
+        }
+    }
+    cp
+}
+
 fn change_summary(steps: &[Step], stack_op: StepOp) -> Map<String, J> {
     let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
     *counts.entry(stack_op.as_str()).or_default() += 1;
@@ -763,6 +792,11 @@ pub fn preview(ctx: &Ctx) -> Res<()> {
         ));
     }
     let (engine, cp, _) = open_engine(ctx, &program, &backend, &stack)?;
+    let cp = if ctx.flags.has("--refresh") {
+        refreshed(cp)
+    } else {
+        cp
+    };
     ctx.maybe_hang(&mut || {})?;
     let mut diagnostics = Vec::new();
     // Under --json an engine error goes only into the document's diagnostics, never to
@@ -929,6 +963,11 @@ pub fn up(ctx: &Ctx) -> Res<()> {
 fn up_locked(ctx: &Ctx, locked: &Locked) -> Res<()> {
     let (program, stack) = (&locked.program, &locked.stack);
     let cp = locked.backend.load(stack, Some(&locked.crypter))?;
+    let cp = if ctx.flags.has("--refresh") {
+        refreshed(cp)
+    } else {
+        cp
+    };
     let engine = Engine::new(program, &stack.name, Some(&locked.crypter))?;
     prelude(ctx, &engine, "Updating", &stack.qualified());
     ctx.maybe_hang(&mut || locked.unlock())?;
@@ -1029,11 +1068,11 @@ fn up_locked(ctx: &Ctx, locked: &Locked) -> Res<()> {
     Ok(())
 }
 
-/// `pulumi refresh`: the "cloud" is the checkpoint, so nothing drifts.
+/// `pulumi refresh`: the "cloud" is the checkpoint plus any out-of-band edit ([`refreshed`]).
 pub fn refresh(ctx: &Ctx) -> Res<()> {
     let locked = Locked::open(ctx)?;
     let result = (|| {
-        let cp = locked.backend.load(&locked.stack, Some(&locked.crypter))?;
+        let cp = refreshed(locked.backend.load(&locked.stack, Some(&locked.crypter))?);
         let engine = Engine::new(&locked.program, &locked.stack.name, Some(&locked.crypter))?;
         prelude(ctx, &engine, "Refreshing", &locked.stack.qualified());
         ctx.maybe_hang(&mut || locked.unlock())?;
