@@ -924,3 +924,23 @@ fn a_change_made_outside_pulumi_shows_up_through_the_refreshing_preview() {
         "DigitalOceanDatabaseCluster.main: Modifications complete",
     );
 }
+
+#[test]
+fn a_cluster_name_that_looks_like_a_number_reaches_digitalocean_as_written() {
+    let f = Fixture::new();
+    // pulumi-yaml turns any config string that parses as a number into one (item 12).
+    f.cluster(
+        "db-s-1vcpu-1gb",
+        "  cluster_name: \"1e3\"\n  storage_gib: 20\n",
+    );
+    f.apply().ok();
+    let st = f.state("DigitalOceanDatabaseCluster.main");
+    assert!(
+        st["outputs"]["host"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("1e3-do-user-")),
+        "{st}"
+    );
+    let r = f.tend(&["plan", "--detailed-exitcode"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+}

@@ -19,6 +19,18 @@ pub const PROGRAM: &str =
     include_str!("../../../examples/pulumi/digitalocean-database-cluster/Pulumi.yaml");
 /// Its directory name under `<state>/pulumi/programs/`.
 pub const PROGRAM_NAME: &str = "digitalocean-database-cluster";
+/// The end of a config value the program must see as a string: pulumi-yaml turns any config
+/// string that parses as a number or boolean into one whatever its declared type (pulumi-yaml
+/// `pkg/server/server.go` `Run`), so `1e3` would arrive as 1000. With this appended no value
+/// parses as either, and the program keeps what precedes it (`fn::split` / `fn::select`, both
+/// pulumi-yaml built-ins, `pkg/pulumiyaml/ast/expr.go`). Names, versions and sizes never hold it.
+pub const STRING_GUARD: &str = "|";
+
+/// A config entry whose value reaches the program as a string, whatever it looks like.
+fn guarded(key: &str, value: &str) -> ConfigEntry {
+    ConfigEntry::plain(key, format!("{value}{STRING_GUARD}"))
+}
+
 /// The marker of a line kept only when its config key is set.
 const ONLY_IF: &str = "# tend: only-if ";
 
@@ -79,6 +91,16 @@ impl Cluster {
             )));
         }
         let engine = required("engine")?;
+        for (k, v) in [
+            ("cluster_name", Some(&name)),
+            ("engine_version", text(spec, "engine_version").as_ref()),
+        ] {
+            if let Some(v) = v
+                && v.contains(STRING_GUARD)
+            {
+                return Err(bad(format!("{k} {v:?} may not contain {STRING_GUARD:?}")));
+            }
+        }
         if engine_slug(&engine).is_none() {
             return Err(bad(format!(
                 "engine {engine:?} is not one of {}",
@@ -137,9 +159,9 @@ impl Cluster {
     pub fn config(&self) -> Vec<ConfigEntry> {
         let slug = engine_slug(&self.engine).unwrap_or("pg");
         let mut out = vec![
-            ConfigEntry::plain("clusterName", &self.name),
+            guarded("clusterName", &self.name),
             ConfigEntry::plain("engine", slug),
-            ConfigEntry::plain("engineVersion", &self.version),
+            guarded("engineVersion", &self.version),
             ConfigEntry::plain("region", &self.region),
             ConfigEntry::plain("size", &self.size),
             ConfigEntry::plain("nodeCount", self.node_count.to_string()),
@@ -148,9 +170,9 @@ impl Cluster {
             out.push(ConfigEntry::plain("vpcUuid", vpc));
         }
         if let Some(g) = self.storage_gib {
-            out.push(ConfigEntry::plain(
+            out.push(guarded(
                 "storageSizeMib",
-                (g.saturating_mul(1024)).to_string(),
+                &g.saturating_mul(1024).to_string(),
             ));
         }
         out
@@ -241,13 +263,13 @@ mod tests {
         assert_eq!(
             cfg,
             [
-                "clusterName=app-db",
+                "clusterName=app-db|",
                 "engine=pg",
-                "engineVersion=16",
+                "engineVersion=16|",
                 "region=nyc3",
                 "size=db-s-1vcpu-1gb",
                 "nodeCount=1",
-                "storageSizeMib=20480"
+                "storageSizeMib=20480|"
             ]
         );
         let mysql =
@@ -302,6 +324,7 @@ mod tests {
             .contains("engine_version is required")
         );
         assert!(err(&[("engine", Value::Str("oracle".into()))]).contains("oracle"));
+        assert!(err(&[("cluster_name", Value::Str("a|b".into()))]).contains("may not contain"));
         assert!(err(&[("region", Value::Null)]).contains("region is required"));
     }
 
@@ -309,7 +332,16 @@ mod tests {
     fn optional_properties_are_left_out_of_the_program_when_unset() {
         let plain = Cluster::from_spec(&spec(&[])).expect("valid").program();
         assert!(!plain.contains("privateNetworkUuid"), "{plain}");
-        assert!(!plain.contains("storageSizeMib: ${"), "{plain}");
+        assert!(!plain.contains("storageSizeMib: {"), "{plain}");
+        let sized = Cluster::from_spec(&spec(&[("storage_gib", Value::Int(20))]))
+            .expect("valid")
+            .program();
+        assert!(
+            sized.contains(
+                r#"storageSizeMib: { fn::select: [0, { fn::split: ["|", "${storageSizeMib}"] }] }"#
+            ),
+            "{sized}"
+        );
         assert!(plain.contains("nodeCount: ${nodeCount}\n"));
         let with_vpc = Cluster::from_spec(&spec(&[("vpc", Value::Str("vpc-1".into()))]))
             .expect("valid")

@@ -269,6 +269,47 @@ impl Scope<'_> {
                     r
                 })
             }
+            J::Object(o) if o.len() == 1 && o.contains_key("fn::split") => {
+                let args = self.eval(&o["fn::split"])?;
+                let (Some(delim), Some(text)) = (args.get(0), args.get(1)) else {
+                    return Err(Fail::new(
+                        1,
+                        "Pulumi.yaml: fn::split takes [delimiter, string]",
+                    ));
+                };
+                if *text == json!(UNKNOWN) {
+                    return Ok(json!(UNKNOWN));
+                }
+                let secret = store::is_secret(text);
+                let text = match store::unwrap_secret(text) {
+                    J::String(t) => t,
+                    other => other.to_string(),
+                };
+                let delim = delim.as_str().unwrap_or_default();
+                let parts: Vec<J> = text.split(delim).map(|p| json!(p)).collect();
+                Ok(if secret {
+                    store::secret(J::Array(parts))
+                } else {
+                    J::Array(parts)
+                })
+            }
+            J::Object(o) if o.len() == 1 && o.contains_key("fn::select") => {
+                let args = self.eval(&o["fn::select"])?;
+                let (Some(i), Some(list)) = (args.get(0).and_then(J::as_u64), args.get(1)) else {
+                    return Err(Fail::new(1, "Pulumi.yaml: fn::select takes [index, list]"));
+                };
+                if *list == json!(UNKNOWN) {
+                    return Ok(json!(UNKNOWN));
+                }
+                let secret = store::is_secret(list);
+                let item = store::unwrap_secret(list)
+                    .get(usize::try_from(i).unwrap_or(usize::MAX))
+                    .cloned()
+                    .ok_or_else(|| {
+                        Fail::new(1, format!("Pulumi.yaml: fn::select index {i} out of range"))
+                    })?;
+                Ok(if secret { store::secret(item) } else { item })
+            }
             J::Object(o) if o.len() == 1 && o.contains_key("fn::secret") => {
                 let inner = self.eval(&o["fn::secret"])?;
                 Ok(if inner == json!(UNKNOWN) {
@@ -320,6 +361,28 @@ impl Scope<'_> {
     }
 }
 
+/// What pulumi-yaml does to every plain config string before the program sees it, whatever
+/// type the key declares (pkg/server/server.go `Run`, reference §8): one that parses as a number
+/// or a boolean becomes one, so `1e3` reaches the program as 1000.
+fn coerce(v: J) -> J {
+    let J::String(s) = &v else {
+        return v;
+    };
+    if let Ok(n) = s.parse::<i64>() {
+        return json!(n);
+    }
+    if let Ok(f) = s.parse::<f64>()
+        && f.is_finite()
+    {
+        return json!(f);
+    }
+    match s.as_str() {
+        "true" => json!(true),
+        "false" => json!(false),
+        _ => v,
+    }
+}
+
 /// The config the program sees: declared keys with stack values or defaults, typed.
 fn program_config(
     program: &Program,
@@ -331,7 +394,10 @@ fn program_config(
     let prefix = format!("{}:", program.name);
     for (k, v) in &cfg.values {
         if let Some(short) = k.strip_prefix(&prefix) {
-            out.insert(short.to_owned(), store::config_to_program(v, crypter)?);
+            out.insert(
+                short.to_owned(),
+                coerce(store::config_to_program(v, crypter)?),
+            );
         }
     }
     for (k, (ty, default)) in &program.config {
