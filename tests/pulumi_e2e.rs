@@ -3,7 +3,8 @@
 //! outputs feeding a PostgresServer, a no-op re-apply without `up`, a spec change as an update,
 //! timeouts (SIGINT, then SIGKILL, state unchanged, the stale lock and the command that clears
 //! it), tokens kept off every command line and out of every log, a PulumiStack with its own
-//! program and secret config, destroy on manifest removal, and planning before anything ran.
+//! program and secret config, destroy on manifest removal, planning before anything ran, and
+//! the fidelity points of issue 12 (each fails against the strict double without its fix).
 //!
 //! The double is built by `cargo build -p tend-pulumi-double` (scripts/test does it).
 
