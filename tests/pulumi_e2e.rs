@@ -3,7 +3,8 @@
 //! outputs feeding a PostgresServer, a no-op re-apply without `up`, a spec change as an update,
 //! timeouts (SIGINT, then SIGKILL, state unchanged, the stale lock and the command that clears
 //! it), tokens kept off every command line and out of every log, a PulumiStack with its own
-//! program and secret config, destroy on manifest removal, and planning before anything ran.
+//! program and secret config, destroy on manifest removal, planning before anything ran, and
+//! the fidelity points of issue 12 (each fails against the strict double without its fix).
 //!
 //! The double is built by `cargo build -p tend-pulumi-double` (scripts/test does it).
 
@@ -748,6 +749,199 @@ fn a_stack_removed_outside_tend_plans_a_create() {
     assert_has(&r, "DigitalOceanDatabaseCluster.main will be created");
     assert_has(&r, "deleted outside tend");
     f.apply().ok();
+    let r = f.tend(&["plan", "--detailed-exitcode"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+}
+
+// Issue 12 (Pulumi): each test fails against the strict double without its fix.
+
+#[test]
+fn a_failed_json_preview_shows_the_diagnostics_it_printed_on_stdout() {
+    let f = Fixture::new();
+    f.cluster("db-s-1vcpu-1gb", "");
+    f.apply().ok();
+    // `preview --json` writes its error only into the document on stdout (item 8).
+    let r = f.tend_env(&["plan"], &[("PULUMI_DOUBLE_FAIL", "preview")]);
+    assert_has(&r, "could not refresh DigitalOceanDatabaseCluster.main");
+    assert_has(&r, "preview failed (PULUMI_DOUBLE_FAIL)");
+    assert_lacks(&r, "no output");
+}
+
+#[test]
+fn a_resource_error_in_up_is_permanent_not_retried() {
+    let f = Fixture::new();
+    f.cluster("db-s-1vcpu-1gb", "");
+    let r = f.tend_env(
+        &["apply", "--auto-approve"],
+        &[("PULUMI_DOUBLE_FAIL", "up")],
+    );
+    assert_eq!(r.code, 1, "{}", r.all());
+    // Exit 1 with a failed-resource event: running `up` again would fail the same way (item 9).
+    let st = f.state("DigitalOceanDatabaseCluster.main");
+    assert_eq!(st["error_class"], "permanent", "{st}");
+    assert!(
+        st["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("update failed (PULUMI_DOUBLE_FAIL)")),
+        "{st}"
+    );
+}
+
+#[test]
+fn an_engine_the_provider_rejects_is_a_permanent_error_with_its_diagnostic() {
+    let f = Fixture::new();
+    write_program(
+        &f,
+        "programs/cache",
+        "name: cache\nruntime: yaml\nresources:\n  main:\n    type: digitalocean:DatabaseCluster\n    properties:\n      name: cache\n      engine: redis\n      version: \"7\"\n      size: db-s-1vcpu-1gb\n      region: nyc3\n      nodeCount: 1\noutputs:\n  host: ${main.host}\n",
+    );
+    f.w.write(
+        "cache.yaml",
+        "apiVersion: tend/v1\nkind: PulumiStack\nmetadata: {name: cache}\nspec:\n  program: programs/cache\n  stack: dev\n  credential: do\n",
+    );
+    // The provider no longer knows `redis`; a CLI before 3.227 exits 255 for it (item 9).
+    let r = f.tend_env(
+        &["apply", "--auto-approve"],
+        &[("PULUMI_DOUBLE_LEGACY_EXIT", "1")],
+    );
+    assert_eq!(r.code, 1, "{}", r.all());
+    let st = f.state("PulumiStack.cache");
+    assert_eq!(st["error_class"], "permanent", "{st}");
+    assert!(
+        st["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("expected engine to be one of")),
+        "{st}"
+    );
+}
+
+#[test]
+fn destroying_a_stack_keeps_the_operators_stack_config_file() {
+    let f = Fixture::new();
+    let program = write_program(&f, "programs/app", APP_PROGRAM);
+    // The operator's own stack file, with a value tend does not manage.
+    std::fs::write(
+        program.join("Pulumi.dev.yaml"),
+        "config:\n  app:apiKey: set-by-hand\n",
+    )
+    .expect("stack config");
+    f.w.write(
+        "app.yaml",
+        "apiVersion: tend/v1\nkind: PulumiStack\nmetadata: {name: app}\nspec:\n  program: programs/app\n  stack: dev\n  credential: do\n  config:\n    bucketName: assets\n",
+    );
+    f.apply().ok();
+    f.w.remove("app.yaml");
+    let r = f.apply().ok();
+    assert_has(&r, "PulumiStack.app: Destruction complete");
+    // `stack rm` without --preserve-config would delete it (item 13).
+    let cfg = std::fs::read_to_string(program.join("Pulumi.dev.yaml"))
+        .expect("the stack's config file is kept");
+    assert!(cfg.contains("set-by-hand"), "{cfg}");
+    assert!(
+        f.invocations()
+            .iter()
+            .filter(|a| a.starts_with(&["stack".into(), "rm".into()]))
+            .all(|a| a.contains(&"--preserve-config".to_owned()))
+    );
+}
+
+#[test]
+fn valkey_is_offered_and_redis_is_its_alias_with_a_warning() {
+    let f = Fixture::new();
+    f.w.write(
+        "caches.yaml",
+        "apiVersion: tend/v1\nkind: DigitalOceanDatabaseCluster\nmetadata: {name: sessions}\nspec:\n  engine: valkey\n  region: nyc3\n  size_slug: db-s-1vcpu-1gb\n---\napiVersion: tend/v1\nkind: DigitalOceanDatabaseCluster\nmetadata: {name: legacy}\nspec:\n  engine: redis\n  region: nyc3\n  size_slug: db-s-1vcpu-1gb\n",
+    );
+    // DigitalOcean's current engines include valkey; redis is gone there, so tend sends valkey
+    // for it and says so (item 11). The double rejects an engine its provider does not know.
+    let r = f.apply().ok();
+    assert_has(&r, "`redis` is an alias of `valkey`");
+    assert_has(
+        &r,
+        "DigitalOceanDatabaseCluster.sessions: Creation complete",
+    );
+    assert_has(&r, "DigitalOceanDatabaseCluster.legacy: Creation complete");
+    let uri = f
+        .tend(&["state", "show", "DigitalOceanDatabaseCluster.legacy"])
+        .ok();
+    assert_has(&uri, "\"port\": 25061");
+}
+
+#[test]
+fn a_backend_in_the_legacy_diy_layout_gets_plain_stack_names() {
+    let f = Fixture::new();
+    // A state dir an older CLI made: meta.yaml version 0, stacks without projects (item 7).
+    let meta = f.backend().join(".pulumi");
+    std::fs::create_dir_all(&meta).expect("backend dir");
+    std::fs::write(meta.join("meta.yaml"), "version: 0\n").expect("meta.yaml");
+    f.cluster("db-s-1vcpu-1gb", "");
+    let r = f.apply().ok();
+    assert_has(&r, "DigitalOceanDatabaseCluster.main: Creation complete");
+    assert!(meta.join("stacks/main.json").is_file(), "{}", r.all());
+    assert!(
+        f.invocations()
+            .iter()
+            .filter(|a| a.first().is_some_and(|w| w == "up"))
+            .all(|a| a.contains(&"main".to_owned())),
+    );
+    let r = f.tend(&["plan", "--detailed-exitcode"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+}
+
+#[test]
+fn the_legacy_layout_variable_of_the_operator_does_not_reach_pulumi() {
+    let f = Fixture::new();
+    f.cluster("db-s-1vcpu-1gb", "");
+    // Set in tend's environment, it would make a new backend legacy, where tend's
+    // `organization/<project>/<stack>` names are refused (item 7).
+    let r = f
+        .tend_env(
+            &["apply", "--auto-approve"],
+            &[("PULUMI_DIY_BACKEND_LEGACY_LAYOUT", "true")],
+        )
+        .ok();
+    assert_has(&r, "DigitalOceanDatabaseCluster.main: Creation complete");
+    assert!(
+        f.backend()
+            .join(".pulumi/stacks/digitalocean-database-cluster/main.json")
+            .is_file()
+    );
+}
+
+#[test]
+fn a_change_made_outside_pulumi_shows_up_through_the_refreshing_preview() {
+    let f = Fixture::new();
+    f.cluster("db-s-1vcpu-1gb", "");
+    f.apply().ok();
+    // Someone resized the cluster in DigitalOcean's console: only a refresh sees it.
+    let edit = [("PULUMI_DOUBLE_CLOUD_EDIT", "main.size=db-s-2vcpu-4gb")];
+    let r = f.tend_env(&["plan", "--detailed-exitcode"], &edit);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert_has(&r, "main update (size)");
+    // The apply puts it back (`up --refresh`).
+    let r = f.tend_env(&["apply", "--auto-approve"], &edit).ok();
+    assert_has(
+        &r,
+        "DigitalOceanDatabaseCluster.main: Modifications complete",
+    );
+}
+
+#[test]
+fn a_cluster_name_that_looks_like_a_number_reaches_digitalocean_as_written() {
+    let f = Fixture::new();
+    // pulumi-yaml turns any config string that parses as a number into one (item 12).
+    f.cluster(
+        "db-s-1vcpu-1gb",
+        "  cluster_name: \"1e3\"\n  storage_gib: 20\n",
+    );
+    f.apply().ok();
+    let st = f.state("DigitalOceanDatabaseCluster.main");
+    assert!(
+        st["outputs"]["host"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("1e3-do-user-")),
+        "{st}"
+    );
     let r = f.tend(&["plan", "--detailed-exitcode"]);
     assert_eq!(r.code, 0, "{}", r.all());
 }

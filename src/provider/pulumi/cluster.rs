@@ -19,26 +19,42 @@ pub const PROGRAM: &str =
     include_str!("../../../examples/pulumi/digitalocean-database-cluster/Pulumi.yaml");
 /// Its directory name under `<state>/pulumi/programs/`.
 pub const PROGRAM_NAME: &str = "digitalocean-database-cluster";
+/// The end of a config value the program must see as a string: pulumi-yaml turns any config
+/// string that parses as a number or boolean into one whatever its declared type (pulumi-yaml
+/// `pkg/server/server.go` `Run`), so `1e3` would arrive as 1000. With this appended no value
+/// parses as either, and the program keeps what precedes it (`fn::split` / `fn::select`, both
+/// pulumi-yaml built-ins, `pkg/pulumiyaml/ast/expr.go`). Names, versions and sizes never hold it.
+pub const STRING_GUARD: &str = "|";
+
+/// A config entry whose value reaches the program as a string, whatever it looks like.
+fn guarded(key: &str, value: &str) -> ConfigEntry {
+    ConfigEntry::plain(key, format!("{value}{STRING_GUARD}"))
+}
+
 /// The marker of a line kept only when its config key is set.
 const ONLY_IF: &str = "# tend: only-if ";
 
-/// DigitalOcean's engine slug for a spec's engine.
+/// DigitalOcean's engine slug for a spec's engine (`redis` is an alias of `valkey`, see
+/// [`super::model::DO_ENGINES`]).
 pub fn engine_slug(engine: &str) -> Option<&'static str> {
     Some(match engine {
         "postgres" => "pg",
         "mysql" => "mysql",
-        "redis" => "redis",
+        "valkey" | "redis" => "valkey",
         "mongodb" => "mongodb",
+        "kafka" => "kafka",
         _ => return None,
     })
 }
 
-/// The version used when the spec names none.
-fn default_version(engine: &str) -> &'static str {
+/// The version used when the spec names none; kafka has none (its versions move quickly).
+fn default_version(engine: &str) -> Option<&'static str> {
     match engine {
-        "postgres" => "16",
-        "mysql" => "8",
-        _ => "7",
+        "postgres" => Some("16"),
+        "mysql" => Some("8"),
+        "valkey" | "redis" => Some("8"),
+        "mongodb" => Some("7"),
+        _ => None,
     }
 }
 
@@ -75,6 +91,16 @@ impl Cluster {
             )));
         }
         let engine = required("engine")?;
+        for (k, v) in [
+            ("cluster_name", Some(&name)),
+            ("engine_version", text(spec, "engine_version").as_ref()),
+        ] {
+            if let Some(v) = v
+                && v.contains(STRING_GUARD)
+            {
+                return Err(bad(format!("{k} {v:?} may not contain {STRING_GUARD:?}")));
+            }
+        }
         if engine_slug(&engine).is_none() {
             return Err(bad(format!(
                 "engine {engine:?} is not one of {}",
@@ -100,10 +126,15 @@ impl Cluster {
             return Err(bad("a mongodb cluster has 1 or 3 nodes, not 2".into()));
         }
         let storage_gib = int("storage_gib")?;
-        if engine == "redis" && storage_gib.is_some() {
-            return Err(bad(
-                "a redis cluster has no storage_gib (its storage is its memory)".into(),
-            ));
+        if (engine == "redis" || engine == "valkey") && storage_gib.is_some() {
+            return Err(bad(format!(
+                "a {engine} cluster has no storage_gib (its storage is its memory)"
+            )));
+        }
+        if engine == "kafka" && node_count != 3 {
+            return Err(bad(format!(
+                "a kafka cluster has 3 nodes, not {node_count}"
+            )));
         }
         if let Some(g) = storage_gib
             && g <= 0
@@ -112,7 +143,8 @@ impl Cluster {
         }
         Ok(Cluster {
             version: text(spec, "engine_version")
-                .unwrap_or_else(|| default_version(&engine).to_owned()),
+                .or_else(|| default_version(&engine).map(str::to_owned))
+                .ok_or_else(|| bad(format!("engine_version is required for {engine}")))?,
             region: required("region")?,
             size: required("size_slug")?,
             vpc: text(spec, "vpc"),
@@ -127,9 +159,9 @@ impl Cluster {
     pub fn config(&self) -> Vec<ConfigEntry> {
         let slug = engine_slug(&self.engine).unwrap_or("pg");
         let mut out = vec![
-            ConfigEntry::plain("clusterName", &self.name),
+            guarded("clusterName", &self.name),
             ConfigEntry::plain("engine", slug),
-            ConfigEntry::plain("engineVersion", &self.version),
+            guarded("engineVersion", &self.version),
             ConfigEntry::plain("region", &self.region),
             ConfigEntry::plain("size", &self.size),
             ConfigEntry::plain("nodeCount", self.node_count.to_string()),
@@ -138,9 +170,9 @@ impl Cluster {
             out.push(ConfigEntry::plain("vpcUuid", vpc));
         }
         if let Some(g) = self.storage_gib {
-            out.push(ConfigEntry::plain(
+            out.push(guarded(
                 "storageSizeMib",
-                (g.saturating_mul(1024)).to_string(),
+                &g.saturating_mul(1024).to_string(),
             ));
         }
         out
@@ -231,18 +263,33 @@ mod tests {
         assert_eq!(
             cfg,
             [
-                "clusterName=app-db",
+                "clusterName=app-db|",
                 "engine=pg",
-                "engineVersion=16",
+                "engineVersion=16|",
                 "region=nyc3",
                 "size=db-s-1vcpu-1gb",
                 "nodeCount=1",
-                "storageSizeMib=20480"
+                "storageSizeMib=20480|"
             ]
         );
         let mysql =
             Cluster::from_spec(&spec(&[("engine", Value::Str("mysql".into()))])).expect("valid");
         assert_eq!(mysql.version, "8");
+        let slug = |engine: &str| {
+            let c = Cluster::from_spec(&spec(&[
+                ("engine", Value::Str(engine.into())),
+                ("node_count", Value::Int(3)),
+                ("engine_version", Value::Str("3.8".into())),
+            ]))
+            .expect("valid");
+            c.config()
+                .iter()
+                .find(|e| e.key == "engine")
+                .map(|e| e.value.expose().to_owned())
+        };
+        assert_eq!(slug("valkey").as_deref(), Some("valkey"));
+        assert_eq!(slug("redis").as_deref(), Some("valkey"), "an alias");
+        assert_eq!(slug("kafka").as_deref(), Some("kafka"));
     }
 
     #[test]
@@ -268,7 +315,16 @@ mod tests {
             .contains("redis")
         );
         assert!(err(&[("storage_gib", Value::Int(0))]).contains("positive"));
+        assert!(err(&[("engine", Value::Str("kafka".into()))]).contains("3 nodes"));
+        assert!(
+            err(&[
+                ("engine", Value::Str("kafka".into())),
+                ("node_count", Value::Int(3))
+            ])
+            .contains("engine_version is required")
+        );
         assert!(err(&[("engine", Value::Str("oracle".into()))]).contains("oracle"));
+        assert!(err(&[("cluster_name", Value::Str("a|b".into()))]).contains("may not contain"));
         assert!(err(&[("region", Value::Null)]).contains("region is required"));
     }
 
@@ -276,7 +332,16 @@ mod tests {
     fn optional_properties_are_left_out_of_the_program_when_unset() {
         let plain = Cluster::from_spec(&spec(&[])).expect("valid").program();
         assert!(!plain.contains("privateNetworkUuid"), "{plain}");
-        assert!(!plain.contains("storageSizeMib: ${"), "{plain}");
+        assert!(!plain.contains("storageSizeMib: {"), "{plain}");
+        let sized = Cluster::from_spec(&spec(&[("storage_gib", Value::Int(20))]))
+            .expect("valid")
+            .program();
+        assert!(
+            sized.contains(
+                r#"storageSizeMib: { fn::select: [0, { fn::split: ["|", "${storageSizeMib}"] }] }"#
+            ),
+            "{sized}"
+        );
         assert!(plain.contains("nodeCount: ${nodeCount}\n"));
         let with_vpc = Cluster::from_spec(&spec(&[("vpc", Value::Str("vpc-1".into()))]))
             .expect("valid")

@@ -14,7 +14,9 @@
 //!   --create`, `config rm` of keys no longer declared, `config set`, then `up --yes
 //!   --skip-preview` unless the recorded config digest is unchanged and a preview shows nothing
 //!   to do, then `stack output --json` with and without `--show-secrets`.
-//! - destroy: `destroy --yes` then `stack rm --yes`; a stack already gone is success.
+//! - destroy: `destroy --yes`, `config rm` of the keys tend set, then `stack rm --yes
+//!   --preserve-config` (the stack's config file may be the operator's); a stack already gone
+//!   is success.
 //!
 //! Must not touch: the state store (only through the `Journal`), manifests, any stack but the
 //! resource's own. Must not put a secret into an argument, a log line, an error, or an
@@ -81,8 +83,19 @@ impl PulumiProvider {
         private: Option<&BTreeMap<String, Value>>,
         config: bool,
     ) -> Result<(Workspace, Option<String>), ProviderError> {
-        let backend =
+        let mut backend =
             Backend::from_credential(connection.get("pulumi"), &self.root.join("backend"));
+        if let Some(dir) = &backend.dir {
+            let meta = std::fs::read_to_string(dir.join(".pulumi").join("meta.yaml")).ok();
+            let has_legacy_stacks = std::fs::read_dir(dir.join(".pulumi").join("stacks"))
+                .map(|rd| {
+                    rd.flatten().any(|e| {
+                        e.path().is_file() && e.file_name().to_string_lossy().ends_with(".json")
+                    })
+                })
+                .unwrap_or(false);
+            backend.legacy = stack::legacy_layout(meta.as_deref(), has_legacy_stacks);
+        }
         let pulumi_secret = |k: &str| match connection.get("pulumi").and_then(|p| p.get(k)) {
             Some(Value::Secret(s)) => Some(s.clone()),
             Some(Value::Str(s)) if !s.is_empty() => Some(Sensitive::new(s.clone())),
@@ -103,6 +116,9 @@ impl PulumiProvider {
                     .join(name);
                 let (entries, program) = if config {
                     let c = cluster::Cluster::from_spec(spec)?;
+                    if c.engine == "redis" {
+                        tracing::warn!(resource = %name, "engine `redis` is an alias of `valkey`: DigitalOcean no longer creates Redis clusters, so the cluster runs Valkey; write `engine: valkey`");
+                    }
                     (c.config(), Some(c.program()))
                 } else if dir.join("Pulumi.yaml").exists() {
                     (Vec::new(), None)
@@ -299,7 +315,15 @@ impl<'a> Session<'a> {
     }
 
     /// A non-zero exit as an error (reference §6): lock conflicts name the command that clears
-    /// a stale lock; invocation, authentication and passphrase errors are permanent.
+    /// a stale lock and are transient; invocation, authentication and passphrase errors are
+    /// permanent, and so are failures of the program or its resources.
+    ///
+    /// The exit code cannot tell those apart: the CLI exits 1 for a failed resource, a
+    /// program error and missing config alike, and before 3.227 it exited 255 for everything
+    /// (pkg/cmd/pulumi/cmd/exit_codes.go). So the output decides: under `--json` the
+    /// diagnostics are only in stdout (failed-resource events, error diagnostics), and missing
+    /// config is named on stderr. Re-running `pulumi up` after a resource error would only
+    /// repeat it against the cloud, so those are parked, not retried.
     fn failure(&self, label: &str, f: &Finished) -> ProviderError {
         let text = f.tail_text();
         let code = f
@@ -312,14 +336,29 @@ impl<'a> Session<'a> {
                 self.ws.cancel_command()
             ));
         }
-        let lines = parse::error_lines(&f.tail);
+        let from_stdout = parse::stdout_failure(&f.stdout);
+        let mut lines: Vec<String> = from_stdout
+            .errors
+            .iter()
+            .map(|l| self.runner.redactor.redact(l))
+            .collect();
+        for l in parse::error_lines(&f.tail) {
+            if !lines.contains(&l) {
+                lines.push(l);
+            }
+        }
+        lines.truncate(4);
         let detail = if lines.is_empty() {
             "no output".to_owned()
         } else {
             lines.join("; ")
         };
         let msg = format!("{label} failed ({code}): {detail}");
-        if parse::is_passphrase_error(&text) || matches!(f.code, Some(2 | 3)) {
+        if parse::is_passphrase_error(&text)
+            || parse::is_missing_config(&text)
+            || from_stdout.is_program_error()
+            || matches!(f.code, Some(2 | 3))
+        {
             ProviderError::permanent(msg)
         } else {
             ProviderError::transient(msg)
@@ -438,14 +477,29 @@ impl<'a> Session<'a> {
         )))
     }
 
+    /// Destroy the stack's resources, take tend's own config keys out of the stack's config
+    /// file, and remove the stack, keeping that file: `Pulumi.<stack>.yaml` beside an
+    /// operator's program is theirs, and `stack rm` deletes it unless told
+    /// `--preserve-config` (pkg/cmd/pulumi/stack/stack_rm.go).
     async fn destroy(&self) -> Result<(), ProviderError> {
         let mut inv =
             Invocation::new(&self.args(&["destroy"], &["--yes", "--skip-preview", "--json"]));
         inv.render = Some(parse::event_line);
         self.run_ok(inv).await?;
-        self.run_ok(Invocation::new(&self.args(&["stack", "rm"], &["--yes"])))
-            .await
-            .map(drop)
+        for key in self.ws.config_keys() {
+            let more: Vec<&str> = if key.starts_with('[') {
+                vec!["--path", &key]
+            } else {
+                vec![&key]
+            };
+            self.run_ok(Invocation::new(&self.args(&["config", "rm"], &more)))
+                .await?;
+        }
+        self.run_ok(Invocation::new(
+            &self.args(&["stack", "rm"], &["--yes", "--preserve-config"]),
+        ))
+        .await
+        .map(drop)
     }
 }
 

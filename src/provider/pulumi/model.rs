@@ -173,8 +173,12 @@ impl KindModel for PulumiStack {
     }
 }
 
-/// The engines DigitalOcean runs as managed databases.
-pub const DO_ENGINES: &[&str] = &["postgres", "mysql", "redis", "mongodb"];
+/// The engines DigitalOcean runs as managed databases, as the DigitalOcean provider's schema
+/// lists them today (pulumi-digitalocean `provider/cmd/pulumi-resource-digitalocean/schema.json`,
+/// `digitalocean:index/databaseCluster:DatabaseCluster` `engine`: pg, mysql, valkey, mongodb,
+/// kafka), plus `redis`: DigitalOcean replaced Redis with Valkey, so `redis` is kept only as an
+/// alias of `valkey`; the provider warns whenever it runs one.
+pub const DO_ENGINES: &[&str] = &["postgres", "mysql", "valkey", "mongodb", "kafka", "redis"];
 
 pub struct DigitalOceanDatabaseCluster;
 
@@ -264,13 +268,23 @@ impl KindModel for DigitalOceanDatabaseCluster {
                 );
             }
         }
-        if engine == "redis"
+        if (engine == "redis" || engine == "valkey")
             && let Some(n) = spec.get("storage_gib")
         {
             diags.push(Diagnostic::new(
                 file,
                 n.pos,
-                "a redis cluster has no storage_gib (its storage is its memory)",
+                format!("a {engine} cluster has no storage_gib (its storage is its memory)"),
+            ));
+        }
+        if engine == "kafka"
+            && let Some((n, pos)) = int("node_count")
+            && n != 3
+        {
+            diags.push(Diagnostic::new(
+                file,
+                pos,
+                format!("a kafka cluster has 3 nodes, not {n}"),
             ));
         }
         if let Some((n, pos)) = int("storage_gib")

@@ -111,7 +111,9 @@ pub fn urn_parts(urn: &str) -> (String, String) {
 impl Preview {
     /// Whether applying would change anything.
     pub fn has_changes(&self) -> bool {
-        self.changes.values().any(|n| *n > 0)
+        self.changes
+            .iter()
+            .any(|(op, n)| !is_no_change(op) && *n > 0)
     }
 
     /// `+ digitalocean:index/databaseCluster:DatabaseCluster main create`, one per step that
@@ -120,7 +122,7 @@ impl Preview {
         let mut out: Vec<String> = self
             .steps
             .iter()
-            .filter(|s| s.op != "same" && s.ty != "pulumi:pulumi:Stack")
+            .filter(|s| !is_no_change(&s.op) && s.ty != "pulumi:pulumi:Stack")
             .map(|s| {
                 let mut line = format!("{} {} {} {}", symbol(&s.op), s.ty, s.name, s.op);
                 if !s.reasons.is_empty() {
@@ -187,7 +189,7 @@ pub fn preview(stdout: &str) -> Result<Preview, String> {
     let changes = doc
         .change_summary
         .into_iter()
-        .filter(|(op, n)| op != "same" && *n > 0)
+        .filter(|(op, n)| !is_no_change(op) && *n > 0)
         .collect();
     let diagnostics = doc
         .diagnostics
@@ -200,6 +202,13 @@ pub fn preview(stdout: &str) -> Result<Preview, String> {
         changes,
         diagnostics,
     })
+}
+
+/// Step operations that change nothing: Pulumi's own `HasChanges` (pkg/engine/update.go) leaves
+/// out `same` and the reads of data sources (`read`, `read-discard`, `read-replacement`), so a
+/// program that reads a data source still has no changes.
+pub fn is_no_change(op: &str) -> bool {
+    matches!(op, "same" | "read" | "read-discard" | "read-replacement")
 }
 
 fn one_line(s: &str) -> String {
@@ -316,6 +325,74 @@ fn has_mask(v: &J) -> bool {
         J::Object(o) => o.values().any(has_mask),
         _ => false,
     }
+}
+
+/// What a failed command's stdout says about the failure: the error diagnostics (one line
+/// each, unredacted: the caller redacts) and whether a resource operation failed.
+///
+/// Under `--json` the CLI writes diagnostics only into stdout, never to stderr: `preview --json`
+/// into the `diagnostics` of its one document (pkg/display/json.go `ShowPreviewDigest`), `up`/
+/// `destroy --json` as `diagnosticEvent`s, with a `resOpFailedEvent` for each resource whose
+/// operation failed (sdk/go/common/apitype/events.go `DiagnosticEvent`, `ResOpFailedEvent`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StdoutFailure {
+    pub errors: Vec<String>,
+    pub resource_failed: bool,
+}
+
+impl StdoutFailure {
+    /// Whether the program or a resource failed (rather than the CLI around it): running the
+    /// same command again fails the same way.
+    pub fn is_program_error(&self) -> bool {
+        self.resource_failed || !self.errors.is_empty()
+    }
+}
+
+/// Read a failed command's stdout: the preview document or the NDJSON event stream.
+pub fn stdout_failure(stdout: &str) -> StdoutFailure {
+    let mut out = StdoutFailure::default();
+    let push = |msg: &str, out: &mut StdoutFailure| {
+        let msg = one_line(msg);
+        let msg = msg
+            .strip_prefix("error:")
+            .map_or(msg.as_str(), str::trim_start)
+            .to_owned();
+        let line = format!("error: {msg}");
+        if !msg.is_empty() && !out.errors.contains(&line) {
+            out.errors.push(line);
+        }
+    };
+    if let Ok(doc) = preview(stdout) {
+        for d in doc.diagnostics.iter() {
+            if let Some(m) = d.strip_prefix("error: ") {
+                push(m, &mut out);
+            }
+        }
+        return out;
+    }
+    for line in stdout.lines() {
+        let Ok(J::Object(ev)) = serde_json::from_str::<J>(line) else {
+            continue;
+        };
+        if ev.contains_key("resOpFailedEvent") {
+            out.resource_failed = true;
+        }
+        if let Some(d) = ev.get("diagnosticEvent")
+            && d.get("severity").and_then(J::as_str) == Some("error")
+        {
+            push(
+                d.get("message").and_then(J::as_str).unwrap_or_default(),
+                &mut out,
+            );
+        }
+    }
+    out
+}
+
+/// Whether output says the stack's program lacks a required config value (reference §3:
+/// `Stack 'dev' is missing configuration value 'clusterName'`).
+pub fn is_missing_config(text: &str) -> bool {
+    text.contains("is missing configuration value")
 }
 
 /// Whether output says the stack is locked by another update.
@@ -438,6 +515,19 @@ mod tests {
     }
 
     #[test]
+    fn reads_of_data_sources_are_not_changes() {
+        let doc = r#"{"steps": [
+            {"op": "read", "urn": "urn:pulumi:dev::p::digitalocean:index/getVpc:getVpc::vpc"},
+            {"op": "read-replacement", "urn": "urn:pulumi:dev::p::a:b:C::r"}
+          ],
+          "changeSummary": {"same": 2, "read": 1, "read-discard": 1, "read-replacement": 1}}"#;
+        let p = preview(doc).expect("parses");
+        assert!(!p.has_changes(), "{:?}", p.changes);
+        assert!(p.details().is_empty(), "{:?}", p.details());
+        assert_eq!(p.summary(), "no changes");
+    }
+
+    #[test]
     fn outputs_masked_without_show_secrets_are_secret() {
         let shown = r#"{
   "host": "app-db-do-user-1-0.b.db.ondigitalocean.com",
@@ -510,6 +600,31 @@ mod tests {
         assert!(!is_missing_stack(Some(1), "error: boom"));
         assert!(is_passphrase_error(
             "error: passphrase must be set with PULUMI_CONFIG_PASSPHRASE or PULUMI_CONFIG_PASSPHRASE_FILE environment variables"
+        ));
+    }
+
+    #[test]
+    fn failed_resources_and_error_diagnostics_are_read_from_stdout() {
+        let events = [
+            r#"{"sequence":0,"timestamp":1,"preludeEvent":{"config":{}}}"#,
+            r#"{"sequence":1,"timestamp":1,"diagnosticEvent":{"urn":"urn:pulumi:dev::p::a:b:C::main","prefix":"error: ","message":"error: 422 invalid\nsize\n","color":"never","severity":"error"}}"#,
+            r#"{"sequence":2,"timestamp":1,"resOpFailedEvent":{"metadata":{"op":"create","urn":"urn:pulumi:dev::p::a:b:C::main","type":"a:b:C"},"status":1,"steps":1}}"#,
+            r#"{"sequence":3,"timestamp":1,"diagnosticEvent":{"message":"just a warning","color":"never","severity":"warning"}}"#,
+        ]
+        .join("\n");
+        let f = stdout_failure(&events);
+        assert!(f.resource_failed);
+        assert_eq!(f.errors, ["error: 422 invalid size"]);
+        assert!(f.is_program_error());
+
+        let doc = "{\n    \"diagnostics\": [{\"message\": \"error: bad engine\\n\", \"severity\": \"error\"}],\n    \"changeSummary\": {}\n}\n";
+        let f = stdout_failure(doc);
+        assert_eq!(f.errors, ["error: bad engine"]);
+        assert!(!f.resource_failed);
+
+        assert!(!stdout_failure("").is_program_error());
+        assert!(is_missing_config(
+            "error: Stack 'dev' is missing configuration value 'clusterName'"
         ));
     }
 

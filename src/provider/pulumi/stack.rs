@@ -25,6 +25,9 @@ pub const OWNED_ENV: &[&str] = &[
     "PULUMI_CONFIG_PASSPHRASE_FILE",
     "PULUMI_ACCESS_TOKEN",
     "PULUMI_SKIP_UPDATE_CHECK",
+    // Would make a new file backend use the legacy layout, where tend's stack names are
+    // refused (pkg/backend/diy/meta.go `ensurePulumiMeta`).
+    "PULUMI_DIY_BACKEND_LEGACY_LAYOUT",
     "DIGITALOCEAN_TOKEN",
     "DIGITALOCEAN_ACCESS_TOKEN",
     "AWS_ACCESS_KEY_ID",
@@ -93,6 +96,26 @@ pub struct Backend {
     pub url: String,
     /// The directory of a `file://` backend (tend creates it: Pulumi does not).
     pub dir: Option<PathBuf>,
+    /// A DIY backend in the legacy layout: stacks have plain names, no organization or project
+    /// (see [`legacy_layout`]).
+    pub legacy: bool,
+}
+
+/// Whether a DIY backend uses the legacy layout, from its `.pulumi/meta.yaml` (if there is one)
+/// and whether `.pulumi/stacks/` holds stack files directly (pkg/backend/diy/meta.go
+/// `ensurePulumiMeta`): a meta.yaml with `version: 0` is legacy; without one, a bucket that
+/// already holds legacy stacks is legacy, a new one is not (tend strips
+/// `PULUMI_DIY_BACKEND_LEGACY_LAYOUT`, the opt-in for new buckets). In that layout a stack
+/// name may not contain `/` (store.go `legacyReferenceStore.ParseReference`).
+pub fn legacy_layout(meta_yaml: Option<&str>, has_legacy_stacks: bool) -> bool {
+    match meta_yaml {
+        Some(text) => text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("version:"))
+            .map(|v| v.split('#').next().unwrap_or("").trim())
+            .is_none_or(|v| v == "0"),
+        None => has_legacy_stacks,
+    }
 }
 
 impl Backend {
@@ -110,10 +133,12 @@ impl Backend {
                     .strip_prefix("file://")
                     .filter(|p| p.starts_with('/'))
                     .map(PathBuf::from),
+                legacy: false,
             },
             None => Backend {
                 url: format!("file://{}", default_dir.display()),
                 dir: Some(default_dir.to_path_buf()),
+                legacy: false,
             },
         }
     }
@@ -270,6 +295,14 @@ pub fn stack_ref(spec: &str, project: &str, backend: &Backend) -> Result<String,
         return Err(bad(&format!(
             "its project `{p}` is not the program's project `{project}` (the `name:` in Pulumi.yaml)"
         )));
+    }
+    if backend.is_diy() && backend.legacy {
+        if org.is_some() {
+            return Err(bad(
+                "the backend uses the legacy DIY layout, which has no organizations: write `stack` or `project/stack`",
+            ));
+        }
+        return Ok(name.to_owned());
     }
     if backend.is_diy() {
         if let Some(o) = org
@@ -481,6 +514,20 @@ mod tests {
     }
 
     #[test]
+    fn the_legacy_diy_layout_is_detected_and_takes_plain_stack_names() {
+        assert!(legacy_layout(Some("version: 0\n"), false));
+        assert!(!legacy_layout(Some("version: 1\n"), true));
+        assert!(legacy_layout(None, true), "existing legacy stacks");
+        assert!(!legacy_layout(None, false), "a new bucket");
+        let mut b = file_backend();
+        b.legacy = true;
+        assert_eq!(stack_ref("dev", "app", &b).expect("plain"), "dev");
+        assert_eq!(stack_ref("app/dev", "app", &b).expect("plain"), "dev");
+        assert!(stack_ref("organization/app/dev", "app", &b).is_err());
+        assert!(OWNED_ENV.contains(&"PULUMI_DIY_BACKEND_LEGACY_LAYOUT"));
+    }
+
+    #[test]
     fn the_default_backend_is_a_file_backend_under_the_state_dir() {
         let b = file_backend();
         assert_eq!(b.url, "file:///var/lib/tend/pulumi/backend");
@@ -519,6 +566,7 @@ mod tests {
         let cloud = Backend {
             url: "https://api.pulumi.com".into(),
             dir: None,
+            legacy: false,
         };
         assert_eq!(stack_ref("app/dev", "app", &cloud).expect("ok"), "dev");
         assert_eq!(

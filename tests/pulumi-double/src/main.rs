@@ -26,6 +26,16 @@
 //! - `PULUMI_DOUBLE_HANG=<cmd>[,…]`: that command sleeps (holding its lock) until signalled.
 //!   On SIGINT it cancels gracefully, taking `PULUMI_DOUBLE_CANCEL_SECS` (default 0) to do so.
 //! - `PULUMI_DOUBLE_LOCKED=1`: every locking command finds the stack locked by another process.
+//! - `PULUMI_DOUBLE_CLOUD_EDIT=<resource>.<property>=<value>[,…]`: a change made outside
+//!   Pulumi, seen only by `refresh` and `preview`/`up --refresh`.
+//!
+//! As strict as upstream (issue 12): under `--json` diagnostics go only into stdout; a resource
+//! error exits 1 with a `resOpFailedEvent`; the legacy DIY layout (meta.yaml version 0, or
+//! existing project-less stacks, or `PULUMI_DIY_BACKEND_LEGACY_LAYOUT`) refuses `/` in stack
+//! names; `stack rm` without `--preserve-config` deletes `Pulumi.<stack>.yaml`; engines the
+//! DigitalOcean provider does not list fail the resource's check; config strings that parse as
+//! numbers or booleans reach the program as such (pulumi-yaml). See program.rs and store.rs for
+//! the upstream source each follows.
 //!
 //! `<cmd>` is the command's words joined by `-`: `up`, `preview`, `destroy`, `refresh`,
 //! `stack-output`, `stack-select`, `config-set`, …
@@ -435,7 +445,10 @@ impl Ctx {
                 .flatten()
         });
         match named {
-            Some(n) => StackRef::parse(&n, &program.name),
+            Some(n) => {
+                backend.check_name(&n)?;
+                StackRef::parse(&n, &program.name)
+            }
             None => backend.selected(&self.home, &program.name).ok_or_else(|| {
                 Fail::new(
                     6,
@@ -679,6 +692,7 @@ fn stack_select(ctx: &Ctx) -> Res<()> {
                 "no stack selected; please use `pulumi stack select` to choose one",
             )
         })?;
+    backend.check_name(&named)?;
     let r = StackRef::parse(&named, &program.name)?;
     if !backend.exists(&r) {
         if !ctx.flags.has("--create") {
@@ -718,6 +732,7 @@ fn stack_init(ctx: &Ctx) -> Res<()> {
         .map(str::to_owned)
         .or_else(|| ctx.flags.positional.first().cloned())
         .ok_or_else(|| Fail::new(2, "a stack name is required in non-interactive mode"))?;
+    backend.check_name(&named)?;
     let r = StackRef::parse(&named, &program.name)?;
     if backend.exists(&r) {
         return Err(Fail::new(1, format!("stack '{}' already exists", r.name)));

@@ -20,6 +20,11 @@ pub const STACK_TYPE: &str = "pulumi:pulumi:Stack";
 /// The value of an output not known until apply (§4.1).
 pub const UNKNOWN: &str = "04da6b54-80e4-46f7-96ec-b56ff0331ba9";
 const DB_CLUSTER: &str = "digitalocean:index/databaseCluster:DatabaseCluster";
+/// The engines the DigitalOcean provider's current schema lists for a DatabaseCluster
+/// (pulumi-digitalocean `provider/cmd/pulumi-resource-digitalocean/schema.json`,
+/// `digitalocean:index/databaseCluster:DatabaseCluster` `engine`; `redis` is gone since
+/// DigitalOcean replaced Redis with Valkey). Any other engine fails the resource's check.
+const DO_ENGINES: &[&str] = &["pg", "mysql", "valkey", "mongodb", "kafka", "opensearch"];
 
 /// A loaded Pulumi.yaml.
 pub struct Program {
@@ -264,6 +269,47 @@ impl Scope<'_> {
                     r
                 })
             }
+            J::Object(o) if o.len() == 1 && o.contains_key("fn::split") => {
+                let args = self.eval(&o["fn::split"])?;
+                let (Some(delim), Some(text)) = (args.get(0), args.get(1)) else {
+                    return Err(Fail::new(
+                        1,
+                        "Pulumi.yaml: fn::split takes [delimiter, string]",
+                    ));
+                };
+                if *text == json!(UNKNOWN) {
+                    return Ok(json!(UNKNOWN));
+                }
+                let secret = store::is_secret(text);
+                let text = match store::unwrap_secret(text) {
+                    J::String(t) => t,
+                    other => other.to_string(),
+                };
+                let delim = delim.as_str().unwrap_or_default();
+                let parts: Vec<J> = text.split(delim).map(|p| json!(p)).collect();
+                Ok(if secret {
+                    store::secret(J::Array(parts))
+                } else {
+                    J::Array(parts)
+                })
+            }
+            J::Object(o) if o.len() == 1 && o.contains_key("fn::select") => {
+                let args = self.eval(&o["fn::select"])?;
+                let (Some(i), Some(list)) = (args.get(0).and_then(J::as_u64), args.get(1)) else {
+                    return Err(Fail::new(1, "Pulumi.yaml: fn::select takes [index, list]"));
+                };
+                if *list == json!(UNKNOWN) {
+                    return Ok(json!(UNKNOWN));
+                }
+                let secret = store::is_secret(list);
+                let item = store::unwrap_secret(list)
+                    .get(usize::try_from(i).unwrap_or(usize::MAX))
+                    .cloned()
+                    .ok_or_else(|| {
+                        Fail::new(1, format!("Pulumi.yaml: fn::select index {i} out of range"))
+                    })?;
+                Ok(if secret { store::secret(item) } else { item })
+            }
             J::Object(o) if o.len() == 1 && o.contains_key("fn::secret") => {
                 let inner = self.eval(&o["fn::secret"])?;
                 Ok(if inner == json!(UNKNOWN) {
@@ -315,6 +361,28 @@ impl Scope<'_> {
     }
 }
 
+/// What pulumi-yaml does to every plain config string before the program sees it, whatever
+/// type the key declares (pkg/server/server.go `Run`, reference §8): one that parses as a number
+/// or a boolean becomes one, so `1e3` reaches the program as 1000.
+fn coerce(v: J) -> J {
+    let J::String(s) = &v else {
+        return v;
+    };
+    if let Ok(n) = s.parse::<i64>() {
+        return json!(n);
+    }
+    if let Ok(f) = s.parse::<f64>()
+        && f.is_finite()
+    {
+        return json!(f);
+    }
+    match s.as_str() {
+        "true" => json!(true),
+        "false" => json!(false),
+        _ => v,
+    }
+}
+
 /// The config the program sees: declared keys with stack values or defaults, typed.
 fn program_config(
     program: &Program,
@@ -326,7 +394,10 @@ fn program_config(
     let prefix = format!("{}:", program.name);
     for (k, v) in &cfg.values {
         if let Some(short) = k.strip_prefix(&prefix) {
-            out.insert(short.to_owned(), store::config_to_program(v, crypter)?);
+            out.insert(
+                short.to_owned(),
+                coerce(store::config_to_program(v, crypter)?),
+            );
         }
     }
     for (k, (ty, default)) in &program.config {
@@ -466,6 +537,18 @@ impl<'a> Engine<'a> {
                             .copied()
                             .filter(|k| inputs.get(*k).is_none_or(J::is_null))
                             .collect();
+                        if ty == DB_CLUSTER
+                            && let Some(e) = inputs.get("engine").and_then(J::as_str)
+                            && !DO_ENGINES.contains(&e)
+                        {
+                            return Err(Fail::new(
+                                1,
+                                format!(
+                                    "{ty} resource '{name}': property engine value {{{e}}} has a problem: expected engine to be one of [{}], got {e}",
+                                    DO_ENGINES.join(" ")
+                                ),
+                            ));
+                        }
                         if let Some(k) = missing.pop() {
                             return Err(Fail::new(
                                 1,
@@ -546,7 +629,7 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn needs_token(&self, steps: &[Step]) -> Option<String> {
+    fn needs_token(&self, steps: &[Step]) -> Option<(String, String)> {
         if self.do_token {
             return None;
         }
@@ -554,10 +637,10 @@ impl<'a> Engine<'a> {
             .iter()
             .find(|s| s.ty == DB_CLUSTER && s.op != StepOp::Same)
             .map(|s| {
-                format!(
+                (s.urn.clone(), format!(
                     "{} resource '{}': 1 error occurred:\n\t* Error creating database cluster: POST https://api.digitalocean.com/v2/databases: 401 (request \"00000000\") Unable to authenticate you",
                     s.ty, s.name
-                )
+                ))
             })
     }
 }
@@ -722,6 +805,35 @@ fn open_engine<'a>(
     Ok((engine, cp, crypter))
 }
 
+/// The checkpoint as a refresh finds it: "the cloud" is the checkpoint, except where the test
+/// changed a resource out of band (`PULUMI_DOUBLE_CLOUD_EDIT=<name>.<property>=<value>`, comma
+/// separated), which only a refresh (`refresh`, or `preview`/`up --refresh`) sees; the
+/// change lands in the resource's inputs and outputs, so the program's inputs then differ
+/// (pkg/engine/refresh.go: a refresh rewrites state from the provider's Read).
+fn refreshed(mut cp: Checkpoint) -> Checkpoint {
+    let Ok(edits) = std::env::var("PULUMI_DOUBLE_CLOUD_EDIT") else {
+        return cp;
+    };
+    for edit in edits.split(',') {
+        let Some((target, value)) = edit.split_once('=') else {
+            continue;
+        };
+        let Some((name, prop)) = target.trim().split_once('.') else {
+            continue;
+        };
+        for r in cp.resources.iter_mut() {
+            if r.urn.rsplit("::").next() == Some(name) {
+                for side in [&mut r.inputs, &mut r.outputs] {
+                    if let Some(o) = side.as_object_mut() {
+                        o.insert(prop.to_owned(), json!(value));
+                    }
+                }
+            }
+        }
+    }
+    cp
+}
+
 fn change_summary(steps: &[Step], stack_op: StepOp) -> Map<String, J> {
     let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
     *counts.entry(stack_op.as_str()).or_default() += 1;
@@ -746,10 +858,25 @@ pub fn preview(ctx: &Ctx) -> Res<()> {
         ));
     }
     let (engine, cp, _) = open_engine(ctx, &program, &backend, &stack)?;
+    let cp = if ctx.flags.has("--refresh") {
+        refreshed(cp)
+    } else {
+        cp
+    };
     ctx.maybe_hang(&mut || {})?;
-    let (steps, _) = engine.plan(&cp)?;
-    let stack_op = engine.stack_step(&cp);
     let mut diagnostics = Vec::new();
+    // Under --json an engine error goes only into the document's diagnostics, never to
+    // stderr (pkg/backend/display/json.go `ShowPreviewDigest`).
+    let steps = match engine.plan(&cp) {
+        Ok((steps, _)) => steps,
+        Err(f) if ctx.json => {
+            diagnostics
+                .push(json!({"message": format!("error: {}\n", f.message), "severity": "error"}));
+            Vec::new()
+        }
+        Err(f) => return Err(f),
+    };
+    let stack_op = engine.stack_step(&cp);
     if ctx.told_to("PULUMI_DOUBLE_FAIL") {
         diagnostics.push(
             json!({"message": "error: preview failed (PULUMI_DOUBLE_FAIL)\n", "severity": "error"}),
@@ -815,12 +942,21 @@ fn symbol(op: StepOp) -> &'static str {
     }
 }
 
-/// Report a failure during an update: a diagnostic (and failed-op event), then exit 1.
+/// Report a failure during an update: a diagnostic, and for a resource a failed-op event
+/// (`resOpFailedEvent`, sdk/go/common/apitype/events.go), then exit 1 with nothing on stderr:
+/// the engine already reported it (a "bail", pkg/cmd/pulumi/cmd/exit_codes.go).
 fn resource_error(ctx: &Ctx, locked: &Locked, urn: Option<&str>, message: &str) -> Fail {
     if ctx.json {
         event(
             json!({"diagnosticEvent": {"urn": urn, "prefix": "error: ", "message": format!("{message}\n"), "color": "never", "severity": "error"}}),
         );
+        if let Some(u) = urn {
+            let ty = u.split("::").nth(2).unwrap_or_default();
+            event(
+                json!({"resOpFailedEvent": {"metadata": {"op": "create", "urn": u, "type": ty,
+                "old": null, "new": null, "detailedDiff": null, "provider": ""}, "status": 1, "steps": 1}}),
+            );
+        }
         event(
             json!({"summaryEvent": {"maybeCorrupt": false, "durationSeconds": 1, "resourceChanges": {}, "PolicyPacks": {}, "isPreview": false, "result": "failed"}}),
         );
@@ -893,6 +1029,11 @@ pub fn up(ctx: &Ctx) -> Res<()> {
 fn up_locked(ctx: &Ctx, locked: &Locked) -> Res<()> {
     let (program, stack) = (&locked.program, &locked.stack);
     let cp = locked.backend.load(stack, Some(&locked.crypter))?;
+    let cp = if ctx.flags.has("--refresh") {
+        refreshed(cp)
+    } else {
+        cp
+    };
     let engine = Engine::new(program, &stack.name, Some(&locked.crypter))?;
     prelude(ctx, &engine, "Updating", &stack.qualified());
     ctx.maybe_hang(&mut || locked.unlock())?;
@@ -909,8 +1050,8 @@ fn up_locked(ctx: &Ctx, locked: &Locked) -> Res<()> {
             "update failed (PULUMI_DOUBLE_FAIL)",
         ));
     }
-    if let Some(m) = engine.needs_token(&steps) {
-        return Err(resource_error(ctx, locked, None, &m));
+    if let Some((urn, m)) = engine.needs_token(&steps) {
+        return Err(resource_error(ctx, locked, Some(&urn), &m));
     }
     let stack_op = engine.stack_step(&cp);
     let mut resources: Vec<Resource> = Vec::new();
@@ -993,11 +1134,11 @@ fn up_locked(ctx: &Ctx, locked: &Locked) -> Res<()> {
     Ok(())
 }
 
-/// `pulumi refresh`: the "cloud" is the checkpoint, so nothing drifts.
+/// `pulumi refresh`: the "cloud" is the checkpoint plus any out-of-band edit ([`refreshed`]).
 pub fn refresh(ctx: &Ctx) -> Res<()> {
     let locked = Locked::open(ctx)?;
     let result = (|| {
-        let cp = locked.backend.load(&locked.stack, Some(&locked.crypter))?;
+        let cp = refreshed(locked.backend.load(&locked.stack, Some(&locked.crypter))?);
         let engine = Engine::new(&locked.program, &locked.stack.name, Some(&locked.crypter))?;
         prelude(ctx, &engine, "Refreshing", &locked.stack.qualified());
         ctx.maybe_hang(&mut || locked.unlock())?;

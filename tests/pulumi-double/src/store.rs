@@ -521,6 +521,10 @@ pub struct Checkpoint {
 pub struct Backend {
     pub url: String,
     pub dir: PathBuf,
+    /// The legacy layout (meta version 0): stacks at `.pulumi/stacks/<stack>.json`, no
+    /// projects, names without `/` (pkg/backend/diy/meta.go `ensurePulumiMeta`, store.go
+    /// `legacyReferenceStore`).
+    pub legacy: bool,
 }
 
 impl Backend {
@@ -548,31 +552,68 @@ impl Backend {
                 ),
             ));
         }
+        // meta.yaml decides; without one, a bucket that already holds legacy stacks
+        // (`.pulumi/stacks/*.json`) is legacy, and so is a new one when
+        // PULUMI_DIY_BACKEND_LEGACY_LAYOUT is true; only a project-layout meta is written.
         let meta = dir.join(".pulumi").join("meta.yaml");
-        if !meta.exists() {
-            write(&meta, "version: 1\n")?;
-        }
+        let legacy = match std::fs::read_to_string(&meta) {
+            Ok(text) => text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("version:"))
+                .map(str::trim)
+                .is_none_or(|v| v == "0"),
+            Err(_) => {
+                let has_legacy_stacks = std::fs::read_dir(dir.join(".pulumi").join("stacks"))
+                    .map(|rd| {
+                        rd.flatten().any(|e| {
+                            e.path().is_file() && e.file_name().to_string_lossy().ends_with(".json")
+                        })
+                    })
+                    .unwrap_or(false);
+                let opt_in = std::env::var("PULUMI_DIY_BACKEND_LEGACY_LAYOUT")
+                    .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "True"));
+                let legacy = has_legacy_stacks || opt_in;
+                if !legacy {
+                    write(&meta, "version: 1\n")?;
+                }
+                legacy
+            }
+        };
         Ok(Backend {
             url: format!("file://{}", dir.display()),
             dir,
+            legacy,
         })
     }
 
+    /// Refuse a stack name the legacy layout cannot hold (store.go `legacyReferenceStore.
+    /// ParseReference`: a plain name, no `/`, at most 100 characters).
+    pub fn check_name(&self, named: &str) -> Res<()> {
+        if self.legacy && (named.contains('/') || named.len() > 100) {
+            return Err(Fail::new(
+                1,
+                format!(
+                    "stack names are limited to 100 characters and may only contain alphanumeric, hyphens, underscores, or periods: {named:?}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn stack_file(&self, r: &StackRef) -> PathBuf {
-        self.dir
-            .join(".pulumi")
-            .join("stacks")
-            .join(&r.project)
-            .join(format!("{}.json", r.name))
+        let stacks = self.dir.join(".pulumi").join("stacks");
+        if self.legacy {
+            return stacks.join(format!("{}.json", r.name));
+        }
+        stacks.join(&r.project).join(format!("{}.json", r.name))
     }
 
     fn lock_dir(&self, r: &StackRef) -> PathBuf {
-        self.dir
-            .join(".pulumi")
-            .join("locks")
-            .join("organization")
-            .join(&r.project)
-            .join(&r.name)
+        let locks = self.dir.join(".pulumi").join("locks");
+        if self.legacy {
+            return locks.join(&r.name);
+        }
+        locks.join("organization").join(&r.project).join(&r.name)
     }
 
     pub fn exists(&self, r: &StackRef) -> bool {
