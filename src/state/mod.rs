@@ -158,6 +158,32 @@ pub enum StateError {
     Unsigned,
 }
 
+/// The answer to [`Leadership::try_lead`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lead {
+    /// This process holds the writers' lock, writing with `epoch`.
+    Leading { epoch: i64 },
+    /// Another process holds it: who, for status and errors.
+    Follower(String),
+}
+
+/// Who may write a state that several processes share (the PostgreSQL backend): one holder of
+/// a lock, which lasts as long as its lease is renewed. A store only one process can open at
+/// all (sled) has none: its opener always writes.
+pub trait Leadership: Send + Sync {
+    /// Take the writers' lock if it is free (naming this process as `command`), or say who
+    /// holds it. Holding it already is `Leading`.
+    fn try_lead(&self, command: &str) -> Result<Lead, StateError>;
+    /// Whether this process holds the lock and its lease is still good by its own clock (a
+    /// pause longer than the lease makes this false at once on waking). Writes are fenced by
+    /// the store whatever this says; this is for not *starting* work.
+    fn leading(&self) -> bool;
+    /// Give the lock up (its session ends); writes fail until the lock is taken again.
+    fn step_down(&self);
+    /// How long the lock outlives its last heartbeat.
+    fn lease(&self) -> std::time::Duration;
+}
+
 /// The state store. Synchronous: async callers go through `spawn_blocking`.
 pub trait StateStore: Send + Sync {
     fn meta(&self) -> Result<Meta, StateError>;
@@ -196,6 +222,11 @@ pub trait StateStore: Send + Sync {
     /// refused either way). A `backup.json` of another lineage is kept as
     /// `backup-<lineage>.json` rather than overwritten.
     fn import(&self, bytes: &[u8], allow_unsigned: bool) -> Result<(), StateError>;
+    /// The writers' lock of a state several processes share; `None` when the opener is the
+    /// only possible writer.
+    fn leadership(&self) -> Option<&dyn Leadership> {
+        None
+    }
     /// Everything as stored (records sealed), for `tend state migrate`.
     fn dump(&self) -> Result<Dump, StateError> {
         let meta = self.meta()?;

@@ -32,6 +32,7 @@ use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -43,7 +44,9 @@ use tokio_postgres::{Client, Config, NoTls};
 
 use super::codec::{Codec, Imported, SCHEMA_VERSION, parse_run, parse_stored};
 use super::crypto::{KeyLocation, StateKey};
-use super::{Dump, Meta, Record, Run, Sealed, StateError, StateStore, Status};
+use super::{
+    Dump, Lead as Lead_, Leadership, Meta, Record, Run, Sealed, StateError, StateStore, Status,
+};
 use crate::address::Address;
 
 /// The version of the SQL layout this tend creates and reads.
@@ -172,11 +175,38 @@ type Job = Box<dyn FnOnce(Conn) -> Pin<Box<dyn Future<Output = ()> + Send>> + Se
 /// What a job gets: the connection, or why there is none.
 type Conn = Result<Arc<Client>, StateError>;
 
-/// The lock this store holds.
-struct Held {
-    epoch: i64,
+/// What the worker is asked: a job on the connection, or to end the session (stepping down).
+enum Msg {
+    Job(Job),
+    Reset,
+}
+
+/// This store's hold on the writers' lock, shared with the worker that keeps it alive.
+#[derive(Default)]
+struct Lead {
+    /// This process holds the lock (until the worker finds the session gone).
+    holding: AtomicBool,
+    /// The session that held the lock ended: writes fail until [`Leadership::step_down`].
+    lost: AtomicBool,
+    epoch: AtomicI64,
     /// The lease runs out at this instant unless a heartbeat renews it.
-    valid_until: Arc<Mutex<Instant>>,
+    valid_until: Mutex<Option<Instant>>,
+}
+
+impl Lead {
+    fn renew(&self, until: Instant) {
+        *self
+            .valid_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(until);
+    }
+
+    fn valid(&self) -> bool {
+        self.valid_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|until| Instant::now() < until)
+    }
 }
 
 /// The PostgreSQL-backed state store; see the module docs.
@@ -184,8 +214,9 @@ pub struct PgStore {
     shown: String,
     schema: String,
     codec: Codec,
-    jobs: mpsc::UnboundedSender<Job>,
-    held: Option<Held>,
+    jobs: mpsc::UnboundedSender<Msg>,
+    lead: Arc<Lead>,
+    lease: Duration,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -217,9 +248,9 @@ impl PgStore {
             .application_name("tend state")
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30));
-        let heartbeat = opts.writer.as_ref().map(|w| w.lease);
-        let valid_until = Arc::new(Mutex::new(Instant::now()));
-        let jobs = spawn_worker(config, shown.clone(), heartbeat, Arc::clone(&valid_until))?;
+        let lease = opts.writer.as_ref().map_or(DEFAULT_LEASE, |w| w.lease);
+        let lead = Arc::new(Lead::default());
+        let jobs = spawn_worker(config, shown.clone(), lease, Arc::clone(&lead))?;
         let mut store = PgStore {
             shown,
             schema,
@@ -228,7 +259,8 @@ impl PgStore {
                 key: StateKey::ephemeral(),
             },
             jobs,
-            held: None,
+            lead,
+            lease,
         };
         store.init_schema()?;
         let meta = store.read_meta_row()?;
@@ -245,30 +277,23 @@ impl PgStore {
             });
         }
         store.codec.key = store.load_key(opts.local_dir, &meta)?;
-        if let Some(writer) = opts.writer {
-            store.lock(&writer, valid_until)?;
-            if meta.key_check.is_none() {
-                store.exec_meta(
-                    "UPDATE {s}.meta SET key_check = $1",
-                    store.codec.key.fingerprint(),
-                )?;
-            }
+        if let Some(writer) = opts.writer
+            && let Lead_::Follower(holder) = store.try_lead(&writer.command)?
+        {
+            return Err(StateError::Held {
+                target: store.shown.clone(),
+                holder,
+            });
         }
         Ok(store)
     }
 
     /// The epoch this store writes with, when it holds the lock.
     pub fn epoch(&self) -> Option<i64> {
-        self.held.as_ref().map(|h| h.epoch)
-    }
-
-    /// Whether the lock's lease is still good by this process's clock (a heartbeat renewed it
-    /// within the lease). PostgreSQL fences writes whatever this says; this is for not
-    /// *starting* work after a pause.
-    pub fn lease_valid(&self) -> bool {
-        self.held.as_ref().is_some_and(|h| {
-            Instant::now() < *h.valid_until.lock().unwrap_or_else(PoisonError::into_inner)
-        })
+        self.lead
+            .holding
+            .load(Ordering::SeqCst)
+            .then(|| self.lead.epoch.load(Ordering::SeqCst))
     }
 
     /// The key: the key file if it exists (and matches the state's fingerprint); created in
@@ -345,7 +370,7 @@ impl PgStore {
             target: self.shown.clone(),
             reason: "the state connection's worker has stopped".to_owned(),
         };
-        self.jobs.send(job).map_err(|_| closed())?;
+        self.jobs.send(Msg::Job(job)).map_err(|_| closed())?;
         rx.recv().map_err(|_| closed())?
     }
 
@@ -447,17 +472,13 @@ impl PgStore {
         })
     }
 
-    /// Take the writers' lock or fail naming its holder; then record who holds it, bump the
+    /// Take the writers' lock, or say who holds it; on success record who holds it, bump the
     /// epoch and set the session's lease.
-    fn lock(
-        &mut self,
-        writer: &Writer,
-        valid_until: Arc<Mutex<Instant>>,
-    ) -> Result<(), StateError> {
+    fn take_lock(&self, command: &str) -> Result<Lead_, StateError> {
         let key = lock_key(&self.schema, "writer");
         let (s, shown) = (self.schema.clone(), self.shown.clone());
-        let command = writer.command.clone();
-        let lease_ms = i64::try_from(writer.lease.as_millis()).unwrap_or(i64::MAX);
+        let command = command.to_owned();
+        let lease_ms = i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX);
         let started = Instant::now();
         let got: Result<i64, String> = self.call(move |c| async move {
             let pg = |e| pg_error(&shown, e);
@@ -513,27 +534,25 @@ impl PgStore {
         })?;
         match got {
             Ok(epoch) => {
-                *valid_until.lock().unwrap_or_else(PoisonError::into_inner) =
-                    started + writer.lease;
-                self.held = Some(Held { epoch, valid_until });
-                Ok(())
+                self.lead.epoch.store(epoch, Ordering::SeqCst);
+                self.lead.renew(started + self.lease);
+                self.lead.lost.store(false, Ordering::SeqCst);
+                self.lead.holding.store(true, Ordering::SeqCst);
+                Ok(Lead_::Leading { epoch })
             }
-            Err(holder) => Err(StateError::Held {
-                target: self.shown.clone(),
-                holder,
-            }),
+            Err(holder) => Ok(Lead_::Follower(holder)),
         }
     }
 
     /// The epoch to write with, or why this store may not write.
     fn writer_epoch(&self) -> Result<i64, StateError> {
-        self.held
-            .as_ref()
-            .map(|h| h.epoch)
-            .ok_or_else(|| StateError::Postgres {
-                target: self.shown.clone(),
-                reason: "this command opened the state read-only".to_owned(),
-            })
+        if self.lead.lost.load(Ordering::SeqCst) {
+            return Err(lost(&self.shown));
+        }
+        self.epoch().ok_or_else(|| StateError::Postgres {
+            target: self.shown.clone(),
+            reason: "this command opened the state read-only".to_owned(),
+        })
     }
 
     /// Run `body` in a fenced transaction: `tend.epoch` set to this writer's epoch, so the
@@ -608,6 +627,39 @@ impl PgStore {
             .collect::<Result<Vec<_>, StateError>>()?;
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+}
+
+impl Leadership for PgStore {
+    fn try_lead(&self, command: &str) -> Result<Lead_, StateError> {
+        if self.leading() {
+            return Ok(Lead_::Leading {
+                epoch: self.lead.epoch.load(Ordering::SeqCst),
+            });
+        }
+        let taken = self.take_lock(command)?;
+        if matches!(taken, Lead_::Leading { .. }) && self.read_meta_row()?.key_check.is_none() {
+            self.exec_meta(
+                "UPDATE {s}.meta SET key_check = $1",
+                self.codec.key.fingerprint(),
+            )?;
+        }
+        Ok(taken)
+    }
+
+    fn leading(&self) -> bool {
+        self.lead.holding.load(Ordering::SeqCst)
+            && !self.lead.lost.load(Ordering::SeqCst)
+            && self.lead.valid()
+    }
+
+    fn step_down(&self) {
+        self.lead.holding.store(false, Ordering::SeqCst);
+        let _ = self.jobs.send(Msg::Reset);
+    }
+
+    fn lease(&self) -> Duration {
+        self.lease
     }
 }
 
@@ -759,6 +811,10 @@ impl StateStore for PgStore {
 
     fn digest_key(&self) -> &[u8] {
         self.codec.key.digest_key()
+    }
+
+    fn leadership(&self) -> Option<&dyn Leadership> {
+        Some(self)
     }
 
     fn export(&self, include_secrets: bool) -> Result<serde_json::Value, StateError> {
@@ -982,15 +1038,16 @@ fn pg_error(shown: &str, e: tokio_postgres::Error) -> StateError {
     }
 }
 
-/// Start the connection's thread; returns once connected (or with why it could not).
-/// `heartbeat`: the writer's lease, renewed every third of it.
+/// Start the connection's thread; returns once connected (or with why it could not). While
+/// `lead` says the lock is held, a heartbeat every third of `lease` keeps its session alive
+/// and renews the lease; a session found gone marks the lock lost.
 fn spawn_worker(
     config: Config,
     shown: String,
-    heartbeat: Option<Duration>,
-    valid_until: Arc<Mutex<Instant>>,
-) -> Result<mpsc::UnboundedSender<Job>, StateError> {
-    let (jobs_tx, mut jobs) = mpsc::unbounded_channel::<Job>();
+    lease: Duration,
+    lead: Arc<Lead>,
+) -> Result<mpsc::UnboundedSender<Msg>, StateError> {
+    let (jobs_tx, mut jobs) = mpsc::unbounded_channel::<Msg>();
     let (ready_tx, ready) = std_mpsc::sync_channel::<Result<(), StateError>>(1);
     let thread_shown = shown.clone();
     std::thread::Builder::new()
@@ -1008,59 +1065,72 @@ fn spawn_worker(
                 }
             };
             rt.block_on(async move {
-                let client = match connect(&config, &shown).await {
-                    Ok(c) => Arc::new(c),
+                let mut current = match connect(&config, &shown).await {
+                    Ok(c) => Some(Arc::new(c)),
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                let period = heartbeat.map_or(Duration::from_secs(3600), |l| l / 3);
+                let period = lease / 3;
                 let mut tick = tokio::time::interval(period);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut current: Option<Arc<Client>> = Some(client);
+                // The lock's session is gone: no reconnecting under it until a step-down.
+                let gone = |current: &mut Option<Arc<Client>>| {
+                    *current = None;
+                    lead.lost.store(true, Ordering::SeqCst);
+                    lead.holding.store(false, Ordering::SeqCst);
+                };
                 loop {
                     tokio::select! {
-                        job = jobs.recv() => {
-                            let Some(job) = job else { break };
-                            // A reader reconnects after losing its connection; a writer's
-                            // lock died with its session, so its jobs fail from then on.
-                            let conn = match &current {
-                                Some(c) if !c.is_closed() => Ok(Arc::clone(c)),
-                                _ if heartbeat.is_some() => {
-                                    current = None;
-                                    Err(lost(&shown))
-                                }
-                                _ => match connect(&config, &shown).await {
-                                    Ok(c) => {
-                                        let c = Arc::new(c);
-                                        current = Some(Arc::clone(&c));
-                                        Ok(c)
+                        msg = jobs.recv() => match msg {
+                            None => break,
+                            Some(Msg::Reset) => {
+                                // Ending the session releases the lock and its settings.
+                                current = None;
+                                lead.lost.store(false, Ordering::SeqCst);
+                            }
+                            Some(Msg::Job(job)) => {
+                                let holding = lead.holding.load(Ordering::SeqCst);
+                                let conn = match &current {
+                                    Some(c) if !c.is_closed() => Ok(Arc::clone(c)),
+                                    Some(_) if holding => {
+                                        gone(&mut current);
+                                        Err(lost(&shown))
                                     }
-                                    Err(e) => Err(e),
-                                },
-                            };
-                            job(conn).await;
-                        }
-                        _ = tick.tick(), if heartbeat.is_some() => {
+                                    _ if lead.lost.load(Ordering::SeqCst) => Err(lost(&shown)),
+                                    // A reader reconnects after losing its connection.
+                                    _ => match connect(&config, &shown).await {
+                                        Ok(c) => {
+                                            let c = Arc::new(c);
+                                            current = Some(Arc::clone(&c));
+                                            Ok(c)
+                                        }
+                                        Err(e) => Err(e),
+                                    },
+                                };
+                                job(conn).await;
+                            }
+                        },
+                        _ = tick.tick() => {
+                            if !lead.holding.load(Ordering::SeqCst) {
+                                continue;
+                            }
                             let Some(c) = &current else { continue };
                             let sent = Instant::now();
                             let ok = tokio::time::timeout(period, c.batch_execute("SELECT 1"))
                                 .await
                                 .is_ok_and(|r| r.is_ok());
                             if ok {
-                                if let Some(lease) = heartbeat {
-                                    *valid_until.lock().unwrap_or_else(PoisonError::into_inner) =
-                                        sent + lease;
-                                }
+                                lead.renew(sent + lease);
                             } else {
                                 tracing::warn!(
                                     state = %shown,
                                     "the state lock's session stopped answering; this tend no \
                                      longer holds the lock"
                                 );
-                                current = None;
+                                gone(&mut current);
                             }
                         }
                     }
