@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tend::address::Address;
-use tend::state::{PgOpen, PgStore, PgTarget, Record, StateError, StateStore, Status, Writer};
+use tend::state::{PgOpen, PgStore, PgTarget, Record, StateError, StateStore, Status};
 use tend_test_support::{Run, Workspace, assert_has, database_yaml, pg, server_yaml, unique};
 
 /// The test server as a connection URL (percent-encoding what a URL cannot hold).
@@ -116,11 +116,12 @@ impl PgState {
         (child, rest)
     }
 
-    fn store(&self, writer: Option<Writer>) -> Result<PgStore, StateError> {
+    fn store(&self, writer: Option<&str>) -> Result<PgStore, StateError> {
         PgStore::open(PgOpen {
             target: &PgTarget::new(&url(), &self.schema).expect("target"),
             local_dir: &self.work,
             writer,
+            lease: Duration::from_secs(30),
         })
     }
 
@@ -135,13 +136,6 @@ impl PgState {
             .map(|r| r.get(0))
             .collect()
     }
-}
-
-fn writer(command: &str, lease: Duration) -> Option<Writer> {
-    Some(Writer {
-        command: command.to_owned(),
-        lease,
-    })
 }
 
 fn one_database(w: &Workspace, name: &str) -> (String, String) {
@@ -302,18 +296,14 @@ async fn holder_pid(s: &PgState) -> i32 {
 #[tokio::test]
 async fn a_writer_whose_session_was_cut_is_fenced_by_postgres() {
     let s = PgState::new();
-    let a = s
-        .store(writer("test a", Duration::from_secs(30)))
-        .expect("writer a");
+    let a = s.store(Some("test a")).expect("writer a");
     let mut rec = Record::new(address("PostgresDatabase.x"), 1);
     rec.status = Status::Ready;
     a.put(&rec).expect("a writes while it holds the lock");
     let old = a.epoch().expect("a's epoch");
 
     // A second writer is refused while a lives.
-    let e = s
-        .store(writer("test b", Duration::from_secs(30)))
-        .expect_err("refused");
+    let e = s.store(Some("test b")).expect_err("refused");
     assert!(
         matches!(&e, StateError::Held { holder, .. } if holder.contains("`test a`")),
         "{e}"
@@ -359,7 +349,7 @@ async fn a_writer_whose_session_was_cut_is_fenced_by_postgres() {
 fn retry_open(s: &PgState) -> PgStore {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match s.store(writer("test b", Duration::from_secs(30))) {
+        match s.store(Some("test b")) {
             Ok(b) => return b,
             Err(StateError::Held { .. }) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));

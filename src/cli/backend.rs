@@ -28,7 +28,7 @@ use crate::plan::{Plan, render};
 use crate::provider::tenant::status::TenantStatus;
 use crate::provider::{self, Provider};
 use crate::state::{
-    PgOpen, PgStore, PgTarget, Run, SledStore, StateError, StateStore, Status, Trigger, Writer,
+    PgOpen, PgStore, PgTarget, Run, SledStore, StateError, StateStore, Status, Trigger,
 };
 
 /// Where an apply's progress lines go, one line at a time.
@@ -181,15 +181,13 @@ fn open_pg(at: &StateAt, access: Access) -> anyhow::Result<Arc<dyn StateStore>> 
     };
     let writer = match access {
         Access::Read => None,
-        Access::Write(command) => Some(Writer {
-            command: command.to_owned(),
-            lease: *lease,
-        }),
+        Access::Write(command) => Some(command),
     };
     let store = PgStore::open(PgOpen {
         target,
         local_dir: local,
         writer,
+        lease: *lease,
     });
     opened(store, &at.shown())
 }

@@ -474,7 +474,9 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<Outcome> {
         }
         Command::State(cmd) => state_cmd(&at, cmd, printer).await,
         Command::Daemon(args) => {
-            let store = open_store(&at, Access::Write("tend daemon"))?;
+            // A daemon on a shared (PostgreSQL) state takes the writers' lock itself when it
+            // is elected; a sled store is this process's alone either way.
+            let store = open_store(&at, Access::Read)?;
             let opts = crate::daemon::Options {
                 socket: socket.clone(),
                 metrics_addr: args.metrics_addr,

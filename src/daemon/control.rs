@@ -62,6 +62,12 @@ pub struct DaemonStatus {
     /// Resources whose last refresh had no answer within its deadline.
     #[serde(default)]
     pub stuck: Vec<String>,
+    /// With a state shared by several daemons: `leader` or `standby` (empty: the only one).
+    #[serde(default)]
+    pub role: String,
+    /// Who leads: `this daemon`, or the holder of the state's lock as it names itself.
+    #[serde(default)]
+    pub leader: Option<String>,
 }
 
 /// A failed resource, as `tend status` shows it.

@@ -38,6 +38,8 @@ pub struct Metrics {
     results: Family<Labels, Counter>,
     failed: Family<Labels, Gauge>,
     next_retry: Gauge<f64, AtomicU64>,
+    leader: Gauge,
+    failovers: Counter,
 }
 
 impl Default for Metrics {
@@ -52,6 +54,18 @@ impl Default for Metrics {
         let results = Family::<Labels, Counter>::default();
         let failed = Family::<Labels, Gauge>::default();
         let next_retry = Gauge::<f64, AtomicU64>::default();
+        let leader = Gauge::default();
+        let failovers = Counter::default();
+        registry.register(
+            "leader",
+            "1 while this daemon leads (the only daemon of a sled state always does), 0 on standby",
+            leader.clone(),
+        );
+        registry.register(
+            "failovers",
+            "Times this daemon took the lead of a shared state that another had led",
+            failovers.clone(),
+        );
         registry.register(
             "resources",
             "Resources in state by status",
@@ -104,6 +118,8 @@ impl Default for Metrics {
             results,
             failed,
             next_retry,
+            leader,
+            failovers,
         }
     }
 }
@@ -151,6 +167,14 @@ impl Metrics {
 
     pub fn reload_failed(&self) {
         self.reload_failures.inc();
+    }
+
+    pub fn leading(&self, yes: bool) {
+        self.leader.set(i64::from(yes));
+    }
+
+    pub fn failover(&self) {
+        self.failovers.inc();
     }
 }
 

@@ -31,7 +31,7 @@ use crate::manifest;
 use crate::manifest::ManifestSet;
 use crate::plan::{Action, Plan};
 use crate::provider::{ErrorClass, Provider};
-use crate::state::{Record, RunOutcome, StateStore, Status, Trigger};
+use crate::state::{Lead, Record, RunOutcome, StateStore, Status, Trigger};
 use control::{ApplyReply, Control, DaemonStatus, Echo, FailedResource};
 
 /// Whether plans are applied as they come or wait for an operator.
@@ -94,6 +94,9 @@ pub enum Event {
     Shutdown,
     /// A client on the control socket.
     Control(Control),
+    /// This daemon no longer holds the state's writers' lock (its lease ran out, its session
+    /// was cut): stop acting at once.
+    Demoted,
 }
 
 /// Why the loop reloads (logged as `reason`).
@@ -108,6 +111,8 @@ enum Reason {
     Sighup,
     TendPlan,
     TendApply,
+    /// This daemon took the lead of a shared state.
+    Elected,
 }
 
 impl Reason {
@@ -121,13 +126,17 @@ impl Reason {
             Reason::Sighup => "SIGHUP",
             Reason::TendPlan => "tend plan",
             Reason::TendApply => "tend apply",
+            Reason::Elected => "elected leader",
         }
     }
 
     /// An operator's doing (starting the daemon, SIGHUP, `tend apply`): it also retries
     /// resources that failed permanently with nothing changed since.
     fn by_operator(self) -> bool {
-        matches!(self, Reason::Startup | Reason::Sighup | Reason::TendApply)
+        matches!(
+            self,
+            Reason::Startup | Reason::Sighup | Reason::TendApply | Reason::Elected
+        )
     }
 }
 
@@ -152,6 +161,11 @@ struct Daemon {
     /// Turns true on SIGTERM/SIGINT, so a refresh in progress is abandoned at once (the
     /// event itself waits in the channel until the loop reads it).
     shutdown: flag::Receiver<bool>,
+    /// With a shared state: turns true when this daemon loses the lead (a fresh flag per
+    /// term), so a refresh in progress is abandoned at once; the `Demoted` event follows.
+    demoted: flag::Receiver<bool>,
+    /// Where the leadership watcher sends `Demoted`.
+    tx: mpsc::UnboundedSender<Event>,
 }
 
 /// Run until SIGTERM. Returns the exit code.
@@ -209,6 +223,7 @@ pub async fn run(
         let _ = std::fs::remove_file(&socket);
     });
 
+    let (_, demoted) = flag::channel(false);
     let mut d = Daemon {
         opts,
         store,
@@ -223,61 +238,29 @@ pub async fn run(
         revision: None,
         stalled: None,
         shutdown,
+        demoted,
+        tx: tx.clone(),
     };
     tracing::info!(manifests = %d.opts.manifests.display(), resync = ?d.opts.resync, prune = d.opts.prune, "tend daemon starting");
-    let mut resync = tokio::time::interval(d.opts.resync);
-    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    resync.tick().await; // the first tick is now: startup reloads below instead
-    if d.reconcile(Reason::Startup, &mut rx).await == Flow::Stop {
-        return Ok(stop(watchdog));
+    let shared = d.store.leadership().is_some();
+    if shared {
+        // A standby serves status and health: ready for systemd before it leads.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    } else {
+        d.metrics.leading(true);
     }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-
     loop {
-        release_freed_memory();
-        if let Some(why) = d.pending.take() {
-            if d.reconcile(why, &mut rx).await == Flow::Stop {
-                return Ok(stop(watchdog));
+        let why = if shared {
+            match d.stand_by(&mut rx).await {
+                Flow::Continue => Reason::Elected,
+                _ => return Ok(stop(watchdog)),
             }
-            continue;
-        }
-        let retry = async {
-            match d.retry_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
+        } else {
+            Reason::Startup
         };
-        let event = tokio::select! {
-            e = rx.recv() => e.unwrap_or(Event::Shutdown),
-            _ = resync.tick() => Event::Resync,
-            () = retry => Event::RetryDue,
-        };
-        let why = match event {
-            Event::Shutdown => return Ok(stop(watchdog)),
-            Event::ManifestsChanged => {
-                if debounce(&mut rx, d.opts.debounce).await == Flow::Stop {
-                    return Ok(stop(watchdog));
-                }
-                Reason::ManifestsChanged
-            }
-            Event::Resync => Reason::Resync,
-            Event::RetryDue => Reason::Retry,
-            Event::Reload => Reason::Sighup,
-            Event::Control(Control::Plan(reply)) => {
-                let _ = reply.send(d.plan_for_client().await);
-                continue;
-            }
-            Event::Control(Control::Apply(reply)) => {
-                let (flow, result) = d.apply_for_client(&mut rx).await;
-                let _ = reply.send(result);
-                if flow == Flow::Stop {
-                    return Ok(stop(watchdog));
-                }
-                continue;
-            }
-        };
-        if d.reconcile(why, &mut rx).await == Flow::Stop {
-            return Ok(stop(watchdog));
+        match d.lead(why, &mut rx).await {
+            Flow::Demoted => d.step_down(),
+            _ => return Ok(stop(watchdog)),
         }
     }
 }
@@ -297,6 +280,8 @@ fn release_freed_memory() {
 enum Flow {
     Continue,
     Stop,
+    /// The lead was lost: stop acting, back to standby.
+    Demoted,
 }
 
 /// Wait until no file event has arrived for `quiet`; a burst (a git checkout) is one reload.
@@ -305,6 +290,7 @@ async fn debounce(rx: &mut mpsc::UnboundedReceiver<Event>, quiet: Duration) -> F
         match tokio::time::timeout(quiet, rx.recv()).await {
             Err(_) => return Flow::Continue,
             Ok(None | Some(Event::Shutdown)) => return Flow::Stop,
+            Ok(Some(Event::Demoted)) => return Flow::Demoted,
             Ok(Some(_)) => {}
         }
     }
@@ -377,7 +363,193 @@ struct Prepared {
     plan: Plan,
 }
 
+/// A client asking a daemon that does not lead: told who does.
+fn refuse_as_standby(c: Control, why: &str) {
+    let msg = format!("{why}; ask the leader's host (tend status there)");
+    match c {
+        Control::Plan(reply) => {
+            let _ = reply.send(Err(msg));
+        }
+        Control::Apply(reply) => {
+            let _ = reply.send(Err(msg));
+        }
+    }
+}
+
 impl Daemon {
+    /// Reconcile and follow events until shutdown (`Stop`) or, with a shared state, until the
+    /// lead is lost (`Demoted`). `why`: startup, or this daemon's election.
+    async fn lead(&mut self, why: Reason, rx: &mut mpsc::UnboundedReceiver<Event>) -> Flow {
+        let mut resync = tokio::time::interval(self.opts.resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resync.tick().await; // the first tick is now: the reconcile below instead
+        let flow = self.reconcile(why, rx).await;
+        if flow != Flow::Continue {
+            return flow;
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        loop {
+            release_freed_memory();
+            if let Some(why) = self.pending.take() {
+                let flow = self.reconcile(why, rx).await;
+                if flow != Flow::Continue {
+                    return flow;
+                }
+                continue;
+            }
+            let retry_at = self.retry_at;
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                e = rx.recv() => e.unwrap_or(Event::Shutdown),
+                _ = resync.tick() => Event::Resync,
+                () = retry => Event::RetryDue,
+            };
+            let why = match event {
+                Event::Shutdown => return Flow::Stop,
+                Event::Demoted => return Flow::Demoted,
+                Event::ManifestsChanged => {
+                    let flow = debounce(rx, self.opts.debounce).await;
+                    if flow != Flow::Continue {
+                        return flow;
+                    }
+                    Reason::ManifestsChanged
+                }
+                Event::Resync => Reason::Resync,
+                Event::RetryDue => Reason::Retry,
+                Event::Reload => Reason::Sighup,
+                Event::Control(Control::Plan(reply)) => {
+                    let _ = reply.send(self.plan_for_client().await);
+                    continue;
+                }
+                Event::Control(Control::Apply(reply)) => {
+                    let (flow, result) = self.apply_for_client(rx).await;
+                    let _ = reply.send(result);
+                    if flow != Flow::Continue {
+                        return flow;
+                    }
+                    continue;
+                }
+            };
+            let flow = self.reconcile(why, rx).await;
+            if flow != Flow::Continue {
+                return flow;
+            }
+        }
+    }
+
+    /// With a shared state: wait, serving status, until this daemon takes the writers' lock.
+    /// Tries at once, then every `poll` (a tenth of the lease, at most a second), so a leader
+    /// that died hands over within its lease plus one poll. `Continue` once leading; `Stop` on
+    /// shutdown.
+    async fn stand_by(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>) -> Flow {
+        let Some(lease) = self.store.leadership().map(|l| l.lease()) else {
+            return Flow::Continue;
+        };
+        let poll = (lease / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        self.metrics.leading(false);
+        loop {
+            let store = Arc::clone(&self.store);
+            let tried = tokio::task::spawn_blocking(move || match store.leadership() {
+                Some(l) => l.try_lead("tend daemon"),
+                None => Ok(Lead::Leading { epoch: 0 }),
+            })
+            .await;
+            match tried {
+                Ok(Ok(Lead::Leading { epoch })) => {
+                    tracing::info!(epoch, "took the lead of the state");
+                    if epoch > 1 {
+                        self.metrics.failover();
+                    }
+                    self.metrics.leading(true);
+                    self.update(|s| {
+                        s.role = "leader".into();
+                        s.leader = Some("this daemon".into());
+                    });
+                    self.watch_lead(lease);
+                    return Flow::Continue;
+                }
+                Ok(Ok(Lead::Follower(holder))) => {
+                    let summary = format!("standby: the state is led by {holder}");
+                    self.update(move |s| {
+                        s.role = "standby".into();
+                        s.leader = Some(holder);
+                        s.phase = "standby".into();
+                        s.summary = summary;
+                    });
+                }
+                Ok(Err(e)) => {
+                    let msg = e.to_string();
+                    tracing::warn!(error = %msg, "cannot reach the state to take the lead");
+                    self.update(move |s| {
+                        s.role = "standby".into();
+                        s.phase = "degraded".into();
+                        s.summary = format!("standby, cannot reach the state: {msg}");
+                    });
+                }
+                Err(e) => tracing::error!(error = %e, "the leadership check did not finish"),
+            }
+            let wait = tokio::time::sleep(poll);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    () = &mut wait => break,
+                    e = rx.recv() => match e {
+                        None | Some(Event::Shutdown) => return Flow::Stop,
+                        Some(Event::Control(c)) => refuse_as_standby(c, "this daemon is a standby"),
+                        // The checkout is read when this daemon leads.
+                        Some(_) => {}
+                    },
+                }
+            }
+        }
+    }
+
+    /// Watch the lead while this daemon has it: as soon as the store says it is gone (or its
+    /// lease ran out by this process's clock, e.g. after a pause), flag the loss and wake the
+    /// loop, checking every twentieth of the lease.
+    fn watch_lead(&mut self, lease: Duration) {
+        let (lost_tx, lost) = flag::channel(false);
+        self.demoted = lost;
+        let (store, tx) = (Arc::clone(&self.store), self.tx.clone());
+        let every = (lease / 20).clamp(Duration::from_millis(20), Duration::from_millis(500));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let leading = store.leadership().is_some_and(|l| l.leading());
+                if !leading {
+                    lost_tx.send_replace(true);
+                    let _ = tx.send(Event::Demoted);
+                    return;
+                }
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Back to standby after losing the lead: give the lock up for good (its session ends).
+    fn step_down(&mut self) {
+        tracing::warn!("lost the lead of the state; standing by");
+        if let Some(l) = self.store.leadership() {
+            l.step_down();
+        }
+        self.metrics.leading(false);
+        self.pending = None;
+        self.retry_at = None;
+        self.last_good = None;
+        self.update(|s| {
+            s.role = "standby".into();
+            s.leader = None;
+        });
+    }
+
     fn update(&self, f: impl FnOnce(&mut DaemonStatus)) {
         if let Ok(mut s) = self.status.lock() {
             f(&mut s);
@@ -495,11 +667,16 @@ impl Daemon {
         // Refreshing only reads, so a shutdown abandons it rather than wait for every
         // observation (a server that hangs could hold SIGTERM for minutes).
         let mut shutdown = self.shutdown.clone();
+        let mut demoted = self.demoted.clone();
         let planned = tokio::select! {
             planned = plan(&set, &graph, &self.store, &self.providers, &opts) => planned,
             Ok(_) = shutdown.wait_for(|stop| *stop) => {
                 tracing::info!(reason = why, "shutting down: refresh abandoned");
                 return Err("shutting down".into());
+            }
+            Ok(_) = demoted.wait_for(|lost| *lost) => {
+                tracing::warn!(reason = why, "lost the lead: refresh abandoned");
+                return Err("no longer the leader".into());
             }
         };
         match planned {
@@ -681,6 +858,16 @@ impl Daemon {
                             Err(_) => tracing::warn!("grace period over: cancelling the running apply (its resources stay `applying` and are refreshed at the next start)"),
                         }
                         return (Flow::Stop, 1);
+                    }
+                    Some(Event::Demoted) => {
+                        // Another daemon may be acting already: nothing more is started, and
+                        // what runs is abandoned as SIGTERM's grace period ending does (its
+                        // records stay `applying`; the new leader refreshes them first).
+                        tracing::warn!("lost the lead: abandoning the running apply");
+                        for c in deferred {
+                            refuse_as_standby(c, "this daemon lost the lead during the apply");
+                        }
+                        return (Flow::Demoted, 1);
                     }
                     // Clients asking during an apply are answered after it; other triggers
                     // run one reconcile right after it.
@@ -1138,6 +1325,8 @@ mod tests {
                     revision: None,
                     stalled: None,
                     shutdown,
+                    demoted: flag::channel(false).1,
+                    tx: events.clone(),
                 };
                 Harness {
                     d,

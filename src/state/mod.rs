@@ -17,7 +17,7 @@ mod store;
 pub use record::{Record, ResourceResult, Run, RunOutcome, Status, Trigger};
 
 pub use codec::SCHEMA_VERSION;
-pub use postgres::{DEFAULT_LEASE, DEFAULT_SCHEMA, PgOpen, PgStore, PgTarget, Writer};
+pub use postgres::{DEFAULT_LEASE, DEFAULT_SCHEMA, PgOpen, PgStore, PgTarget};
 pub use store::{BACKUP_FILE, BACKUPS_KEPT, SledStore};
 
 use crate::address::Address;

@@ -152,22 +152,16 @@ fn redact(url: &str) -> String {
     format!("{scheme}://{authority}{tail}")
 }
 
-/// Who takes the lock, as other tends will be told.
-#[derive(Clone, Debug)]
-pub struct Writer {
-    /// What is running, e.g. `tend apply`.
-    pub command: String,
-    /// The lock session's lease (see the module docs).
-    pub lease: Duration,
-}
-
 /// How to open a [`PgStore`].
 pub struct PgOpen<'a> {
     pub target: &'a PgTarget,
     /// The local directory: where the key file is looked for (see `crypto`).
     pub local_dir: &'a Path,
-    /// `Some`: take the lock and write; `None`: read only.
-    pub writer: Option<Writer>,
+    /// `Some(command)`: take the lock now, naming this process `command` (e.g. `tend apply`),
+    /// and write; `None`: read only, unless it takes the lock later ([`Leadership::try_lead`]).
+    pub writer: Option<&'a str>,
+    /// How long the lock outlives its last heartbeat, once taken.
+    pub lease: Duration,
 }
 
 type Job = Box<dyn FnOnce(Conn) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
@@ -248,7 +242,7 @@ impl PgStore {
             .application_name("tend state")
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30));
-        let lease = opts.writer.as_ref().map_or(DEFAULT_LEASE, |w| w.lease);
+        let lease = opts.lease;
         let lead = Arc::new(Lead::default());
         let jobs = spawn_worker(config, shown.clone(), lease, Arc::clone(&lead))?;
         let mut store = PgStore {
@@ -277,8 +271,8 @@ impl PgStore {
             });
         }
         store.codec.key = store.load_key(opts.local_dir, &meta)?;
-        if let Some(writer) = opts.writer
-            && let Lead_::Follower(holder) = store.try_lead(&writer.command)?
+        if let Some(command) = opts.writer
+            && let Lead_::Follower(holder) = store.try_lead(command)?
         {
             return Err(StateError::Held {
                 target: store.shown.clone(),
