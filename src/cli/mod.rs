@@ -737,6 +737,10 @@ async fn status_cmd(
             if let Some(rev) = &d.revision {
                 out.push_str(&format!("Revision: {rev}\n"));
             }
+            if !d.role.is_empty() {
+                let leader = d.leader.as_deref().unwrap_or("(none right now)");
+                out.push_str(&format!("Role: {} (leader: {leader})\n", d.role));
+            }
             if d.failures > 0 {
                 out.push_str(&format!("Failed runs in a row: {}\n", d.failures));
             }
