@@ -365,7 +365,7 @@ struct Prepared {
 
 /// A client asking a daemon that does not lead: told who does.
 fn refuse_as_standby(c: Control, why: &str) {
-    let msg = format!("{why}; ask the leader's host (tend status there)");
+    let msg = format!("{why}; ask the leader's host");
     match c {
         Control::Plan(reply) => {
             let _ = reply.send(Err(msg));
@@ -452,6 +452,7 @@ impl Daemon {
         };
         let poll = (lease / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
         self.metrics.leading(false);
+        let mut refusal = "this daemon is a standby".to_owned();
         loop {
             let store = Arc::clone(&self.store);
             let tried = tokio::task::spawn_blocking(move || match store.leadership() {
@@ -474,6 +475,7 @@ impl Daemon {
                     return Flow::Continue;
                 }
                 Ok(Ok(Lead::Follower(holder))) => {
+                    refusal = format!("this daemon is a standby; the state is led by {holder}");
                     let summary = format!("standby: the state is led by {holder}");
                     self.update(move |s| {
                         s.role = "standby".into();
@@ -500,7 +502,7 @@ impl Daemon {
                     () = &mut wait => break,
                     e = rx.recv() => match e {
                         None | Some(Event::Shutdown) => return Flow::Stop,
-                        Some(Event::Control(c)) => refuse_as_standby(c, "this daemon is a standby"),
+                        Some(Event::Control(c)) => refuse_as_standby(c, &refusal),
                         // The checkout is read when this daemon leads.
                         Some(_) => {}
                     },
