@@ -10,26 +10,9 @@ use tend::address::Address;
 use tend::state::{PgOpen, PgStore, PgTarget, StateStore};
 use tend_test_support::{Workspace, database_yaml, exists, pg, server_yaml, unique};
 
-/// The test server as a connection URL (percent-encoding what a URL cannot hold).
+/// The test server as a connection URL.
 fn url() -> String {
-    let p = pg();
-    let enc = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    format!(
-        "postgres://{}:{}@{}:{}/postgres?sslmode=disable",
-        enc(&p.user),
-        enc(&p.password),
-        p.host,
-        p.port
-    )
+    pg().url("postgres")
 }
 
 /// One deployment: manifests, a state schema, and the key file every host shares.

@@ -13,26 +13,9 @@ use tend::address::Address;
 use tend::state::{PgOpen, PgStore, PgTarget, Record, StateError, StateStore, Status};
 use tend_test_support::{Run, Workspace, assert_has, database_yaml, pg, server_yaml, unique};
 
-/// The test server as a connection URL (percent-encoding what a URL cannot hold).
+/// The test server as a connection URL.
 fn url() -> String {
-    let p = pg();
-    let enc = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    format!(
-        "postgres://{}:{}@{}:{}/postgres?sslmode=disable",
-        enc(&p.user),
-        enc(&p.password),
-        p.host,
-        p.port
-    )
+    pg().url("postgres")
 }
 
 /// A workspace whose state is a fresh schema on the test server.

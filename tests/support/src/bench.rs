@@ -92,6 +92,19 @@ pub fn write_databases(root: &Path, n: usize, prefix: &str, server_yaml: &str) -
     dir
 }
 
+/// One more database manifest in `dir`, named like [`write_databases`]' `i`-th (`t{i}`, database
+/// `{prefix}_org_{i}`, role `{prefix}_user_{i}`), in a file of its own. Returns its name.
+pub fn write_one(dir: &Path, i: usize, prefix: &str) -> String {
+    std::fs::write(
+        dir.join(format!("one-{i}.yaml")),
+        format!(
+            "apiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {{name: t{i}}}\nspec:\n  server: main\n  database: {prefix}_org_{i}\n  owner: {prefix}_user_{i}\n"
+        ),
+    )
+    .expect("write");
+    format!("t{i}")
+}
+
 /// Drops the databases `{prefix}_org_{i}` and roles `{prefix}_user_{i}` (i < n) of each prefix
 /// with psql, through a script written in `dir` (not timed).
 pub fn drop_databases(dir: &Path, prefixes: &[impl AsRef<str>], n: usize) {

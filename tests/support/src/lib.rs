@@ -241,6 +241,28 @@ impl Pg {
         Ok(client)
     }
 
+    /// The server as a connection URL to database `db` (user and password percent-encoded),
+    /// for `--state postgres://…`.
+    pub fn url(&self, db: &str) -> String {
+        let enc = |s: &str| {
+            s.bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    _ => format!("%{b:02X}"),
+                })
+                .collect::<String>()
+        };
+        format!(
+            "postgres://{}:{}@{}:{}/{db}?sslmode=disable",
+            enc(&self.user),
+            enc(&self.password),
+            self.host,
+            self.port
+        )
+    }
+
     pub async fn admin(&self) -> tokio_postgres::Client {
         self.connect_as(&self.user, &self.password, "postgres")
             .await
