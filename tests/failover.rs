@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use tend::address::Address;
 use tend::state::{PgOpen, PgStore, PgTarget, StateStore};
-use tend_test_support::{Workspace, database_yaml, exists, pg, server_yaml, unique};
+use tend_nomad_double::NomadDouble;
+use tend_test_support::{Workspace, database_yaml, pg, server_yaml, unique};
 
 /// The test server as a connection URL.
 fn url() -> String {
@@ -202,28 +203,42 @@ fn databases(d: &Deployment, prefix: &str, n: usize) {
     d.w.write("dbs.yaml", &all);
 }
 
-async fn count_roles(prefix: &str) -> i64 {
-    pg().admin()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_roles WHERE rolname LIKE $1",
-            &[&format!("{prefix}role%")],
-        )
-        .await
-        .expect("count")
-        .get(0)
-}
-
 fn leads(log: &str) -> bool {
     log.contains("took the lead of the state")
+}
+
+/// `n` tenants (a database, a role and a Nomad job each) on the Nomad double.
+fn tenants(d: &Deployment, nomad: &NomadDouble, prefix: &str, n: u32) {
+    d.w.write("server.yaml", &server_yaml());
+    d.w.write(
+        "nomad.yaml",
+        &format!(
+            "apiVersion: tend/v1\nkind: Credential\nmetadata: {{name: nomad}}\nspec: {{provider: nomad, data: {{address: \"{}\"}}}}\n",
+            nomad.address()
+        ),
+    );
+    d.w.write(
+        "template.yaml",
+        &format!(
+            "apiVersion: tend/v1\nkind: TenantTemplate\nmetadata: {{name: app}}\nspec:\n  server: main\n  database: \"{prefix}_org_{{org_id}}\"\n  owner: \"{prefix}_user_{{org_id}}\"\n  tiers:\n    standard: {{count: 1, cpu: 100, memory_mb: 64}}\n  job:\n    Datacenters: [dc1]\n    TaskGroups:\n      - Name: app\n        Tasks:\n          - Name: app\n            Driver: docker\n            Config: {{image: \"example/app:{{version}}\"}}\n"
+        ),
+    );
+    let mut all = String::new();
+    for org in 0..n {
+        all.push_str(&format!(
+            "---\napiVersion: tend/v1\nkind: TenantInstance\nmetadata: {{name: t{org}}}\nspec: {{template: app, org_id: {org}, version: \"1.0.0\", tier: standard, state: running}}\n"
+        ));
+    }
+    d.w.write("tenants.yaml", &all);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_standby_takes_over_from_a_leader_killed_mid_apply_and_converges_without_duplicates() {
     let d = Deployment::new();
+    let nomad = NomadDouble::start();
     let prefix = unique("fo");
-    let n = 60;
-    databases(&d, &prefix, n);
+    let n = 100;
+    tenants(&d, &nomad, &prefix, n);
     let a = d.daemon("a", "3s");
     a.wait_for("a leads", Duration::from_secs(30), leads);
     let b = d.daemon("b", "3s");
@@ -233,11 +248,14 @@ async fn the_standby_takes_over_from_a_leader_killed_mid_apply_and_converges_wit
     // `tend status` on the standby says so and names the leader.
     let status = d.tend("b", &["status"]).output().expect("status");
     let status = String::from_utf8_lossy(&status.stdout).into_owned();
-    assert!(status.contains("standby"), "{status}");
+    assert!(
+        status.contains("Role: standby (leader: `tend daemon`"),
+        "{status}"
+    );
 
     // Kill the leader hard in the middle of its apply.
-    a.wait_for("a is mid-apply", Duration::from_secs(60), |log| {
-        log.matches("Creation complete").count() >= 10
+    a.wait_for("a is mid-apply", Duration::from_secs(120), |log| {
+        log.matches("Creation complete").count() >= 30
     });
     a.signal("-KILL");
     let took = b.wait_for("b takes over", Duration::from_secs(30), leads);
@@ -245,33 +263,50 @@ async fn the_standby_takes_over_from_a_leader_killed_mid_apply_and_converges_wit
         took <= Duration::from_secs(5),
         "takeover took {took:?}, more than the lease + 2 s"
     );
-    b.wait_for("b converges", Duration::from_secs(120), |log| {
+    b.wait_for("b converges", Duration::from_secs(180), |log| {
         log.contains("apply complete")
     });
-    assert!(b.metrics().contains("tend_leader 1"), "{}", b.metrics());
-    assert!(
-        b.metrics().contains("tend_failovers_total 1"),
-        "{}",
-        b.metrics()
-    );
+    let metrics = b.metrics();
+    assert!(metrics.contains("tend_leader 1"), "{metrics}");
+    assert!(metrics.contains("tend_failovers_total 1"), "{metrics}");
 
-    // Everything exists once, and every recorded password logs in.
-    assert_eq!(count_roles(&prefix).await, n as i64);
-    let store = d.store();
-    for i in 0..n {
-        let db = format!("{prefix}db{i}");
-        assert!(exists("db", &db).await, "{db}");
-        let address: Address = format!("PostgresDatabase.d{i}").parse().expect("address");
-        let rec = store.get(&address).expect("read").expect("recorded");
-        let password = rec.private["password"]
-            .as_str()
-            .expect("password")
-            .to_owned();
-        pg().connect_as(&format!("{prefix}role{i}"), &password, &db)
-            .await
-            .unwrap_or_else(|e| panic!("d{i}'s recorded password does not log in: {e}"));
+    // Everything exists once: one role and one database per tenant, each job registered once.
+    let like = format!("{prefix}\\_%");
+    let admin = pg().admin().await;
+    for q in [
+        "SELECT count(*) FROM pg_roles WHERE rolname LIKE $1",
+        "SELECT count(*) FROM pg_database WHERE datname LIKE $1",
+    ] {
+        let found: i64 = admin.query_one(q, &[&like]).await.expect("count").get(0);
+        assert_eq!(found, i64::from(n), "{q}");
     }
-    // The CLI plans through state alone (the daemon's socket is b's): no changes.
+    let mut registers = std::collections::BTreeMap::<String, usize>::new();
+    for r in nomad.requests() {
+        if r.method == "PUT" && r.path == "/v1/jobs" && r.status == 200 {
+            let id = r.body["Job"]["ID"].as_str().unwrap_or_default().to_owned();
+            *registers.entry(id).or_default() += 1;
+        }
+    }
+    assert_eq!(registers.len(), n as usize, "{registers:?}");
+    assert!(
+        registers.values().all(|c| *c == 1),
+        "a job registered twice: {registers:?}"
+    );
+    // Every tenant's password, delivered through its job's Variable, logs in.
+    for org in 0..n {
+        let var = nomad
+            .variable("default", &format!("nomad/jobs/app-org-{org}"))
+            .unwrap_or_else(|| panic!("the Variable of org {org}"));
+        let password = var["Items"]["DB_PASSWORD"].as_str().expect("password");
+        pg().connect_as(
+            &format!("{prefix}_user_{org}"),
+            password,
+            &format!("{prefix}_org_{org}"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("org {org}'s password does not log in: {e}"));
+    }
+    // A plan from state alone (another host, no daemon) has nothing to do.
     let plan = d
         .tend("c", &["plan", "--detailed-exitcode"])
         .output()
@@ -283,6 +318,17 @@ async fn the_standby_takes_over_from_a_leader_killed_mid_apply_and_converges_wit
         String::from_utf8_lossy(&plan.stdout),
         String::from_utf8_lossy(&plan.stderr)
     );
+    // The records read back with the deployment's key.
+    let store = d.store();
+    let rec = store
+        .get(
+            &"TenantInstance.t0/PostgresDatabase"
+                .parse::<Address>()
+                .expect("address"),
+        )
+        .expect("read")
+        .expect("recorded");
+    assert!(rec.private.contains_key("password"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
