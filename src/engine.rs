@@ -13,7 +13,7 @@ use crate::graph::Graph;
 use crate::manifest::ManifestSet;
 use crate::plan::{self, Action, Observation, Plan, ResourceChange};
 use crate::provider::{self, Desired, Provider};
-use crate::state::{Sealed, StateError, StateStore};
+use crate::state::{Sealed, StateError, StateStore, Status};
 use crate::value::Value;
 
 /// How to plan.
@@ -139,7 +139,19 @@ pub async fn plan(
             let mut observed = stream::iter(items)
                 .map(|(desired, p)| {
                     let sealed = records.get(&desired.address);
+                    let hash = desired.spec.digest(&key);
                     async move {
+                        // Applied as it stands and not refreshed: decided from the record's
+                        // head, its spec and secrets never decoded.
+                        if !opts.refresh
+                            && sealed.is_some_and(|s| {
+                                s.status == Status::Ready
+                                    && s.generation > 0
+                                    && s.spec_hash == hash
+                            })
+                        {
+                            return Ok::<_, StateError>((desired, hash, None, Observation::NotRefreshed, None, true));
+                        }
                         let rec = sealed.map(|s| store.unseal(s)).transpose()?;
                         // A resource tend has no record of is always looked for: finding one
                         // that exists outside state is how tend avoids taking it over.
@@ -169,13 +181,13 @@ pub async fn plan(
                         } else {
                             (Observation::NotRefreshed, None)
                         };
-                        Ok::<_, StateError>((desired, rec, obs, unanswered))
+                        Ok((desired, hash, rec, obs, unanswered, false))
                     }
                 })
                 .buffer_unordered(opts.parallelism.max(1));
             let mut leaves = Vec::new();
             while let Some(next) = observed.next().await {
-                let (desired, rec, obs, unanswered) = next?;
+                let (desired, hash, rec, obs, unanswered, unchanged) = next?;
                 let a = &desired.address;
                 match (unanswered, &rec) {
                     (Some(Unanswered::TimedOut(deadline)), _) => {
@@ -200,11 +212,14 @@ pub async fn plan(
                             .map(|w| format!("{}: {w}", desired.address)),
                     );
                 }
-                let hash = desired.spec.digest(&key);
                 let model = desired.address.kind.model();
-                let change = plan::decide(model, &desired, &hash, rec.as_ref(), &obs);
-                plan.errors
-                    .extend(plan::ownership_error(model, &desired, rec.as_ref(), &obs));
+                let change = if unchanged {
+                    plan::unchanged(&desired.address)
+                } else {
+                    plan.errors
+                        .extend(plan::ownership_error(model, &desired, rec.as_ref(), &obs));
+                    plan::decide(model, &desired, &hash, rec.as_ref(), &obs)
+                };
                 if change.action == Action::Replace && desired.prevent_destroy {
                     plan.errors.push(plan::PlanError::about(
                         &desired.address,
@@ -261,4 +276,70 @@ fn planned_outputs(
     }
     let desired = desired.as_ref()?;
     Some(a.kind.model().known_outputs(desired))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Dump, Record, SledStore};
+    use crate::value::Sensitive;
+
+    const MANIFESTS: &str = "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: pg}\nspec:\n  provider: postgres\n  data: {host: db.invalid, port: 5432, user: admin, password: {fromFile: admin.password}}\n---\napiVersion: tend/v1\nkind: PostgresServer\nmetadata: {name: main}\nspec: {sslmode: disable}\n---\napiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {name: a}\nspec: {server: main, database: app_a, owner: app_a}\n---\napiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {name: b}\nspec: {server: main, database: app_b, owner: app_b}\n";
+
+    /// A no-op plan without refresh decides from the records' heads: records whose secrets
+    /// cannot even be decrypted (sealed under another key) still plan as unchanged, while
+    /// opening one fails.
+    #[tokio::test]
+    async fn a_no_op_plan_without_refresh_decodes_no_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("manifests");
+        std::fs::create_dir_all(&root).expect("mkdir");
+        std::fs::write(root.join("all.yaml"), MANIFESTS).expect("write");
+        let pw = root.join("admin.password");
+        std::fs::write(&pw, "x").expect("write");
+        let mut perms = std::fs::metadata(&pw).expect("meta").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+        std::fs::set_permissions(&pw, perms).expect("chmod");
+        let set = crate::manifest::load(&root).expect("load");
+        let graph = Graph::build(&set).expect("graph");
+
+        // Records as an apply leaves them, in a store under one key...
+        let first = SledStore::open(&dir.path().join("first")).expect("first");
+        let mut resolver = Resolver::new(&set);
+        for m in set.managed() {
+            let d = resolver.desired(&m.address, &|_| None).expect("desired");
+            let mut rec = Record::new(m.address.clone(), 0);
+            rec.spec_hash = d.spec.digest(first.digest_key());
+            rec.spec = d.spec.clone();
+            rec.status = Status::Ready;
+            rec.generation = 1;
+            rec.private.insert(
+                "password".into(),
+                Value::Secret(Sensitive::new("p".repeat(32))),
+            );
+            first.put(&rec).expect("put");
+        }
+        let dump: Dump = first.dump().expect("dump");
+        // ...copied sealed into a store with another key: nothing in them decrypts there.
+        let other = SledStore::open(&dir.path().join("other")).expect("other");
+        other.load(&dump).expect("load");
+        let sealed = other.list_sealed().expect("list");
+        assert!(matches!(other.unseal(&sealed[0]), Err(StateError::Decrypt)));
+
+        let store: Arc<dyn StateStore> = Arc::new(other);
+        let providers = crate::registry::providers(&crate::provider::Context {
+            state_dir: dir.path().to_owned(),
+        });
+        let opts = PlanOptions {
+            refresh: false,
+            targets: Vec::new(),
+            parallelism: 4,
+            refresh_timeout: None,
+        };
+        let plan = plan(&set, &graph, &store, &providers, &opts)
+            .await
+            .expect("plans without decoding a record");
+        assert_eq!(plan.changes.len(), 2);
+        assert!(plan.changes.iter().all(|c| c.action == Action::NoOp));
+    }
 }

@@ -238,16 +238,23 @@ pub fn decide(
     recorded: Option<&Record>,
     observed: &Observation,
 ) -> ResourceChange {
-    let change = ResourceChange {
-        address: desired.address.clone(),
+    let change = unchanged(&desired.address);
+    let change = decide_inner(model, desired, desired_hash, recorded, observed, change);
+    attach_details(change, observed)
+}
+
+/// No change: what [`decide`] answers for a resource applied as it stands (a ready record of
+/// the same spec digest) that was not refreshed. The planner uses it directly when the record's
+/// head says so, without decoding the record.
+pub fn unchanged(address: &Address) -> ResourceChange {
+    ResourceChange {
+        address: address.clone(),
         action: Action::NoOp,
         fields: Vec::new(),
         drift: Vec::new(),
         reasons: Vec::new(),
         details: Vec::new(),
-    };
-    let change = decide_inner(model, desired, desired_hash, recorded, observed, change);
-    attach_details(change, observed)
+    }
 }
 
 fn attach_details(mut change: ResourceChange, observed: &Observation) -> ResourceChange {

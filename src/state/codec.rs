@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as J;
 
 use super::crypto::{BackupMac, StateKey};
-use super::{Meta, Record, Run, StateError, Status};
+use super::{Meta, Record, Run, Sealed, StateError, Status};
 use crate::address::{Address, Kind};
 use crate::model::ErrorClass;
 use crate::value::{SENSITIVE, Sensitive, Value};
@@ -397,6 +397,36 @@ fn decode(j: &J, key: &StateKey, entry: &str) -> Result<Value, StateError> {
             }
             Value::Map(m)
         }
+    })
+}
+
+/// A stored record as listed: its head (address, status, spec digest, generation) parsed, the
+/// rest left as bytes (see [`Sealed`]). `key` is the address it is stored under.
+pub(super) fn seal(key: &[u8], bytes: &[u8]) -> Result<Sealed, StateError> {
+    #[derive(Deserialize)]
+    struct Head {
+        address: Address,
+        status: Status,
+        spec_hash: String,
+        generation: u64,
+    }
+    let entry = || String::from_utf8_lossy(key).into_owned();
+    let head: Head = serde_json::from_slice(bytes).map_err(|e| StateError::Corrupt {
+        key: entry(),
+        reason: e.to_string(),
+    })?;
+    if head.address.to_string().as_bytes() != key {
+        return Err(StateError::Corrupt {
+            reason: format!("holds the record of {}", head.address),
+            key: entry(),
+        });
+    }
+    Ok(Sealed {
+        address: head.address,
+        status: head.status,
+        spec_hash: head.spec_hash,
+        generation: head.generation,
+        bytes: std::sync::Arc::from(bytes),
     })
 }
 

@@ -36,6 +36,10 @@ pub use crypto::share_key_file;
 pub struct Sealed {
     pub address: Address,
     pub status: Status,
+    /// The digest of the spec last applied: with `status` and `generation`, enough to tell
+    /// that a resource is unchanged without decoding (or decrypting) its record.
+    pub spec_hash: String,
+    pub generation: u64,
     bytes: std::sync::Arc<[u8]>,
 }
 

@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, Config, NoTls};
 
-use super::codec::{Codec, Imported, SCHEMA_VERSION, parse_run, parse_stored};
+use super::codec::{Codec, Imported, SCHEMA_VERSION, parse_run, parse_stored, seal};
 use super::crypto::{KeyLocation, StateKey};
 use super::{
     Dump, Lead as Lead_, Leadership, Meta, Record, Run, Sealed, StateError, StateStore, Status,
@@ -590,36 +590,18 @@ impl PgStore {
     }
 
     /// Every stored record, undecoded, sorted by address.
-    fn rows(&self) -> Result<Vec<(Address, Status, Vec<u8>)>, StateError> {
+    fn rows(&self) -> Result<Vec<Sealed>, StateError> {
         let q = self.sql("SELECT address, body FROM {s}.resources");
         let shown = self.shown.clone();
         let rows: Vec<(String, Vec<u8>)> = self.call(move |c| async move {
             let rows = c.query(&q, &[]).await.map_err(|e| pg_error(&shown, e))?;
             Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
         })?;
-        #[derive(Deserialize)]
-        struct Head {
-            address: Address,
-            status: Status,
-        }
         let mut out = rows
-            .into_iter()
-            .map(|(key, body)| {
-                let head: Head =
-                    serde_json::from_slice(&body).map_err(|e| StateError::Corrupt {
-                        key: key.clone(),
-                        reason: e.to_string(),
-                    })?;
-                if head.address.to_string() != key {
-                    return Err(StateError::Corrupt {
-                        reason: format!("holds the record of {}", head.address),
-                        key,
-                    });
-                }
-                Ok((head.address, head.status, body))
-            })
+            .iter()
+            .map(|(key, body)| seal(key.as_bytes(), body))
             .collect::<Result<Vec<_>, StateError>>()?;
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by(|a, b| a.address.cmp(&b.address));
         Ok(out)
     }
 }
@@ -739,15 +721,7 @@ impl StateStore for PgStore {
     }
 
     fn list_sealed(&self) -> Result<Vec<Sealed>, StateError> {
-        Ok(self
-            .rows()?
-            .into_iter()
-            .map(|(address, status, body)| Sealed {
-                address,
-                status,
-                bytes: Arc::from(body),
-            })
-            .collect())
+        self.rows()
     }
 
     fn unseal(&self, sealed: &Sealed) -> Result<Record, StateError> {
@@ -815,18 +789,15 @@ impl StateStore for PgStore {
         let stored = self
             .rows()?
             .into_iter()
-            .map(|(a, _, b)| parse_stored(a.to_string().as_bytes(), &b))
+            .map(|r| parse_stored(r.address.to_string().as_bytes(), r.bytes()))
             .collect::<Result<Vec<_>, _>>()?;
         self.codec.export(&self.meta()?, stored, include_secrets)
     }
 
     fn export_signed(&self, out: &mut dyn std::io::Write) -> Result<(), StateError> {
         let rows = self.rows()?;
-        self.codec.write_signed(
-            &self.meta()?,
-            rows.iter().map(|(_, _, b)| b.as_slice()),
-            out,
-        )
+        self.codec
+            .write_signed(&self.meta()?, rows.iter().map(Sealed::bytes), out)
     }
 
     fn import(&self, bytes: &[u8], allow_unsigned: bool) -> Result<(), StateError> {

@@ -15,20 +15,19 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
-use serde::Deserialize;
 use serde_json::Value as J;
 use sled::Transactional;
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
 };
 
-use super::codec::{Codec, Imported, SCHEMA_VERSION, StoredRecord, parse_run, parse_stored};
+use super::codec::{Codec, Imported, SCHEMA_VERSION, StoredRecord, parse_run, parse_stored, seal};
 use super::crypto::{KeyLocation, StateKey};
-use super::{Dump, Meta, Record, Run, Sealed, StateError, StateStore, Status};
+use super::{Dump, Meta, Record, Run, Sealed, StateError, StateStore};
 use crate::address::Address;
 
 /// File name of the newest backup in the state directory.
@@ -281,25 +280,11 @@ impl StateStore for SledStore {
     }
 
     fn list_sealed(&self) -> Result<Vec<Sealed>, StateError> {
-        // Only the head (address, status) is parsed here; the rest stays bytes until unsealed.
-        #[derive(Deserialize)]
-        struct Head {
-            address: Address,
-            status: Status,
-        }
+        // Only the head is parsed here; the rest stays bytes until unsealed.
         let mut out = Vec::new();
         for item in self.resources.iter() {
             let (k, v) = item.map_err(|e| sled_error(e, &self.dir))?;
-            let entry = || String::from_utf8_lossy(&k).into_owned();
-            let head: Head = serde_json::from_slice(&v).map_err(|e| StateError::Corrupt {
-                key: entry(),
-                reason: e.to_string(),
-            })?;
-            out.push(Sealed {
-                address: head.address,
-                status: head.status,
-                bytes: Arc::from(&v[..]),
-            });
+            out.push(seal(&k, &v)?);
         }
         out.sort_by(|a, b| a.address.cmp(&b.address));
         Ok(out)
@@ -751,6 +736,7 @@ mod tests {
     use super::*;
     use crate::address::Kind;
     use crate::model::ErrorClass;
+    use crate::state::Status;
     use crate::state::{ResourceResult, Trigger};
     use crate::value::{SENSITIVE, Sensitive, Value};
     use std::io::{BufRead, BufReader};
