@@ -843,7 +843,8 @@ async fn state_cmd(at: &StateAt, cmd: StateCmd, printer: Printer) -> anyhow::Res
     };
     match cmd {
         StateCmd::List => {
-            let records = blocking(&store, |s| s.list()).await?;
+            // The records' heads are enough: nothing is decoded or decrypted.
+            let records = blocking(&store, |s| s.list_sealed()).await?;
             let mut s = String::new();
             for r in records {
                 let status = match r.status {
@@ -928,20 +929,13 @@ async fn state_cmd(at: &StateAt, cmd: StateCmd, printer: Printer) -> anyhow::Res
         StateCmd::Export {
             include_secrets: true,
         } => {
-            // Signed, in the backup's form, so `state import` can check it.
-            let doc = blocking(&store, |s| {
-                let mut out = Vec::new();
-                s.export_signed(&mut out)?;
-                Ok(out)
-            })
-            .await?;
-            printer.out(&String::from_utf8_lossy(&doc));
+            // Signed, in the backup's form, so `state import` can check it; streamed.
+            tokio::task::block_in_place(|| printer.out_stream(|out| store.export_signed(out)))?;
         }
         StateCmd::Export {
             include_secrets: false,
         } => {
-            let doc = blocking(&store, move |s| s.export(false)).await?;
-            printer.out(&serde_json::to_string_pretty(&doc)?);
+            tokio::task::block_in_place(|| printer.out_stream(|out| store.export_plain(out)))?;
         }
         StateCmd::Import {
             file,

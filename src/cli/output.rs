@@ -30,6 +30,17 @@ impl Printer {
         let _ = o.flush();
     }
 
+    /// A large result streamed to stdout by `write` (a state export), never held whole.
+    pub fn out_stream<E>(
+        &self,
+        write: impl FnOnce(&mut dyn Write) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut o = std::io::BufWriter::new(std::io::stdout().lock());
+        write(&mut o)?;
+        let _ = o.flush();
+        Ok(())
+    }
+
     /// A diagnostic on stderr.
     pub fn err(&self, s: &str) {
         let mut e = std::io::stderr().lock();

@@ -135,11 +135,25 @@ impl Codec {
             key: "import document".to_owned(),
             reason,
         };
-        let doc: J = serde_json::from_slice(self.verify(bytes, allow_unsigned)?)
-            .map_err(|e| bad(format!("not JSON: {e}")))?;
-        let doc = &doc;
-        let version = doc
-            .get("version")
+        let body = self.verify(bytes, allow_unsigned)?;
+        // The head first (the records skipped), so a newer or secret-less document is told
+        // apart before its records are parsed; then the records, typed (no JSON tree of the
+        // whole document).
+        #[derive(Deserialize)]
+        struct Head {
+            version: Option<J>,
+            secrets: Option<J>,
+            lineage: Option<J>,
+            serial: Option<J>,
+        }
+        #[derive(Deserialize)]
+        struct Body {
+            resources: Option<Vec<StoredRecord>>,
+        }
+        let head: Head = serde_json::from_slice(body).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let version = head
+            .version
+            .as_ref()
             .and_then(J::as_u64)
             .ok_or_else(|| bad("no `version`: not a tend state export".to_owned()))?;
         if version > EXPORT_VERSION {
@@ -151,7 +165,7 @@ impl Codec {
         if version != EXPORT_VERSION {
             return Err(bad(format!("unsupported export version {version}")));
         }
-        match doc.get("secrets").and_then(J::as_str) {
+        match head.secrets.as_ref().and_then(J::as_str) {
             Some("encrypted") => {}
             Some("omitted") => {
                 return Err(bad(
@@ -162,30 +176,32 @@ impl Codec {
             }
             _ => return Err(bad("`secrets` must be \"encrypted\"".to_owned())),
         }
-        let lineage = doc
-            .get("lineage")
+        let lineage = head
+            .lineage
+            .as_ref()
             .and_then(J::as_str)
             .filter(|l| !l.is_empty())
             .ok_or_else(|| bad("no `lineage`".to_owned()))?
             .to_owned();
-        let doc_serial = doc
-            .get("serial")
+        let doc_serial = head
+            .serial
+            .as_ref()
             .and_then(J::as_u64)
             .ok_or_else(|| bad("no `serial`".to_owned()))?;
-        let items = doc
-            .get("resources")
-            .and_then(J::as_array)
+        let items = serde_json::from_slice::<Body>(body)
+            .map_err(|e| bad(format!("resources: {e}")))?
+            .resources
             .ok_or_else(|| bad("no `resources` list".to_owned()))?;
 
-        // Decode everything first (this proves the key matches and nothing is malformed), and
-        // re-encode through the one write path, before touching the store.
+        // Decode everything first (this proves the key matches and nothing is malformed)
+        // before touching the store.
         let mut new = BTreeMap::new();
-        for (i, item) in items.iter().enumerate() {
-            let stored: StoredRecord = serde_json::from_value(item.clone())
-                .map_err(|e| bad(format!("resource #{i}: {e}")))?;
-            let record = self.decode_record(stored)?;
-            let key = record.address.to_string();
-            let bytes = self.encode_record(&record)?;
+        for stored in items {
+            // Kept in the document's sealed form (the same key sealed it, as decoding it
+            // proves), so importing the same data again writes the same bytes.
+            let bytes = serde_json::to_vec(&stored).map_err(|e| bad(e.to_string()))?;
+            let key = stored.address.to_string();
+            drop(self.decode_record(stored)?);
             if new.insert(key.clone(), bytes).is_some() {
                 return Err(bad(format!("{key} appears twice")));
             }
@@ -257,6 +273,32 @@ impl Codec {
         out.flush()?;
         Ok(())
     }
+}
+
+/// Stream the export document without secrets (`state export`): each record parsed from its
+/// stored bytes one at a time, its sealed secrets replaced by `(sensitive)`; nothing is
+/// decrypted and the document is never whole in memory.
+pub(super) fn write_plain(
+    meta: &Meta,
+    records: &[Sealed],
+    out: &mut dyn Write,
+) -> Result<(), StateError> {
+    let lineage = serde_json::to_string(&meta.lineage).map_err(io::Error::other)?;
+    let mut w = io::BufWriter::new(out);
+    write!(
+        w,
+        "{{\n  \"version\": {EXPORT_VERSION},\n  \"lineage\": {lineage},\n  \"serial\": {},\n  \"secrets\": \"omitted\",\n  \"resources\": [",
+        meta.serial
+    )?;
+    for (i, r) in records.iter().enumerate() {
+        let mut stored = parse_stored(r.address.to_string().as_bytes(), r.bytes())?;
+        stored.omit_secrets();
+        w.write_all(if i == 0 { b"\n" } else { b",\n" })?;
+        serde_json::to_writer_pretty(&mut w, &stored).map_err(io::Error::other)?;
+    }
+    w.write_all(b"\n  ]\n}\n")?;
+    w.flush()?;
+    Ok(())
 }
 
 /// What a signed document holds, ready to replace a store's records.

@@ -217,6 +217,11 @@ pub trait StateStore: Send + Sync {
     /// `include_secrets`, in which case they are included *encrypted* (importable with the same
     /// key file).
     fn export(&self, include_secrets: bool) -> Result<serde_json::Value, StateError>;
+    /// The whole state as [`StateStore::export`] without secrets, streamed to `out` record by
+    /// record; nothing is decrypted.
+    fn export_plain(&self, out: &mut dyn std::io::Write) -> Result<(), StateError> {
+        codec::write_plain(&self.meta()?, &self.list_sealed()?, out)
+    }
     /// The whole state with secrets encrypted, signed: what a backup holds, streamed to `out`
     /// record by record, ending in a MAC under the state key over every byte before it.
     fn export_signed(&self, out: &mut dyn std::io::Write) -> Result<(), StateError>;
