@@ -432,10 +432,11 @@ pub trait KindModel: Sync {
         Vec::new()
     }
 
-    /// Parts of the spec where no sensitive value may appear (a Nomad job's `Meta`), each with
-    /// its path as shown in errors. The loader refuses a ref to a secret credential key or a
-    /// sensitive output inside them.
-    fn secret_free<'a>(&self, spec: &'a Node) -> Vec<(String, &'a Node)> {
+    /// Parts of the spec where no sensitive value may appear (a Nomad job's `Meta`; an `Env`
+    /// entry whose name its env template cannot carry), each with its path as shown in errors
+    /// and the help that says why and what to do. The loader refuses a ref to a secret
+    /// credential key or a sensitive output inside them.
+    fn secret_free<'a>(&self, spec: &'a Node) -> Vec<(String, &'a Node, &'static str)> {
         let _ = spec;
         Vec::new()
     }

@@ -181,6 +181,47 @@ fn a_secret_in_a_jobs_meta_is_refused() {
 }
 
 #[test]
+fn a_sensitive_env_value_under_a_name_nomads_env_parser_refuses_is_refused_at_validate() {
+    let w = ws();
+    w.write("db.yaml", &database("d", ""));
+    let job = |key: &str| {
+        format!(
+            "apiVersion: tend/v1\nkind: NomadJob\nmetadata: {{name: web}}\nspec:\n  job:\n    TaskGroups:\n      - Name: app\n        Tasks:\n          - Name: app\n            Driver: docker\n            Env:\n              {key}: \"${{PostgresDatabase.d.status.outputs.password}}\"\n              log-level: info\n"
+        )
+    };
+    w.write("job.yaml", &job("db-pass"));
+    let r = tend(&w, &["validate"]);
+    refused(
+        &r,
+        "job.yaml:12:",
+        "job.TaskGroups[0].Tasks[0].Env.db-pass holds `${PostgresDatabase.d.status.outputs.password}`, a sensitive value",
+    );
+    assert_has(&r, "go-envparse");
+    // A plain value may keep its name; a sensitive one under a plain name is fine.
+    w.write("job.yaml", &job("DB_PASSWORD"));
+    tend(&w, &["validate"]).ok();
+}
+
+#[test]
+fn a_job_id_longer_than_its_variable_path_allows_is_refused_at_validate() {
+    let w = ws();
+    let job = |id: &str| {
+        format!(
+            "apiVersion: tend/v1\nkind: NomadJob\nmetadata: {{name: web}}\nspec:\n  job:\n    ID: {id}\n    TaskGroups: []\n"
+        )
+    };
+    // `nomad/jobs/` + the ID must fit Nomad's 128-character Variable path: 117 do, 118 do not.
+    w.write("job.yaml", &job(&"a".repeat(117)));
+    tend(&w, &["validate"]).ok();
+    w.write("job.yaml", &job(&"a".repeat(118)));
+    refused(
+        &tend(&w, &["validate"]),
+        "job.yaml:6:",
+        "is 118 bytes; at most 117",
+    );
+}
+
+#[test]
 fn a_symlinked_directory_is_followed_and_a_loop_is_refused() {
     let w = ws();
     let elsewhere = w.dir.path().join("tenants");

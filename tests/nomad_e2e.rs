@@ -501,6 +501,31 @@ fn an_invalid_job_shows_nomads_validation_message_under_its_address() {
 }
 
 #[test]
+fn an_uncoded_500_refusal_is_permanent_and_not_retried() {
+    // Nomad answers 500 for every server-side error without a code: a job for a region the
+    // cluster has no path to is refused so, and retrying cannot fix it (issue 12 item 4).
+    let f = Fixture::new();
+    f.job(&job_yaml(IMAGE, "", "    Region: mars\n", ""));
+    let r = f.apply();
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert_has(&r, "No path to region");
+    let refused = f
+        .nomad
+        .requests()
+        .iter()
+        .filter(|r| r.status == 500)
+        .count();
+    assert_eq!(
+        refused,
+        1,
+        "the refusal was retried: {:?}",
+        f.nomad.requests()
+    );
+    let r = f.tend(&["state", "show", "NomadJob.web"]).ok();
+    assert!(r.stdout.contains("\"permanent\""), "{}", r.stdout);
+}
+
+#[test]
 fn an_enforce_index_conflict_is_observed_again_and_retried_once() {
     let f = Fixture::new();
     f.job(&job_yaml(IMAGE, "", "", ""));

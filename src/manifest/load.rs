@@ -389,7 +389,7 @@ fn secret_free(
     diags: &mut Vec<Diagnostic>,
 ) {
     for m in manifests.values() {
-        for (path, node) in m.address.kind.model().secret_free(&m.spec) {
+        for (path, node, help) in m.address.kind.model().secret_free(&m.spec) {
             let (mut ignored, mut refs) = (Vec::new(), Vec::new());
             Checker {
                 file: &m.file,
@@ -410,7 +410,7 @@ fn secret_free(
                                 m.address.kind
                             ),
                         )
-                        .with_help("pass secrets where the kind delivers them as secrets (for a Nomad job, a task's `Env`)"),
+                        .with_help(help),
                     );
                 }
             }

@@ -129,11 +129,20 @@ pub fn classify(what: &str, status: u16, body: &str) -> ApiError {
             ErrorClass::Transient,
             format!("{what}: Nomad answered 429: {text}"),
         ),
-        500 if text.starts_with(ENFORCE_INDEX) => (
+        // The official CLI looks for the phrase anywhere (`command/job_run.go`): the server may
+        // wrap it (`rpc error: Enforcing job modify index …`).
+        500 if text.contains(ENFORCE_INDEX) => (
             ErrorClass::Conflict,
             format!("{what}: the job changed in Nomad since tend read it ({text}): plan again"),
         ),
         500 if is_validation_error(text) => (ErrorClass::Permanent, format!("{what}: {text}")),
+        // Nomad answers 500 for every server-side error without a code (`command/agent/http.go`
+        // `wrap`: no CodedError → 500), mutator and hook refusals included; only the known
+        // passing conditions are worth retrying.
+        500 if !is_transient_500(text) => (
+            ErrorClass::Permanent,
+            format!("{what}: Nomad refused it: {text}"),
+        ),
         s if s >= 500 => (
             ErrorClass::Transient,
             format!("{what}: Nomad answered {s}: {text}"),
@@ -144,6 +153,26 @@ pub fn classify(what: &str, status: u16, body: &str) -> ApiError {
         ),
     };
     ApiError::new(class, Some(status), message)
+}
+
+/// Whether an uncoded 500 is a passing condition: no leader or one changing (`nomad/structs/
+/// errors.go` `errNoLeader`, `errNotReadyForConsistentReads`; hashicorp/raft `ErrLeadershipLost`,
+/// `ErrNotLeader`, `ErrEnqueueTimeout`), RPC timeouts and dropped RPC connections, rate limits.
+fn is_transient_500(text: &str) -> bool {
+    const PASSING: &[&str] = &[
+        "No cluster leader",
+        "Not ready to serve consistent reads",
+        "leadership lost",
+        "node is not the leader",
+        "timed out enqueuing operation",
+        "i/o timeout",
+        "context deadline exceeded",
+        "rate limit",
+        "connection refused",
+        "connection reset",
+        "rpc error: EOF",
+    ];
+    PASSING.iter().any(|p| text.contains(p))
 }
 
 /// Whether a 500's text is a refusal that retrying cannot fix: a go-multierror validation block
@@ -993,6 +1022,32 @@ mod tests {
             ErrorClass::Permanent
         );
         assert_eq!(c(500, "No cluster leader"), ErrorClass::Transient);
+        assert_eq!(
+            c(500, "rpc error: leadership lost while committing log"),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            c(500, "rpc error: Not ready to serve consistent reads"),
+            ErrorClass::Transient
+        );
+        // Uncoded refusals are not retried forever (issue 12 item 4).
+        assert_eq!(
+            c(500, "error in job mutator connect: invalid service name"),
+            ErrorClass::Permanent
+        );
+        assert_eq!(c(500, "No path to region"), ErrorClass::Permanent);
+        assert_eq!(
+            c(500, "job validation hook rejected the job: quota exceeded"),
+            ErrorClass::Permanent
+        );
+        // The index conflict wherever the phrase is (issue 12 item 5).
+        assert_eq!(
+            c(
+                500,
+                "rpc error: Enforcing job modify index 3: job exists with conflicting job modify index: 4"
+            ),
+            ErrorClass::Conflict
+        );
         assert_eq!(c(503, "unavailable"), ErrorClass::Transient);
         assert_eq!(c(502, ""), ErrorClass::Transient);
         assert_eq!(c(409, "{}"), ErrorClass::Conflict);

@@ -9,6 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::secrets::MAX_JOB_ID_BYTES;
+
+/// Why no sensitive value may sit in a `Meta` entry.
+const META_HELP: &str =
+    "pass secrets where the kind delivers them as secrets (for a Nomad job, a task's `Env`)";
+/// Why a sensitive `Env` value needs a plain name.
+const ENV_KEY_HELP: &str = "a task's sensitive Env values reach it through an env template, \
+     and Nomad's env-file parser (hashicorp/go-envparse) accepts only names of letters, digits, \
+     `_` and `.`; give it such a name (e.g. DB_PASSWORD)";
 use super::{CLUSTER_CONCURRENCY, JobSpec, PRIVATE_JOB_MODIFY_INDEX, client, differences};
 use crate::manifest::diag::Diagnostic;
 use crate::manifest::node::{Node, NodeValue};
@@ -133,9 +141,10 @@ impl KindModel for NomadJob {
     }
 
     /// `Meta` of the job, its groups and tasks is registered with the job in plain text: each
-    /// entry, by its path (`job.Meta.owner`).
-    fn secret_free<'a>(&self, spec: &'a Node) -> Vec<(String, &'a Node)> {
-        let mut out = Vec::new();
+    /// entry, by its path (`job.Meta.owner`). And a task's `Env` entry whose name the env
+    /// template that carries sensitive values cannot hold (see `secrets::is_env_key`).
+    fn secret_free<'a>(&self, spec: &'a Node) -> Vec<(String, &'a Node, &'static str)> {
+        let (mut out, mut env) = (Vec::new(), Vec::new());
         let Some(job) = spec.get("job") else {
             return out;
         };
@@ -144,10 +153,10 @@ impl KindModel for NomadJob {
                 match m.as_map() {
                     Some(entries) => {
                         for (k, v) in entries {
-                            out.push((format!("{at}.Meta.{}", k.name), v));
+                            out.push((format!("{at}.Meta.{}", k.name), v, META_HELP));
                         }
                     }
-                    None => out.push((format!("{at}.Meta"), m)),
+                    None => out.push((format!("{at}.Meta"), m, META_HELP)),
                 }
             }
         };
@@ -160,8 +169,17 @@ impl KindModel for NomadJob {
             meta(format!("job.TaskGroups[{gi}]"), group);
             for (ti, task) in seq(group, "Tasks").into_iter().enumerate() {
                 meta(format!("job.TaskGroups[{gi}].Tasks[{ti}]"), task);
+                let at = format!("job.TaskGroups[{gi}].Tasks[{ti}]");
+                if let Some(entries) = task.get("Env").and_then(|e| e.as_map()) {
+                    for (k, v) in entries {
+                        if !super::secrets::is_env_key(&k.name) {
+                            env.push((format!("{at}.Env.{}", k.name), v, ENV_KEY_HELP));
+                        }
+                    }
+                }
             }
         }
+        out.extend(env);
         out
     }
 

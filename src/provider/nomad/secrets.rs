@@ -142,7 +142,12 @@ fn take_secret_env(
             Value::Secret(s) => {
                 if !is_env_key(&k) {
                     return Err(ProviderError::permanent(format!(
-                        "{at}.Env.{k}: a sensitive variable's name must be letters, digits, _, . or - (not starting with a digit)"
+                        "{at}.Env.{k}: a sensitive variable's name must be letters, digits, _ or . (not starting with a digit): Nomad's env template parser refuses others"
+                    )));
+                }
+                if !renders_as_json(s.expose()) {
+                    return Err(ProviderError::permanent(format!(
+                        "{at}.Env.{k}: the sensitive value holds a control character Nomad's template cannot render (only \\b \\f \\n \\r \\t are carried)"
                     )));
                 }
                 let here = format!("{at}.Env.{k}");
@@ -232,12 +237,23 @@ pub fn embedded_template(job_id: &str, keys: &[String]) -> String {
 }
 
 /// Env names a secret may use: safe to write into a template and an env file as they are.
-fn is_env_key(k: &str) -> bool {
+/// The task runner's template hook parses the rendered file with hashicorp/go-envparse, whose
+/// keys are letters, digits, `_`, `.` and `/` (a `-` fails the whole template: "error parsing
+/// env template"); tend also wants a shell-usable name, so no leading digit and no `/`.
+pub(super) fn is_env_key(k: &str) -> bool {
     let mut chars = k.chars();
     chars
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.'))
+}
+
+/// Whether `toJSON` in a Nomad template renders `s` as JSON the env-file parser reads back.
+/// consul-template's `toJSON` leaves Go's quoting of control characters other than `\b \f \n
+/// \r \t` as `\a`, `\v` or `\xNN`, which is not JSON, and the template fails.
+fn renders_as_json(s: &str) -> bool {
+    s.chars()
+        .all(|c| !c.is_ascii_control() || matches!(c, '\u{8}' | '\u{c}' | '\n' | '\r' | '\t'))
 }
 
 /// Go template field syntax (`.KEY`) works only for identifiers.
@@ -471,13 +487,35 @@ mod tests {
     }
 
     #[test]
+    fn a_control_character_to_json_cannot_render_is_refused_without_the_value() {
+        for bad in ["bell\u{7}x", "vt\u{b}x", "nul\u{0}x", "del\u{7f}x"] {
+            let e =
+                prepare(&job(vec![task("app", vec![("PW", secret(bad))])])).expect_err("refused");
+            assert!(e.message.contains("Env.PW"), "{}", e.message);
+            assert!(e.message.contains("control character"), "{}", e.message);
+            assert!(!e.message.contains(bad), "the value leaked: {}", e.message);
+        }
+        // What toJSON escapes as JSON is carried.
+        prepare(&job(vec![task(
+            "app",
+            vec![("PW", secret("tab\tnl\ncr\rbs\u{8}ff\u{c}\"q\" #x"))],
+        )]))
+        .expect("carried");
+    }
+
+    #[test]
     fn odd_names_are_refused_or_indexed() {
         let e =
             prepare(&job(vec![task("app", vec![("BAD}}", secret("x"))])])).expect_err("refused");
         assert!(e.message.contains("Env.BAD}}"));
-        let t = embedded_template("web", &["db-pass".to_owned()]);
+        // A `-` passes Go's template but fails Nomad's env-file parser (issue 12 item 1).
+        let e =
+            prepare(&job(vec![task("app", vec![("db-pass", secret("x"))])])).expect_err("refused");
+        assert!(e.message.contains("Env.db-pass"), "{}", e.message);
+        assert!(e.message.contains("env template parser"), "{}", e.message);
+        let t = embedded_template("web", &["db.pass".to_owned()]);
         assert!(
-            t.contains("db-pass={{ index . \"db-pass\" | toJSON }}"),
+            t.contains("db.pass={{ index . \"db.pass\" | toJSON }}"),
             "{t}"
         );
 
