@@ -1023,3 +1023,43 @@ async fn works_from_an_async_test() {
     assert_eq!(d.job("default", "web").unwrap()["Version"], 0);
     d.stop();
 }
+
+/// The task runner's template hook, as the double plays it: an env template whose rendered
+/// text Nomad's env-file parser refuses fails the allocation, with the hook's message.
+#[test]
+fn an_env_template_nomads_parser_refuses_fails_the_allocation() {
+    let with_template = |key: &str, value: &str| {
+        let d = NomadDouble::start();
+        let r = send(
+            &d,
+            "PUT",
+            "/v1/var/nomad/jobs/web?cas=0",
+            &json!({"Namespace": "default", "Path": "nomad/jobs/web", "Items": {key: value}}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let mut job = web_job("nginx:1");
+        job["TaskGroups"][0]["Tasks"][0]["Templates"] = json!([{
+            "EmbeddedTmpl": format!(
+                "{{{{ with nomadVar \"nomad/jobs/web\" }}}}\n{key}={{{{ index . \"{key}\" | toJSON }}}}\n{{{{ end }}}}\n"
+            ),
+            "DestPath": "secrets/tend.env", "Envvars": true, "ChangeMode": "restart",
+        }]);
+        assert_eq!(register(&d, &job).status, 200);
+        d.allocations("default", "web")
+    };
+    let ok = with_template("DB_PASSWORD", "p4ss\nword");
+    assert_eq!(ok[0]["ClientStatus"], "running", "{ok:?}");
+
+    for allocs in [
+        with_template("db-pass", "p4ss"),
+        with_template("DB_PASSWORD", "bell\u{7}"),
+    ] {
+        assert_eq!(allocs[0]["ClientStatus"], "failed", "{allocs:?}");
+        let events = allocs[0]["TaskStates"]["app"]["Events"].to_string();
+        assert!(events.contains("error parsing env template"), "{events}");
+        assert!(
+            !events.contains("bell"),
+            "the value is not in the event: {events}"
+        );
+    }
+}

@@ -36,6 +36,9 @@ pub(crate) struct Alloc {
     modify_index: u64,
     create_time: i64,
     modify_time: i64,
+    /// Why the task runner failed the allocation before its tasks started (a template that
+    /// does not render), as the task event's message.
+    failure: Option<String>,
 }
 
 impl Alloc {
@@ -70,8 +73,15 @@ impl Alloc {
                     json!({
                         "State": state, "Failed": failed, "Restarts": 0,
                         "LastRestart": ZERO_TIME, "StartedAt": started, "FinishedAt": finished,
-                        "Events": [{"Type": "Received", "Time": self.create_time,
-                                    "DisplayMessage": "Task received by client", "Details": {}}],
+                        "Events": match &self.failure {
+                            None => json!([{"Type": "Received", "Time": self.create_time,
+                                    "DisplayMessage": "Task received by client", "Details": {}}]),
+                            Some(why) => json!([
+                                {"Type": "Received", "Time": self.create_time,
+                                 "DisplayMessage": "Task received by client", "Details": {}},
+                                {"Type": "Template", "Time": self.create_time,
+                                 "DisplayMessage": why, "Details": {}}]),
+                        },
                     }),
                 )
             })
@@ -1132,7 +1142,11 @@ impl Nomad {
                     .collect()
             })
             .unwrap_or_default();
-        let status = self.alloc_status.clone();
+        let failure = self.template_failure(job, group);
+        let status = match failure {
+            Some(_) => "failed".to_owned(),
+            None => self.alloc_status.clone(),
+        };
         self.allocs.push(Alloc {
             id: uuid(),
             eval_id: eval_id.to_owned(),
@@ -1153,7 +1167,64 @@ impl Nomad {
             modify_index: index,
             create_time: now,
             modify_time: now,
+            failure,
         });
+    }
+
+    /// The template hook's verdict on a group's env templates (`Envvars: true`), rendered
+    /// against the job's Variables the way `client/allocrunner/taskrunner/template` does: the
+    /// output is parsed with hashicorp/go-envparse, whose keys are `[A-Za-z0-9/_.]`, and values
+    /// come from `toJSON`, which leaves Go's `\a`, `\v`, `\xNN` for other control characters
+    /// (not JSON, so the parse fails too). `None` when every template renders.
+    fn template_failure(&self, job: &Value, group: &str) -> Option<String> {
+        let ns = job["Namespace"].as_str().unwrap_or("default");
+        let tasks = job["TaskGroups"]
+            .as_array()?
+            .iter()
+            .find(|g| g["Name"] == group)?["Tasks"]
+            .as_array()?;
+        for task in tasks {
+            for t in task["Templates"].as_array().into_iter().flatten() {
+                if t["Envvars"] != json!(true) {
+                    continue;
+                }
+                let text = t["EmbeddedTmpl"].as_str().unwrap_or_default();
+                let items = text
+                    .split("nomadVar \"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .and_then(|path| self.vars.get(&(ns.to_owned(), path.to_owned())))
+                    .map(|v| v.items.clone())
+                    .unwrap_or_default();
+                for line in text.lines().filter(|l| !l.trim_start().starts_with("{{")) {
+                    let Some((k, expr)) = line.split_once('=') else {
+                        continue;
+                    };
+                    let bad_key = k.is_empty()
+                        || !k
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '.'));
+                    let name = expr
+                        .split('"')
+                        .nth(1)
+                        .or_else(|| expr.split_whitespace().nth(1)?.strip_prefix('.'))
+                        .unwrap_or_default();
+                    let bad_value = items.get(name).and_then(Value::as_str).is_some_and(|v| {
+                        v.chars().any(|c| {
+                            c.is_ascii_control()
+                                && !matches!(c, '\u{8}' | '\u{c}' | '\n' | '\r' | '\t')
+                        })
+                    });
+                    if bad_key || bad_value {
+                        return Some(format!(
+                            "Template failed: error parsing env template \"{}\": line {line:?} is not KEY=VALUE",
+                            t["DestPath"].as_str().unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// `state_store.getJobStatus`; a change moves ModifyIndex only.
