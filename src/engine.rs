@@ -13,7 +13,7 @@ use crate::graph::Graph;
 use crate::manifest::ManifestSet;
 use crate::plan::{self, Action, Observation, Plan, ResourceChange};
 use crate::provider::{self, Desired, Provider};
-use crate::state::{Sealed, StateError, StateStore, Status};
+use crate::state::{Record, Sealed, StateError, StateStore, Status};
 use crate::value::Value;
 
 /// How to plan.
@@ -21,6 +21,11 @@ use crate::value::Value;
 pub struct PlanOptions {
     /// Observe real systems (drift). `--refresh=false` trusts state.
     pub refresh: bool,
+    /// With `refresh`: refresh only resources whose spec changed since their last apply, that
+    /// have no applied record, or that depend on a resource this plan changes; the rest are
+    /// decided from state (the daemon on a file event; drift of the rest is healed by its
+    /// resync, which refreshes everything).
+    pub changed_only: bool,
     /// Only these resources (and what they depend on); empty means all.
     pub targets: Vec<Address>,
     /// Concurrent provider reads.
@@ -34,6 +39,7 @@ impl Default for PlanOptions {
     fn default() -> Self {
         PlanOptions {
             refresh: true,
+            changed_only: false,
             targets: Vec::new(),
             parallelism: 10,
             refresh_timeout: None,
@@ -92,6 +98,7 @@ pub async fn plan(
         .map(|r| (r.address.clone(), r))
         .collect();
     let key = store.digest_key().to_vec();
+    let _refreshing = opts.refresh.then(|| Refreshing::begin(providers));
     let scope = targeted(graph, &opts.targets);
     let in_scope = |a: &Address| scope.as_ref().is_none_or(|s| s.contains(a));
 
@@ -120,6 +127,7 @@ pub async fn plan(
     // A decided resource keeps its desired state only while a dependent may still need it.
     let mut decided: BTreeMap<Address, (ResourceChange, Option<Arc<Desired>>)> = BTreeMap::new();
     let mut plan = Plan::default();
+    let mut checks = Vec::new();
     // A wave is resolved and observed a chunk at a time, so at most a chunk of desired states
     // of resources nothing depends on is alive at once.
     let chunk = opts.parallelism.max(1) * 32;
@@ -134,29 +142,36 @@ pub async fn plan(
                 let Some(p) = provider::for_kind(providers, a.kind) else {
                     continue;
                 };
-                items.push((desired, p));
+                // `changed_only`: refresh only what changed and what depends on a change.
+                let refresh = opts.refresh
+                    && (!opts.changed_only
+                        || graph.dependencies(a).iter().any(|d| {
+                            decided
+                                .get(d)
+                                .is_some_and(|(c, _)| c.action != Action::NoOp)
+                        }));
+                items.push((desired, p, refresh));
             }
             let mut observed = stream::iter(items)
-                .map(|(desired, p)| {
+                .map(|(desired, p, refresh)| {
                     let sealed = records.get(&desired.address);
                     let hash = desired.spec.digest(&key);
                     async move {
                         // Applied as it stands and not refreshed: decided from the record's
                         // head, its spec and secrets never decoded.
-                        if !opts.refresh
-                            && sealed.is_some_and(|s| {
-                                s.status == Status::Ready
-                                    && s.generation > 0
-                                    && s.spec_hash == hash
-                            })
-                        {
+                        let applied_as_is = sealed.is_some_and(|s| {
+                            s.status == Status::Ready && s.generation > 0 && s.spec_hash == hash
+                        });
+                        // What changed is refreshed even when only changes are.
+                        let refresh = refresh || (opts.refresh && !applied_as_is);
+                        if !refresh && applied_as_is {
                             return Ok::<_, StateError>((desired, hash, None, Observation::NotRefreshed, None, true));
                         }
                         let rec = sealed.map(|s| store.unseal(s)).transpose()?;
                         // A resource tend has no record of is always looked for: finding one
                         // that exists outside state is how tend avoids taking it over.
                         let looked_for = match &rec {
-                            Some(_) => opts.refresh,
+                            Some(_) => refresh,
                             None => desired.address.kind.model().checks_ownership(),
                         };
                         let (obs, unanswered) = if looked_for && desired.connection.is_known() {
@@ -229,6 +244,18 @@ pub async fn plan(
                         ),
                     ));
                 }
+                if opts.refresh
+                    && change.action != Action::NoOp
+                    && let Some(p) = provider::for_kind(providers, desired.address.kind)
+                {
+                    checks.push(Preflight {
+                        action: change.action,
+                        deadline: opts.refresh_timeout.unwrap_or(desired.timeout),
+                        desired: Some(Arc::clone(&desired)),
+                        recorded: rec.clone(),
+                        provider: p,
+                    });
+                }
                 let address = desired.address.clone();
                 let keep = if graph.dependents(&address).is_empty() {
                     leaves.push(address.clone());
@@ -246,15 +273,101 @@ pub async fn plan(
     }
     for (a, sealed) in &records {
         if set.get(a).is_none() && in_scope(a) {
-            let (change, error) = plan::decide_orphan(&store.unseal(sealed)?);
+            let rec = store.unseal(sealed)?;
+            let (change, error) = plan::decide_orphan(&rec);
             plan.errors.extend(error);
+            if opts.refresh
+                && let Some(p) = provider::for_kind(providers, a.kind)
+            {
+                checks.push(Preflight {
+                    action: change.action,
+                    deadline: opts
+                        .refresh_timeout
+                        .unwrap_or(a.kind.model().schema().default_timeout),
+                    desired: None,
+                    recorded: Some(rec),
+                    provider: p,
+                });
+            }
             plan.changes.push(change);
         }
     }
+    preflight(checks, opts.parallelism, &mut plan).await;
     plan.warnings.sort();
     plan.changes.extend(decided.into_values().map(|(c, _)| c));
     plan.changes.sort_by(|a, b| a.address.cmp(&b.address));
     Ok(plan)
+}
+
+/// The providers' refresh window for one plan, closed when the plan ends however it ends.
+struct Refreshing<'a>(&'a [Arc<dyn Provider>]);
+
+impl<'a> Refreshing<'a> {
+    fn begin(providers: &'a [Arc<dyn Provider>]) -> Self {
+        for p in providers {
+            p.begin_refresh();
+        }
+        Refreshing(providers)
+    }
+}
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        for p in self.0 {
+            p.end_refresh();
+        }
+    }
+}
+
+/// A planned change whose permissions its provider checks before anything is applied.
+struct Preflight {
+    action: Action,
+    deadline: std::time::Duration,
+    desired: Option<Arc<Desired>>,
+    recorded: Option<Record>,
+    provider: Arc<dyn Provider>,
+}
+
+/// Ask each changed resource's provider what the change needs that the credentials lack: each
+/// missing permission is a plan error on that resource (found now, not as a refusal halfway
+/// through an apply); a check that cannot be made is a warning.
+async fn preflight(checks: Vec<Preflight>, parallelism: usize, plan: &mut Plan) {
+    let mut results = stream::iter(checks)
+        .map(|c| async move {
+            let address = c
+                .desired
+                .as_ref()
+                .map(|d| d.address.clone())
+                .or_else(|| c.recorded.as_ref().map(|r| r.address.clone()));
+            let checked = tokio::time::timeout(
+                c.deadline,
+                c.provider
+                    .preflight(c.action, c.desired.as_deref(), c.recorded.as_ref()),
+            )
+            .await;
+            (address, checked)
+        })
+        .buffer_unordered(parallelism.max(1));
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    while let Some((address, checked)) = results.next().await {
+        let Some(a) = address else { continue };
+        match checked {
+            Ok(Ok(missing)) => errors.extend(
+                missing
+                    .into_iter()
+                    .map(|m| plan::PlanError::about(&a, format!("{a}: {m}"))),
+            ),
+            Ok(Err(e)) => warnings.push(format!("could not check the permissions {a} needs: {e}")),
+            Err(_) => warnings.push(format!(
+                "could not check the permissions {a} needs: no answer in time"
+            )),
+        }
+    }
+    // Answers arrive in any order; the plan lists them in address order.
+    errors.sort_by(|x: &plan::PlanError, y| x.address.cmp(&y.address));
+    plan.errors.extend(errors);
+    plan.warnings.extend(warnings);
 }
 
 /// Outputs a dependent may rely on during planning: recorded ones when the resource will not
@@ -332,6 +445,7 @@ mod tests {
         });
         let opts = PlanOptions {
             refresh: false,
+            changed_only: false,
             targets: Vec::new(),
             parallelism: 4,
             refresh_timeout: None,
@@ -341,5 +455,124 @@ mod tests {
             .expect("plans without decoding a record");
         assert_eq!(plan.changes.len(), 2);
         assert!(plan.changes.iter().all(|c| c.action == Action::NoOp));
+    }
+
+    /// Answers every observation "in sync" and notes which resources were observed.
+    struct Counting(std::sync::Mutex<Vec<Address>>);
+
+    #[async_trait::async_trait]
+    impl Provider for Counting {
+        fn name(&self) -> &'static str {
+            "postgres"
+        }
+        async fn observe(
+            &self,
+            desired: &Desired,
+            recorded: Option<&Record>,
+        ) -> Result<Option<crate::provider::Observed>, crate::provider::ProviderError> {
+            if let Ok(mut seen) = self.0.lock() {
+                seen.push(desired.address.clone());
+            }
+            // What tend has no record of does not exist yet.
+            if recorded.is_none() {
+                return Ok(None);
+            }
+            crate::provider::postgres::model::PostgresDatabase::converged(desired).map(Some)
+        }
+        async fn apply(
+            &self,
+            _journal: &dyn crate::provider::Journal,
+            _desired: &Desired,
+            _recorded: Option<&Record>,
+        ) -> Result<crate::provider::Applied, crate::provider::ProviderError> {
+            Err(crate::provider::ProviderError::permanent(
+                "not in this test",
+            ))
+        }
+        async fn destroy(&self, _recorded: &Record) -> Result<(), crate::provider::ProviderError> {
+            Err(crate::provider::ProviderError::permanent(
+                "not in this test",
+            ))
+        }
+    }
+
+    /// The daemon's file-event plan (issue 15 goal 2): only what changed, what has no record
+    /// yet, and what depends on a change is refreshed; a full refresh observes everything.
+    #[tokio::test]
+    async fn changed_only_refreshes_what_changed_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("manifests");
+        std::fs::create_dir_all(&root).expect("mkdir");
+        let pw = root.join("admin.password");
+        std::fs::write(&pw, "x").expect("write");
+        let mut perms = std::fs::metadata(&pw).expect("meta").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+        std::fs::set_permissions(&pw, perms).expect("chmod");
+        std::fs::write(root.join("all.yaml"), MANIFESTS).expect("write");
+        let set = crate::manifest::load(&root).expect("load");
+        let store = SledStore::open(&dir.path().join("state")).expect("state");
+        let mut resolver = Resolver::new(&set);
+        for m in set.managed() {
+            let d = resolver.desired(&m.address, &|_| None).expect("desired");
+            let mut rec = Record::new(m.address.clone(), 0);
+            rec.spec_hash = d.spec.digest(store.digest_key());
+            rec.spec = d.spec.clone();
+            rec.connection = d.connection.clone();
+            rec.status = Status::Ready;
+            rec.generation = 1;
+            store.put(&rec).expect("put");
+        }
+        let store: Arc<dyn StateStore> = Arc::new(store);
+        // `b` edited, `c` new, `a` as applied.
+        let edited = MANIFESTS.replace("database: app_b", "database: app_b2")
+            + "---\napiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {name: c}\nspec: {server: main, database: app_c, owner: app_c}\n";
+        std::fs::write(root.join("all.yaml"), edited).expect("write");
+        let set = crate::manifest::load(&root).expect("load");
+        let graph = Graph::build(&set).expect("graph");
+        let counting = Arc::new(Counting(std::sync::Mutex::new(Vec::new())));
+        let providers: Vec<Arc<dyn Provider>> = vec![counting.clone()];
+        let observed = |changed_only: bool| {
+            let (set, graph, store, providers) = (&set, &graph, &store, &providers);
+            let counting = counting.clone();
+            async move {
+                if let Ok(mut seen) = counting.0.lock() {
+                    seen.clear();
+                }
+                let opts = PlanOptions {
+                    changed_only,
+                    parallelism: 2,
+                    ..PlanOptions::default()
+                };
+                let plan = plan(set, graph, store, providers, &opts)
+                    .await
+                    .expect("plan");
+                let mut seen: Vec<String> = counting
+                    .0
+                    .lock()
+                    .map(|s| s.iter().map(ToString::to_string).collect())
+                    .unwrap_or_default();
+                seen.sort();
+                (plan, seen)
+            }
+        };
+        let (plan, seen) = observed(true).await;
+        assert_eq!(seen, ["PostgresDatabase.b", "PostgresDatabase.c"]);
+        let action = |a: &str| {
+            plan.changes
+                .iter()
+                .find(|c| c.address.to_string() == a)
+                .map(|c| c.action)
+        };
+        assert_eq!(action("PostgresDatabase.a"), Some(Action::NoOp));
+        assert_eq!(action("PostgresDatabase.c"), Some(Action::Create));
+        let (_, seen) = observed(false).await;
+        assert_eq!(
+            seen,
+            [
+                "PostgresDatabase.a",
+                "PostgresDatabase.b",
+                "PostgresDatabase.c"
+            ]
+        );
     }
 }

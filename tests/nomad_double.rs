@@ -1063,3 +1063,105 @@ fn an_env_template_nomads_parser_refuses_fails_the_allocation() {
         );
     }
 }
+
+#[test]
+fn acl_policies_grant_exactly_their_capabilities() {
+    // A real cluster (issue 12's stricter double): `submit-job` registers jobs but grants no
+    // Variables capability, `write` does not imply `read`, and a token reads only its own
+    // policies (`nomad/acl_endpoint.go`, `acl/acl.go`).
+    use tend_nomad_double::Policy;
+    let d = NomadDouble::start_with_token("root");
+    d.add_policy(
+        "deploy",
+        Policy::new()
+            .namespace("default", None, &["submit-job"])
+            .variables("nomad/jobs/*", &["write"]),
+    );
+    d.add_policy("other", Policy::new().namespace("*", Some("read"), &[]));
+    let secret = d.add_token("deploy", &["deploy"], &[]);
+    let base = d.address();
+    let as_token = |method: &str, target: &str, body: Option<&str>| {
+        call(&base, method, target, &[("X-Nomad-Token", &secret)], body)
+    };
+    let put = as_token(
+        "PUT",
+        "/v1/var/nomad/jobs/web",
+        Some(r#"{"Items":{"K":"v"}}"#),
+    );
+    assert_eq!(put.status, 200, "write is granted: {}", put.body);
+    let r = as_token("GET", "/v1/var/nomad/jobs/web", None);
+    assert_eq!(
+        (r.status, r.body.trim()),
+        (403, "Permission denied"),
+        "write does not imply read"
+    );
+    assert_eq!(
+        as_token("DELETE", "/v1/var/nomad/jobs/web", None).status,
+        403
+    );
+    assert_eq!(
+        as_token("GET", "/v1/job/web", None).status,
+        403,
+        "no read-job"
+    );
+    let listed = as_token("GET", "/v1/vars", None);
+    assert_eq!(listed.status, 200);
+    assert_eq!(
+        listed.json(),
+        json!([]),
+        "entries it cannot list are dropped"
+    );
+    let job = json!({"Job": web_job("nginx:1")});
+    let r = as_token("PUT", "/v1/jobs", Some(&job.to_string()));
+    assert_eq!(r.status, 200, "submit-job registers: {}", r.body);
+
+    let me = as_token("GET", "/v1/acl/token/self", None);
+    assert_eq!(me.status, 200);
+    assert_eq!(me.json()["Type"], "client");
+    assert_eq!(me.json()["Policies"], json!(["deploy"]));
+    let own = as_token("GET", "/v1/acl/policy/deploy", None);
+    assert_eq!(own.status, 200);
+    let rules = &own.json()["RulesJSON"]["Namespaces"][0];
+    assert_eq!(rules["Capabilities"], json!(["submit-job"]));
+    assert_eq!(
+        rules["Variables"]["Paths"][0],
+        json!({"PathSpec": "nomad/jobs/*", "Capabilities": ["write"]})
+    );
+    assert!(
+        own.json()["Rules"]
+            .as_str()
+            .unwrap_or("")
+            .contains("variables {")
+    );
+    assert_eq!(as_token("GET", "/v1/acl/policy/other", None).status, 403);
+    let mgmt = call(
+        &base,
+        "GET",
+        "/v1/acl/policy/other",
+        &[("X-Nomad-Token", "root")],
+        None,
+    );
+    assert_eq!(mgmt.status, 200);
+    // `policy = "read"` is expanded the way `acl.Parse` does it.
+    let caps = mgmt.json()["RulesJSON"]["Namespaces"][0]["Capabilities"].clone();
+    assert!(
+        caps.as_array()
+            .is_some_and(|c| c.contains(&json!("read-job")) && !c.contains(&json!("submit-job"))),
+        "{caps}"
+    );
+    let unknown = call(
+        &base,
+        "GET",
+        "/v1/acl/token/self",
+        &[("X-Nomad-Token", "nope")],
+        None,
+    );
+    assert_eq!(
+        (unknown.status, unknown.body.trim()),
+        (404, "ACL token not found")
+    );
+
+    let plain = NomadDouble::start();
+    let r = get(&plain, "/v1/acl/token/self");
+    assert_eq!((r.status, r.body.trim()), (400, "ACL support disabled"));
+}

@@ -452,7 +452,7 @@ fn an_unreachable_nomad_fails_clearly_and_leaves_state_as_it_was() {
 }
 
 #[test]
-fn a_bad_token_is_a_permanent_403_that_names_the_credential() {
+fn a_bad_token_is_a_plan_error_that_names_the_credential() {
     let f = Fixture::with(
         NomadDouble::start_with_token("the-right-token"),
         "a-wrong-token",
@@ -460,9 +460,24 @@ fn a_bad_token_is_a_permanent_403_that_names_the_credential() {
     f.job(&job_yaml(IMAGE, "", "", ""));
     let r = f.apply();
     assert_eq!(r.code, 1, "{}", r.all());
+    // Found at plan time through `GET /v1/acl/token/self`, before any job request.
+    assert_has(
+        &r,
+        "NomadJob.web: the Nomad cluster does not know the nomad credential's token (ACL token not found)",
+    );
+    assert!(!r.all().contains("a-wrong-token"));
+    assert_eq!(f.nomad.count("GET", "/v1/acl/token/self"), 1);
+    assert_eq!(f.nomad.count("GET", "/v1/job/web"), 0);
+    assert_eq!(f.registers(), 0);
+    let r = f.tend(&["state", "list"]).ok();
+    assert!(!r.stdout.contains("ready"), "{}", r.stdout);
+
+    // Without the plan-time check (`--refresh=false` trusts state and asks nothing), the
+    // apply's first request is refused: a permanent 403, not retried, naming the credential.
+    let r = f.tend(&["apply", "--auto-approve", "--refresh=false"]);
+    assert_eq!(r.code, 1, "{}", r.all());
     assert_has(&r, "NomadJob.web: Failed after");
     assert_has(&r, "permission denied: check the nomad credential's token");
-    assert!(!r.all().contains("a-wrong-token"));
     assert_eq!(
         f.nomad.count("GET", "/v1/job/web"),
         1,
@@ -470,11 +485,9 @@ fn a_bad_token_is_a_permanent_403_that_names_the_credential() {
     );
     assert_eq!(f.registers(), 0);
     assert!(
-        f.nomad.requests().iter().all(|r| r.status == 403),
+        f.nomad.requests().iter().all(|r| r.status >= 400),
         "every request was refused"
     );
-    let r = f.tend(&["state", "list"]).ok();
-    assert!(!r.stdout.contains("ready"), "{}", r.stdout);
 }
 
 #[test]
@@ -492,7 +505,9 @@ fn an_invalid_job_shows_nomads_validation_message_under_its_address() {
     // A 400 (Nomad's agent-side checks) is shown verbatim too, and not retried.
     let f = Fixture::new();
     f.job(&job_yaml(IMAGE, "", "", ""));
-    f.nomad.fail_next(1, 400, "Job ID does not match name");
+    // The first request is the plan's permission check (`/v1/acl/token/self`; a failed check
+    // is only a warning), the second the apply's first.
+    f.nomad.fail_next(2, 400, "Job ID does not match name");
     let r = f.apply();
     assert_eq!(r.code, 1, "{}", r.all());
     assert_has(&r, "Job ID does not match name");
@@ -767,4 +782,104 @@ fn the_credentials_namespace_holds_the_job_and_its_variable() {
     assert!(f.nomad.variable("apps", "nomad/jobs/web").is_some());
     let r = f.tend(&["plan", "--detailed-exitcode"]);
     assert_eq!(r.code, 0, "{}", r.all());
+}
+
+/// The job with a secret `Env` value, which tend delivers through the job's Variable.
+fn secret_job() -> String {
+    job_yaml(
+        IMAGE,
+        "",
+        "",
+        "              DB_PASSWORD: \"${Credential.db.spec.data.password}\"\n",
+    )
+}
+
+/// A double with ACLs on and a client token holding `policy`; the fixture uses that token.
+fn with_policy(policy: tend_nomad_double::Policy) -> Fixture {
+    let nomad = NomadDouble::start_with_token("bootstrap-management-secret");
+    nomad.add_policy("tend", policy);
+    let token = nomad.add_token("tend-ci", &["tend"], &[]);
+    let f = Fixture::with(nomad, &token);
+    f.w.write("db.yaml", &db_credential());
+    f
+}
+
+#[test]
+fn a_token_without_variables_capabilities_is_a_plan_error_before_anything_is_written() {
+    use tend_nomad_double::Policy;
+    // `policy = "write"` grants submit-job and read-job, but no Variables at all.
+    let f = with_policy(Policy::new().namespace("default", Some("write"), &[]));
+    f.job(&secret_job());
+    let r = f.tend(&["plan"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert_has(&r, "NomadJob.web: the Nomad token \"tend-ci\" (accessor ");
+    assert_has(
+        &r,
+        "lacks Variables \"read\", \"write\" on \"nomad/jobs/web\" in namespace \"default\"",
+    );
+    let r = f.apply();
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert_has(&r, "lacks Variables");
+    assert!(
+        f.nomad
+            .requests()
+            .iter()
+            .all(|q| q.method == "GET" || q.path.ends_with("/plan")),
+        "nothing was written: {:?}",
+        f.nomad
+            .requests()
+            .iter()
+            .map(|q| format!("{} {}", q.method, q.path))
+            .collect::<Vec<_>>()
+    );
+    assert!(f.nomad.variable("default", "nomad/jobs/web").is_none());
+    assert!(f.nomad.job("default", "web").is_none());
+}
+
+#[test]
+fn the_policy_the_readme_documents_is_enough_for_create_update_and_delete() {
+    use tend_nomad_double::Policy;
+    let f = with_policy(
+        Policy::new()
+            .namespace("default", None, &["read-job", "submit-job"])
+            .variables("nomad/jobs/*", &["read", "write", "destroy"]),
+    );
+    f.job(&secret_job());
+    let r = f.tend(&["plan", "--detailed-exitcode"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    f.apply().ok();
+    assert!(f.nomad.variable("default", "nomad/jobs/web").is_some());
+    f.w.remove("job.yaml");
+    f.apply().ok();
+    assert!(f.nomad.variable("default", "nomad/jobs/web").is_none());
+}
+
+#[test]
+fn a_missing_destroy_capability_fails_the_plan_that_would_delete() {
+    use tend_nomad_double::Policy;
+    // Granted through a role this time: the token's policies come from its roles too.
+    let nomad = NomadDouble::start_with_token("bootstrap-management-secret");
+    nomad.add_policy(
+        "no-destroy",
+        Policy::new()
+            .namespace("default", None, &["read-job", "submit-job"])
+            .variables("nomad/jobs/*", &["read", "write"]),
+    );
+    let role = nomad.add_role("deployers", &["no-destroy"]);
+    let token = nomad.add_token("tend-ci", &[], &[&role]);
+    let f = Fixture::with(nomad, &token);
+    f.w.write("db.yaml", &db_credential());
+    f.job(&secret_job());
+    f.apply().ok();
+    f.w.remove("job.yaml");
+    let r = f.apply();
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert_has(
+        &r,
+        "lacks Variables \"destroy\" on \"nomad/jobs/web\" in namespace \"default\"",
+    );
+    assert!(
+        f.nomad.job("default", "web").is_some(),
+        "nothing was deregistered"
+    );
 }

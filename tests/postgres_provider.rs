@@ -963,3 +963,89 @@ async fn sslmode_require_encrypts_or_fails_clearly() {
         assert!(err.message.contains("TLS"), "{}", err.message);
     }
 }
+
+/// [`drift`] inside a refresh, as `tend plan` observes: one shared catalog read per server.
+async fn drift_in_refresh(p: &PostgresProvider, d: &Desired, r: &Record) -> Vec<Drift> {
+    p.begin_refresh();
+    let found = drift(p, d, r).await;
+    p.end_refresh();
+    found
+}
+
+#[tokio::test]
+async fn a_refresh_reads_the_catalog_once_and_still_finds_every_hand_made_change() {
+    // Issue 15 goal 1: within a refresh the server's roles and databases come from one shared
+    // catalog read, and a recorded password is confirmed by the verifier it left without
+    // deriving SCRAM keys. Drift detection stays as strong as the per-resource reads.
+    let p = PostgresProvider::default();
+    let t = tenant();
+    let d = desired(&t, connection(None, "prefer"), &[]);
+    let journal = TestJournal::default();
+    let r = apply(&p, &journal, &d, None).await;
+    let password = secret(&r.private, "password");
+    assert!(
+        matches!(r.private.get("verifier_binding"), Some(Value::Secret(_))),
+        "the apply records its verifier's binding: {:?}",
+        r.private.keys().collect::<Vec<_>>()
+    );
+    assert!(drift_in_refresh(&p, &d, &r).await.is_empty());
+
+    // A password set by hand leaves another verifier: found.
+    let admin = superuser().await;
+    admin
+        .batch_execute(&format!(
+            "ALTER ROLE {} PASSWORD 'changed-by-hand'",
+            t.owner
+        ))
+        .await
+        .expect("change the password by hand");
+    assert_eq!(fields(&drift_in_refresh(&p, &d, &r).await), ["password"]);
+
+    // The same password stored again by hand: a new salt, checked in full, no drift.
+    admin
+        .batch_execute(&format!("ALTER ROLE {} PASSWORD '{password}'", t.owner))
+        .await
+        .expect("store the password again");
+    assert!(drift_in_refresh(&p, &d, &r).await.is_empty());
+
+    // Within one refresh the catalog is read once: a change after it is seen by the next one.
+    p.begin_refresh();
+    assert!(drift(&p, &d, &r).await.is_empty());
+    admin
+        .batch_execute(&format!("ALTER DATABASE {} CONNECTION LIMIT 3", t.database))
+        .await
+        .expect("change the limit by hand");
+    assert!(
+        drift(&p, &d, &r).await.is_empty(),
+        "the same refresh answers from its catalog read"
+    );
+    p.end_refresh();
+    assert_eq!(
+        fields(&drift_in_refresh(&p, &d, &r).await),
+        ["database.connection_limit"]
+    );
+
+    // An apply invalidates what a refresh under way read of its server.
+    p.begin_refresh();
+    let _ = drift(&p, &d, &r).await;
+    let r2 = apply(&p, &journal, &d, Some(&r)).await;
+    assert!(
+        drift(&p, &d, &r2).await.is_empty(),
+        "read again after the write"
+    );
+    p.end_refresh();
+
+    // A binding left from another password (a crash between saving a rotated password and
+    // setting it) never vouches for the new one.
+    let mut stale = r2.clone();
+    stale.private.insert(
+        "password".into(),
+        Value::Secret(Sensitive::new("a-newer-password".to_owned())),
+    );
+    assert_eq!(
+        fields(&drift_in_refresh(&p, &d, &stale).await),
+        ["password"]
+    );
+
+    destroy(&p, &r2).await;
+}

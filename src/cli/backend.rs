@@ -285,6 +285,7 @@ impl Backend for Local {
         let (Loaded { set, graph }, store) = self.open()?;
         let opts = PlanOptions {
             refresh: flags.refresh,
+            changed_only: false,
             targets: flags.targets.clone(),
             parallelism: flags.parallelism,
             refresh_timeout: flags.refresh_timeout,

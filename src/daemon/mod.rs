@@ -591,10 +591,10 @@ impl Daemon {
     /// `skip_unchanged` and the files hash as the last good load did.
     async fn prepare(
         &mut self,
-        why: Reason,
+        reason: Reason,
         skip_unchanged: bool,
     ) -> Result<Option<Prepared>, String> {
-        let why = why.as_str();
+        let why = reason.as_str();
         tracing::info!(reason = why, "reloading");
         let loaded = match &self.repo {
             None => manifest::load_with(&self.opts.manifests, &self.opts.load),
@@ -662,6 +662,12 @@ impl Daemon {
         });
         let opts = PlanOptions {
             refresh: true,
+            // A file event refreshes what changed and what depends on it; drift elsewhere
+            // waits for the resync (or SIGHUP, or an operator's plan or apply).
+            changed_only: matches!(
+                reason,
+                Reason::ManifestsChanged | Reason::ChangedDuringApply | Reason::Retry
+            ),
             targets: Vec::new(),
             parallelism: self.opts.parallelism,
             refresh_timeout: self.opts.refresh_timeout,

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::address::Kind;
+use crate::plan::Action;
 use crate::state::Record;
 use crate::value::Value;
 
@@ -56,6 +57,15 @@ pub trait Provider: Send + Sync {
     /// A short name for logs and concurrency limits, e.g. `postgres`.
     fn name(&self) -> &'static str;
 
+    /// A refresh (a plan's round of `observe` calls) begins: what the provider read of the
+    /// outside before now must not serve it. Providers that share one read among the
+    /// resources of one refresh (a PostgreSQL server's catalog) start afresh here, and read
+    /// per resource again after [`Provider::end_refresh`]. Default: nothing kept.
+    fn begin_refresh(&self) {}
+
+    /// The refresh [`Provider::begin_refresh`] opened is over.
+    fn end_refresh(&self) {}
+
     /// Read the real object (read-only). `Ok(None)` when it does not exist.
     async fn observe(
         &self,
@@ -74,6 +84,22 @@ pub trait Provider: Send + Sync {
     /// Remove the object described by `recorded`; `Ok` if it is already gone. Providers decide
     /// from the recorded spec what removal means (e.g. `on_delete: retain` keeps data).
     async fn destroy(&self, recorded: &Record) -> Result<(), ProviderError>;
+
+    /// At plan time, for a planned `action`: what it needs from the system that the
+    /// credentials do not grant, one sentence per missing permission (each becomes a plan
+    /// error). Read-only. `desired` is what an apply would write (create, update, replace,
+    /// adopt), `recorded` what a destroy would remove (delete, replace). An `Err` means the
+    /// check itself could not be made (a warning; the apply will find out). Default: nothing
+    /// to check.
+    async fn preflight(
+        &self,
+        action: Action,
+        desired: Option<&Desired>,
+        recorded: Option<&Record>,
+    ) -> Result<Vec<String>, ProviderError> {
+        let _ = (action, desired, recorded);
+        Ok(Vec::new())
+    }
 }
 
 /// Where a provider's output lines go while an action runs: the run record's output tail and

@@ -34,12 +34,18 @@ use crate::provider::{Applied, Desired, Journal, Observed, Provider, ProviderErr
 use crate::state::Record;
 use crate::value::{Sensitive, Value};
 
+use conn::StoredPassword;
 use observed::TenantState;
 use spec::{Server, SslMode, Tenant};
 
 /// Keys of the provider's private data in state.
 const PRIVATE_PASSWORD: &str = "password";
 const PRIVATE_ROTATION: &str = "rotation";
+/// HMAC-SHA-256 keyed with the password over the verifier the role held after the last apply:
+/// a refresh that finds that very verifier knows the password without deriving SCRAM keys,
+/// and a binding left from an older password (a crash between saving a new one and setting
+/// it) never matches.
+const PRIVATE_VERIFIER_BINDING: &str = "verifier_binding";
 
 /// Characters a URL's userinfo, host or path segment may carry as they are (RFC 3986
 /// unreserved); everything else is percent-encoded.
@@ -75,19 +81,29 @@ impl Provider for PostgresProvider {
         let server = Server::from_value(&desired.connection)?;
         spec::check_pair(&tenant, &server)?;
 
-        let admin = self.pools.admin(&server).await?;
-        let read = async {
-            let role = reconcile::read_role(&admin, &tenant.owner).await?;
-            let database = reconcile::read_database(&admin, &tenant.database).await?;
-            let stored = match role {
-                Some(_) => Some(reconcile::read_password(&admin, &tenant.owner).await?),
-                None => None,
-            };
-            Ok::<_, ProviderError>((role, database, stored))
-        }
-        .await;
-        admin.release();
-        let (role, database, stored) = read?;
+        let (role, database, stored) = if self.pools.refreshing() {
+            // During a refresh: one catalog read per server, shared by all its resources.
+            let catalog = self.pools.catalog(&server).await?;
+            let role = catalog.role(&tenant.owner);
+            let database = catalog.database(&tenant.database);
+            let stored = role.map(|_| catalog.password(&tenant.owner));
+            (role, database, stored)
+        } else {
+            // A lone observation (an apply's second look after a conflict): just this one.
+            let admin = self.pools.admin(&server).await?;
+            let read = async {
+                let role = reconcile::read_role(&admin, &tenant.owner).await?;
+                let database = reconcile::read_database(&admin, &tenant.database).await?;
+                let stored = match role {
+                    Some(_) => Some(reconcile::read_password(&admin, &tenant.owner).await?),
+                    None => None,
+                };
+                Ok::<_, ProviderError>((role, database, stored))
+            }
+            .await;
+            admin.release();
+            read?
+        };
 
         let mut state = TenantState {
             role,
@@ -102,6 +118,17 @@ impl Provider for PostgresProvider {
             .and_then(recorded_password)
             .filter(|_| state.role.is_some_and(|r| r.login));
         if let (Some(password), Some(stored)) = (password, stored) {
+            // The verifier tend set (or found working) at the last apply is still there: the
+            // password is unchanged, no key derivation needed. Anything else, a hand-set
+            // password included, is checked in full below.
+            if let StoredPassword::Verifier(Some(v)) = &stored
+                && let (Some(found), Some(kept)) =
+                    (binding(&password, v), recorded.and_then(recorded_binding))
+                && found.expose() == kept.expose()
+            {
+                state.password_ok = Some(true);
+                return Ok(Some(state.to_observed()));
+            }
             let login_db = if state.database.is_some() {
                 &tenant.database
             } else {
@@ -129,18 +156,32 @@ impl Provider for PostgresProvider {
         let (password, fresh) = self.password(journal, &tenant, recorded).await?;
 
         let admin = self.pools.admin(&server).await?;
+        self.pools.writing(&server);
         let result =
             reconcile::converge(&self.pools, &admin, &server, &tenant, &password, fresh).await;
+        self.pools.writing(&server);
         admin.release();
-        result?;
+        let in_place = result?;
 
+        let mut private = BTreeMap::from([
+            (PRIVATE_PASSWORD.to_owned(), Value::Secret(password.clone())),
+            (PRIVATE_ROTATION.to_owned(), Value::Int(tenant.rotation)),
+        ]);
+        if let Some(b) = in_place.and_then(|v| binding(&password, &v)) {
+            private.insert(PRIVATE_VERIFIER_BINDING.to_owned(), Value::Secret(b));
+        }
         Ok(Applied {
             outputs: outputs(&tenant, &server, &password),
-            private: BTreeMap::from([
-                (PRIVATE_PASSWORD.to_owned(), Value::Secret(password.clone())),
-                (PRIVATE_ROTATION.to_owned(), Value::Int(tenant.rotation)),
-            ]),
+            private,
         })
+    }
+
+    fn begin_refresh(&self) {
+        self.pools.begin_refresh();
+    }
+
+    fn end_refresh(&self) {
+        self.pools.end_refresh();
     }
 
     async fn destroy(&self, recorded: &Record) -> Result<(), ProviderError> {
@@ -157,7 +198,9 @@ impl Provider for PostgresProvider {
         let server = Server::from_value(&recorded.connection)?;
         spec::check_pair(&tenant, &server)?;
         let admin = self.pools.admin(&server).await?;
+        self.pools.writing(&server);
         let result = reconcile::teardown(&admin, &tenant).await;
+        self.pools.writing(&server);
         admin.release();
         result
     }
@@ -190,6 +233,21 @@ impl PostgresProvider {
             .await?;
         tracing::debug!(role = %tenant.owner, rotation = tenant.rotation, "generated and saved a new password");
         Ok((password, true))
+    }
+}
+
+/// See [`PRIVATE_VERIFIER_BINDING`]: hex of HMAC-SHA-256(password, verifier).
+fn binding(password: &Sensitive, verifier: &Sensitive) -> Option<Sensitive> {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(password.expose().as_bytes()).ok()?;
+    mac.update(verifier.expose().as_bytes());
+    Some(Sensitive::new(hex::encode(mac.finalize().into_bytes())))
+}
+
+fn recorded_binding(record: &Record) -> Option<Sensitive> {
+    match record.private.get(PRIVATE_VERIFIER_BINDING)? {
+        Value::Secret(s) => Some(s.clone()),
+        _ => None,
     }
 }
 

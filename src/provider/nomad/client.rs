@@ -1,6 +1,6 @@
 //! A small typed client for the parts of Nomad's HTTP API tend uses (reference/nomad-http-api.md):
-//! jobs (register with check-and-set, read, plan, deregister, summary), and Variables (read,
-//! write with `cas`, delete). Job bodies stay `serde_json::Value`; only what tend reads is typed.
+//! jobs (register with check-and-set, read, plan, deregister, summary), Variables (read,
+//! write with `cas`, delete), and the token's own ACL (token/self, its roles and policies). Job bodies stay `serde_json::Value`; only what tend reads is typed.
 //!
 //! Every request carries the token (`X-Nomad-Token`, marked sensitive so no layer logs it) and
 //! the namespace / region as query parameters. Failures come back as [`ApiError`] with a class:
@@ -9,6 +9,17 @@
 //!
 //! Must not log or put into an error anything from a request body (a Variable's items are
 //! secrets); only methods, paths and Nomad's own error text.
+//!
+//! Upstream (hashicorp/nomad at aa026cc9, as reference/nomad-http-api.md read it): status codes
+//! from `command/agent/http.go` `wrap` (a `CodedError` keeps its code, `Permission denied` /
+//! `ACL token not found` are 403, anything else is 500), the token header from `parseToken`
+//! (`X-Nomad-Token`, else `Authorization: Bearer`); the agent's 400 checks from
+//! `command/agent/job_endpoint.go` `jobUpdate` / `jobPlan`; EnforceIndex failures found
+//! anywhere in the text as `command/job_run.go` does (`enforceIndexRegex`); the passing 500s
+//! from `nomad/structs/errors.go` and hashicorp/raft's errors; Variables' `cas` and 409 bodies
+//! from `command/agent/variable_endpoint.go` `variableUpsert` and the state store's
+//! `varSetCASTxn`; the ACL reads from `nomad/acl_endpoint.go` `ResolveToken`, `GetPolicy`,
+//! `GetRoleByID`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,6 +36,18 @@ use serde_json::json;
 
 use crate::provider::{ErrorClass, ProviderError};
 use crate::value::Sensitive;
+
+use super::acl::{PolicyDoc, Role, TokenSelf};
+
+/// What `GET /v1/acl/token/self` says of the token tend sends.
+#[derive(Debug)]
+pub enum TokenLookup {
+    /// 400 `ACL support disabled`: every request is allowed.
+    AclDisabled,
+    /// `ACL token not found`: the secret is unknown, or tend sends none (anonymous).
+    Unknown,
+    Token(TokenSelf),
+}
 
 /// Characters kept as they are in one URL path segment (RFC 3986 unreserved).
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -719,6 +742,60 @@ impl Client {
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// `GET /v1/acl/token/self`: what the cluster says of tend's token (`ResolveToken`).
+    pub async fn token_self(&self, scope: Scope<'_>) -> Result<TokenLookup, ApiError> {
+        let what = "read tend's own ACL token";
+        match self
+            .send(Request::new(Method::GET, "/v1/acl/token/self", scope, what))
+            .await
+        {
+            // The answer carries the token's secret: a decode error must not quote it.
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(TokenLookup::Token)
+                .map_err(|_| {
+                    ApiError::new(
+                        ErrorClass::Permanent,
+                        None,
+                        format!("{what}: Nomad's answer is not an ACL token"),
+                    )
+                }),
+            Err(e) if e.status == Some(400) && e.message.contains("ACL support disabled") => {
+                Ok(TokenLookup::AclDisabled)
+            }
+            Err(e)
+                if matches!(e.status, Some(403 | 404))
+                    && e.message.contains("ACL token not found") =>
+            {
+                Ok(TokenLookup::Unknown)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /v1/acl/policy/:name`; `None` on 404 (`ACL policy not found`).
+    pub async fn acl_policy(
+        &self,
+        scope: Scope<'_>,
+        name: &str,
+    ) -> Result<Option<PolicyDoc>, ApiError> {
+        let what = format!("read the ACL policy {name:?}");
+        let path = format!("/v1/acl/policy/{}", seg(name));
+        optional(
+            self.json(Request::new(Method::GET, &path, scope, &what), None)
+                .await,
+        )
+    }
+
+    /// `GET /v1/acl/role/:id`; `None` on 404 (`ACL role not found`).
+    pub async fn acl_role(&self, scope: Scope<'_>, id: &str) -> Result<Option<Role>, ApiError> {
+        let what = format!("read the ACL role {id:?}");
+        let path = format!("/v1/acl/role/{}", seg(id));
+        optional(
+            self.json(Request::new(Method::GET, &path, scope, &what), None)
+                .await,
+        )
     }
 
     async fn json<T: DeserializeOwned>(

@@ -4,6 +4,11 @@
 //!
 //! Pure. Must not let a secret through: values of the job's secret env keys, and any value that
 //! contains one of the job's secrets (e.g. a job edited by hand in Nomad), show as `(sensitive)`.
+//!
+//! Upstream (hashicorp/nomad at aa026cc9): the diff's shape and its contextual mode from
+//! `nomad/structs/diff.go` `Job.Diff` (types `Added`, `Deleted`, `Edited`, `None`; primitive
+//! maps flattened as `Env[KEY]`), the per-group annotations from `scheduler/annotate.go`, and
+//! `FailedTGAllocs` (`structs.AllocMetric`) from `nomad/job_endpoint.go` `Job.Plan`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;

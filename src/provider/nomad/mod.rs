@@ -7,31 +7,37 @@
 //! wires them into [`Provider`]: drift is decided by Nomad's own plan (`Diff.Type` `None` = in
 //! sync) and by the JobModifyIndex recorded in state — never by comparing raw JSON, since Nomad
 //! fills dozens of defaults into a stored job. An identical job is never re-registered
-//! (re-registering still creates an evaluation).
+//! (re-registering still creates an evaluation). `preflight` checks, at plan time, the ACL
+//! capabilities each planned change needs against the token's own policies (`acl`).
 //!
 //! Must not touch: the state store (only through the [`Journal`]), manifests, or any Nomad
-//! object other than the spec's job and its Variable at `nomad/jobs/<job-id>`. Must not put a
+//! object other than the spec's job and its Variable at `nomad/jobs/<job-id>` (it reads, never
+//! writes, the token's own ACL token, roles and policies). Must not put a
 //! secret into a registered job, a log line, an error, or an [`Observed`] / [`Drift`] value.
 
+mod acl;
 mod client;
 mod diff;
 pub mod model;
 mod secrets;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rand::TryRngCore;
 use rand::rngs::OsRng;
 
+use crate::plan::Action;
 use crate::provider::{
     Applied, Desired, Drift, ErrorClass, Journal, Observed, Provider, ProviderError,
 };
 use crate::state::Record;
 use crate::value::{SENSITIVE, Sensitive, Value};
 
-use client::{ApiError, Backoff, Client, Endpoint, JobInfo, Scope};
+use acl::{Grants, Needs};
+use client::{ApiError, Backoff, Client, Endpoint, JobInfo, Scope, TokenLookup};
 use secrets::Prepared;
 
 /// Keys of the provider's private data in state.
@@ -49,6 +55,9 @@ const F_VERSION: &str = "version";
 const F_STATUS: &str = "status";
 const F_VARIABLE_IN_SYNC: &str = "variable_in_sync";
 
+/// How long a token's capabilities, once read, are trusted (a daemon plans on every event).
+const GRANTS_TTL: Duration = Duration::from_secs(30);
+
 /// Concurrent actions against one Nomad cluster.
 const CLUSTER_CONCURRENCY: usize = 8;
 /// Changed paths named in a drift line before "and N more".
@@ -58,6 +67,8 @@ const MAX_DRIFT_PATHS: usize = 5;
 /// cluster connection.
 pub struct NomadProvider {
     clients: Mutex<HashMap<String, Client>>,
+    /// What each connection's token may do, read at most every [`GRANTS_TTL`].
+    grants: Mutex<HashMap<String, (Instant, Arc<Grants>)>>,
     /// Keys the client cache's digests of connections (which hold tokens); never leaves memory.
     cache_key: [u8; 32],
     backoff: Backoff,
@@ -70,6 +81,7 @@ impl Default for NomadProvider {
         let _ = OsRng.try_fill_bytes(&mut cache_key);
         NomadProvider {
             clients: Mutex::new(HashMap::new()),
+            grants: Mutex::new(HashMap::new()),
             cache_key,
             backoff: Backoff::default(),
         }
@@ -433,6 +445,210 @@ impl Provider for NomadProvider {
         }
         Ok(())
     }
+
+    /// The ACL capabilities the action's requests need (docs in [`acl`]), checked against the
+    /// token's own policies.
+    async fn preflight(
+        &self,
+        action: Action,
+        desired: Option<&Desired>,
+        recorded: Option<&Record>,
+    ) -> Result<Vec<String>, ProviderError> {
+        let writes = matches!(
+            action,
+            Action::Create | Action::Update | Action::Replace | Action::Adopt
+        );
+        let removes = matches!(action, Action::Delete | Action::Replace);
+        let mut missing = Vec::new();
+        if writes && let Some(d) = desired {
+            missing.extend(self.check(&self.apply_needs(d, recorded)?).await?);
+        }
+        if removes && let Some(r) = recorded {
+            missing.extend(self.check(&destroy_needs(r)?).await?);
+        }
+        let mut seen = BTreeSet::new();
+        missing.retain(|m| seen.insert(m.clone()));
+        Ok(missing)
+    }
+}
+
+/// One job's needs, with the connection to check them on.
+struct Check {
+    endpoint: Endpoint,
+    namespace: String,
+    region: Option<String>,
+    namespace_caps: Vec<&'static [&'static str]>,
+    variable: Option<String>,
+    variable_ops: Vec<&'static str>,
+}
+
+impl NomadProvider {
+    /// What applying `desired` asks of Nomad: read the job, plan and register it, and read and
+    /// write its Variable when it has secrets (delete it when they are gone).
+    fn apply_needs(
+        &self,
+        desired: &Desired,
+        recorded: Option<&Record>,
+    ) -> Result<Option<Check>, ProviderError> {
+        if !desired.connection.is_known() {
+            return Ok(None);
+        }
+        let spec = JobSpec::from_value(&desired.spec)?;
+        let Some(id) = spec.id() else {
+            return Ok(None);
+        };
+        let endpoint = endpoint(&desired.connection)?;
+        let target = Target::of(&spec, &endpoint);
+        let has_secrets = if spec.job.is_known() {
+            !secrets::prepare(spec.job)?.items.is_empty()
+        } else {
+            spec.job.is_sensitive()
+        };
+        let variable_ops = match (has_secrets, managed_variable(recorded)) {
+            (true, _) => vec!["read", "write"],
+            (false, true) => vec!["read", "destroy"],
+            (false, false) => Vec::new(),
+        };
+        Ok(Some(Check {
+            namespace: target.namespace,
+            region: target.region,
+            namespace_caps: vec![acl::READ_JOB, acl::PLAN_JOB, acl::REGISTER_JOB],
+            variable: (!variable_ops.is_empty()).then(|| secrets::variable_path(id)),
+            variable_ops,
+            endpoint,
+        }))
+    }
+
+    /// What is missing for `check`, from the token's grants.
+    async fn check(&self, check: &Option<Check>) -> Result<Vec<String>, ProviderError> {
+        let Some(c) = check else {
+            return Ok(Vec::new());
+        };
+        let scope = Scope {
+            namespace: &c.namespace,
+            region: c.region.as_deref(),
+        };
+        let grants = self.grants(&c.endpoint, scope).await?;
+        Ok(grants.missing(&Needs {
+            ns: &c.namespace,
+            namespace: c.namespace_caps.clone(),
+            variable: c.variable.as_deref(),
+            variable_ops: c.variable_ops.clone(),
+        }))
+    }
+
+    /// The token's grants on this connection, cached for [`GRANTS_TTL`].
+    async fn grants(
+        &self,
+        endpoint: &Endpoint,
+        scope: Scope<'_>,
+    ) -> Result<Arc<Grants>, ProviderError> {
+        let key = format!(
+            "{}\0{}",
+            cache_key(endpoint, &self.cache_key),
+            scope.region.unwrap_or_default()
+        );
+        if let Ok(cache) = self.grants.lock()
+            && let Some((at, g)) = cache.get(&key)
+            && at.elapsed() < GRANTS_TTL
+        {
+            return Ok(Arc::clone(g));
+        }
+        let client = self.client(endpoint)?;
+        let grants = Arc::new(read_grants(&client, scope, endpoint.token.is_some()).await?);
+        if let Ok(mut cache) = self.grants.lock() {
+            cache.insert(key, (Instant::now(), Arc::clone(&grants)));
+        }
+        Ok(grants)
+    }
+}
+
+/// What removing the recorded job asks of Nomad: deregister (or purge) it, and delete the
+/// Variable tend wrote for it.
+fn destroy_needs(recorded: &Record) -> Result<Option<Check>, ProviderError> {
+    let spec = JobSpec::from_value(&recorded.spec)?;
+    let Some(id) = spec.id() else {
+        return Ok(None);
+    };
+    let endpoint = endpoint(&recorded.connection)?;
+    let target = Target::of(&spec, &endpoint);
+    let had_secrets = secrets::prepare(spec.job)
+        .map(|p| !p.items.is_empty())
+        .unwrap_or_else(|_| spec.job.is_sensitive());
+    let variable_ops = if had_secrets || managed_variable(Some(recorded)) {
+        vec!["destroy"]
+    } else {
+        Vec::new()
+    };
+    let deregister = if spec.purge_on_destroy {
+        acl::PURGE_JOB
+    } else {
+        acl::DEREGISTER_JOB
+    };
+    Ok(Some(Check {
+        namespace: target.namespace,
+        region: target.region,
+        namespace_caps: vec![deregister],
+        variable: (!variable_ops.is_empty()).then(|| secrets::variable_path(id)),
+        variable_ops,
+        endpoint,
+    }))
+}
+
+/// Read the token's grants: token/self, then its roles' and its own policies (`RulesJSON`).
+async fn read_grants(
+    client: &Client,
+    scope: Scope<'_>,
+    has_token: bool,
+) -> Result<Grants, ProviderError> {
+    let token = match client.token_self(scope).await? {
+        TokenLookup::AclDisabled => return Ok(Grants::everything("cluster (ACLs are off)")),
+        TokenLookup::Unknown if has_token => {
+            return Ok(Grants::refused(
+                "the Nomad cluster does not know the nomad credential's token (ACL token not found): every request will be refused",
+            ));
+        }
+        // No token: the anonymous policy is what applies (anyone may read it).
+        TokenLookup::Unknown => {
+            let doc = client.acl_policy(scope, "anonymous").await?;
+            let rules = doc.map(policy_rules).transpose()?;
+            return Ok(Grants::from_policies(
+                "anonymous policy (the nomad credential has no token)",
+                rules.iter(),
+            ));
+        }
+        TokenLookup::Token(t) => t,
+    };
+    let holder = format!("token {:?} (accessor {})", token.name, token.accessor_id);
+    if token.r#type == "management" {
+        return Ok(Grants::everything(holder));
+    }
+    let mut names: BTreeSet<String> = token.policies.iter().cloned().collect();
+    for role in &token.roles {
+        // A role deleted since the token was made grants nothing.
+        if let Some(r) = client.acl_role(scope, &role.id).await? {
+            names.extend(r.policies.into_iter().map(|p| p.name));
+        }
+    }
+    let mut rules = Vec::new();
+    for name in &names {
+        if let Some(doc) = client.acl_policy(scope, name).await?
+            && doc.job_acl.as_ref().is_none_or(serde_json::Value::is_null)
+        {
+            rules.push(policy_rules(doc)?);
+        }
+    }
+    Ok(Grants::from_policies(holder, rules.iter()))
+}
+
+/// A policy's parsed rules; a server too old to send `RulesJSON` leaves nothing to check.
+fn policy_rules(doc: acl::PolicyDoc) -> Result<acl::Rules, ProviderError> {
+    doc.rules_json.ok_or_else(|| {
+        ProviderError::permanent(format!(
+            "Nomad sent the ACL policy {:?} without RulesJSON (a server older than tend supports?): the token's capabilities were not checked",
+            doc.name
+        ))
+    })
 }
 
 impl NomadProvider {

@@ -9,6 +9,15 @@
 //! turned into strings (Nomad decodes both as `map[string]string`).
 //!
 //! Pure: no I/O. Must not put a secret into an error message or the returned job.
+//!
+//! Upstream (hashicorp/nomad at aa026cc9): the template's rendered env file is read by
+//! `client/allocrunner/taskrunner/template/template.go` with go-envparse's `Parse` (v0.1.0
+//! `parseLine`: keys of `[A-Za-z0-9/_.]`, hence `is_env_key`); values go through
+//! consul-template's `toJSON`, Go `%q` quoting, so only `\b \f \n \r \t` among control
+//! characters come out as JSON; Variable paths match `nomad/structs/variables.go`
+//! `validVariablePath` (`^[a-zA-Z0-9-_~/]{1,128}$`, checked by `ValidatePath`), which leaves 117
+//! characters after `nomad/jobs/`; a task reads `nomad/jobs/<job-id>` with its workload identity
+//! alone (`acl/acl.go` `matchingVariablesCapabilitySet`).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,7 @@ use crate::provider::ProviderError;
 use crate::value::Sensitive;
 
 use super::error;
+use super::reconcile::Catalog;
 use super::spec::{Server, SslMode};
 use super::{sql, verifier};
 
@@ -78,13 +80,32 @@ struct Idle {
 struct Pool {
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<Idle>>,
+    /// The last catalog read (single flight: readers wait on the lock while one reads).
+    catalog: tokio::sync::Mutex<Option<CachedCatalog>>,
+    /// Bumped around every write to the server: a catalog read before it is stale.
+    writes: AtomicU64,
 }
+
+/// A catalog read and what it was read under.
+struct CachedCatalog {
+    refresh: u64,
+    writes: u64,
+    at: Instant,
+    catalog: Arc<Catalog>,
+}
+
+/// How long one catalog read serves a refresh: a refresh that takes longer reads it again.
+const CATALOG_LIFETIME: Duration = Duration::from_secs(30);
 
 /// All admin pools of one provider, plus the TLS setup they share.
 #[derive(Default)]
 pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     tls: OnceLock<Result<MakeRustlsConnect, String>>,
+    /// Bumped when a refresh begins: every catalog read before it is stale.
+    refresh: AtomicU64,
+    /// Refreshes under way.
+    refreshing: AtomicUsize,
 }
 
 /// An admin connection on loan. Give it back with [`Admin::release`] when the operation
@@ -232,9 +253,62 @@ impl Pools {
                 Arc::new(Pool {
                     permits: Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS)),
                     idle: Mutex::new(Vec::new()),
+                    catalog: tokio::sync::Mutex::new(None),
+                    writes: AtomicU64::new(0),
                 })
             })
             .clone()
+    }
+
+    /// A refresh begins: catalogs read before now are not used again, and observations share
+    /// one catalog read per server until [`Pools::end_refresh`].
+    pub fn begin_refresh(&self) {
+        self.refresh.fetch_add(1, Ordering::SeqCst);
+        self.refreshing.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn end_refresh(&self) {
+        // Saturating: an end without a begin changes nothing.
+        let _ = self
+            .refreshing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+
+    /// Whether a refresh is under way (observations then read the shared catalog).
+    pub fn refreshing(&self) -> bool {
+        self.refreshing.load(Ordering::SeqCst) > 0
+    }
+
+    /// About to write to `server` (and done writing): its catalog read so far is stale.
+    pub fn writing(&self, server: &Server) {
+        self.pool(server).writes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The server's roles and databases, read once per refresh and shared by all its
+    /// resources (issue 15 goal 1): one admin connection, two pipelined queries.
+    pub async fn catalog(&self, server: &Server) -> Result<Arc<Catalog>, ProviderError> {
+        let pool = self.pool(server);
+        let mut slot = pool.catalog.lock().await;
+        let refresh = self.refresh.load(Ordering::SeqCst);
+        let writes = pool.writes.load(Ordering::SeqCst);
+        if let Some(c) = slot.as_ref()
+            && c.refresh == refresh
+            && c.writes == writes
+            && c.at.elapsed() < CATALOG_LIFETIME
+        {
+            return Ok(Arc::clone(&c.catalog));
+        }
+        let admin = self.admin(server).await?;
+        let read = super::reconcile::read_catalog(&admin).await;
+        admin.release();
+        let catalog = Arc::new(read?);
+        *slot = Some(CachedCatalog {
+            refresh,
+            writes,
+            at: Instant::now(),
+            catalog: Arc::clone(&catalog),
+        });
+        Ok(catalog)
     }
 
     /// The rustls connector for `prefer` / `require`, built once.
@@ -298,6 +372,10 @@ impl Admin {
     ) -> Result<(), tokio_postgres::Error> {
         tracing::debug!(statement = "(carries a password verifier)", "postgres");
         self.client.batch_execute(statement.expose()).await
+    }
+
+    pub async fn query(&self, query: &str) -> Result<Vec<Row>, tokio_postgres::Error> {
+        self.client.query(query, &[]).await
     }
 
     pub async fn query_opt(

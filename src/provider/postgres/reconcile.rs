@@ -6,6 +6,8 @@
 //! it must act as). Must not send a plaintext password: passwords leave as SCRAM-SHA-256
 //! verifiers computed here, in statements that are never logged or quoted in errors.
 
+use std::collections::HashMap;
+
 use postgres_protocol::password::scram_sha_256;
 
 use crate::provider::ProviderError;
@@ -54,6 +56,83 @@ pub async fn read_password(admin: &Admin, role: &str) -> Result<StoredPassword, 
         None => None,
     };
     Ok(StoredPassword::Verifier(verifier.map(Sensitive::new)))
+}
+
+/// A server's roles and databases, read in one round trip (two pipelined queries) and shared by
+/// every resource on the server during one refresh. Verifiers only with a superuser admin.
+pub struct Catalog {
+    roles: HashMap<String, (RoleState, Option<Sensitive>)>,
+    databases: HashMap<String, DatabaseState>,
+    /// Whether `pg_authid` was readable (the admin is a superuser).
+    verifiers: bool,
+}
+
+impl Catalog {
+    pub fn role(&self, name: &str) -> Option<RoleState> {
+        self.roles.get(name).map(|(r, _)| *r)
+    }
+
+    pub fn database(&self, name: &str) -> Option<DatabaseState> {
+        self.databases.get(name).cloned()
+    }
+
+    /// What [`read_password`] would have answered for the role.
+    pub fn password(&self, name: &str) -> StoredPassword {
+        if !self.verifiers {
+            return StoredPassword::Unreadable;
+        }
+        StoredPassword::Verifier(self.roles.get(name).and_then(|(_, v)| v.clone()))
+    }
+}
+
+/// Read a server's [`Catalog`].
+pub async fn read_catalog(admin: &Admin) -> Result<Catalog, ProviderError> {
+    let verifiers = admin.info.superuser;
+    let roles_sql = if verifiers {
+        sql::CATALOG_ROLES_WITH_VERIFIERS
+    } else {
+        sql::CATALOG_ROLES
+    };
+    let (roles, databases) =
+        tokio::try_join!(admin.query(roles_sql), admin.query(sql::CATALOG_DATABASES))
+            .map_err(|e| error::statement("read the server's roles and databases", &e))?;
+    let mut catalog = Catalog {
+        roles: HashMap::with_capacity(roles.len()),
+        databases: HashMap::with_capacity(databases.len()),
+        verifiers,
+    };
+    for row in &roles {
+        let state = RoleState {
+            login: column(row, 1, "rolcanlogin")?,
+            superuser: column(row, 2, "rolsuper")?,
+            createdb: column(row, 3, "rolcreatedb")?,
+            createrole: column(row, 4, "rolcreaterole")?,
+            replication: column(row, 5, "rolreplication")?,
+            bypassrls: column(row, 6, "rolbypassrls")?,
+            inherit: column(row, 7, "rolinherit")?,
+            connection_limit: column(row, 8, "rolconnlimit")?,
+        };
+        let verifier = if verifiers {
+            column::<Option<String>>(row, 9, "rolpassword")?.map(Sensitive::new)
+        } else {
+            None
+        };
+        catalog
+            .roles
+            .insert(column(row, 0, "rolname")?, (state, verifier));
+    }
+    for row in &databases {
+        catalog.databases.insert(
+            column(row, 0, "datname")?,
+            DatabaseState {
+                owner: column(row, 1, "owner")?,
+                connection_limit: column(row, 2, "datconnlimit")?,
+                public_connect: column(row, 3, "CONNECT")?,
+                public_temp: column(row, 4, "TEMPORARY")?,
+            },
+        );
+    }
+    Ok(catalog)
 }
 
 /// The database's owner, limit and PUBLIC access, `None` when it does not exist.
@@ -122,26 +201,26 @@ pub async fn converge(
     tenant: &Tenant,
     password: &Sensitive,
     fresh: bool,
-) -> Result<(), ProviderError> {
+) -> Result<Option<Sensitive>, ProviderError> {
     let role = tenant.owner.as_str();
     let verifier = || Sensitive::new(scram_sha_256(password.expose().as_bytes()));
+    // The verifier the role is known to hold afterwards, when the admin can know it.
+    let mut in_place = None;
 
     // 1. The role: create with every attribute and the password, or fix its attributes.
     let mut password_set = false;
     let existing = match read_role(admin, role).await? {
         Some(found) => Some(found),
         None => {
+            let v = verifier();
             let created = admin
-                .execute_sensitive(&sql::create_role(
-                    role,
-                    tenant.connection_limit,
-                    verifier().expose(),
-                ))
+                .execute_sensitive(&sql::create_role(role, tenant.connection_limit, v.expose()))
                 .await;
             match created {
                 Ok(()) => {
                     tracing::info!(role, "created role");
                     password_set = true;
+                    in_place = Some(v);
                     None
                 }
                 Err(e) if error::already_exists(&e) => {
@@ -241,19 +320,29 @@ pub async fn converge(
     if !password_set {
         let works = !fresh && {
             let stored = read_password(admin, role).await?;
-            pools
+            let current = match &stored {
+                StoredPassword::Verifier(v) => v.clone(),
+                StoredPassword::Unreadable => None,
+            };
+            let works = pools
                 .password_works(stored, server, role, password, database)
-                .await?
+                .await?;
+            if works {
+                in_place = current;
+            }
+            works
         };
         if !works {
+            let v = verifier();
             admin
-                .execute_sensitive(&sql::alter_role_password(role, verifier().expose()))
+                .execute_sensitive(&sql::alter_role_password(role, v.expose()))
                 .await
                 .map_err(|e| error::statement(&format!("set the password of role `{role}`"), &e))?;
             tracing::info!(role, "set role password");
+            in_place = Some(v);
         }
     }
-    Ok(())
+    Ok(in_place)
 }
 
 /// Drop the tenant's database (ending its sessions) and role; what is already gone is fine.

@@ -23,6 +23,20 @@ pub const READ_DATABASE: &str = "SELECT pg_catalog.pg_get_userbyid(d.datdba)::te
      pg_catalog.has_database_privilege('public', d.oid, 'CONNECT'), \
      pg_catalog.has_database_privilege('public', d.oid, 'TEMPORARY') \
      FROM pg_catalog.pg_database d WHERE d.datname = $1::text";
+/// Every role at once, for a refresh shared by all of a server's resources (the columns of
+/// [`READ_ROLE`]). Superusers read `pg_authid`, whose `rolpassword` is the verifier.
+pub const CATALOG_ROLES: &str = "SELECT rolname::text, rolcanlogin, rolsuper, rolcreatedb, \
+     rolcreaterole, rolreplication, rolbypassrls, rolinherit, rolconnlimit \
+     FROM pg_catalog.pg_roles";
+pub const CATALOG_ROLES_WITH_VERIFIERS: &str = "SELECT rolname::text, rolcanlogin, rolsuper, \
+     rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, rolinherit, rolconnlimit, \
+     rolpassword FROM pg_catalog.pg_authid";
+/// Every database at once (the columns of [`READ_DATABASE`]).
+pub const CATALOG_DATABASES: &str = "SELECT d.datname::text, \
+     pg_catalog.pg_get_userbyid(d.datdba)::text, d.datconnlimit, \
+     pg_catalog.has_database_privilege('public', d.oid, 'CONNECT'), \
+     pg_catalog.has_database_privilege('public', d.oid, 'TEMPORARY') \
+     FROM pg_catalog.pg_database d";
 /// Before PG16: membership is enough to act as the role.
 pub const IS_MEMBER: &str = "SELECT pg_catalog.pg_has_role($1::text::name, 'MEMBER')";
 /// PG16+: acting as the role needs the SET option and, for ownership checks, INHERIT (USAGE).

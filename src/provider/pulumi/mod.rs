@@ -480,7 +480,7 @@ impl<'a> Session<'a> {
     /// Destroy the stack's resources, take tend's own config keys out of the stack's config
     /// file, and remove the stack, keeping that file: `Pulumi.<stack>.yaml` beside an
     /// operator's program is theirs, and `stack rm` deletes it unless told
-    /// `--preserve-config` (pkg/cmd/pulumi/stack/stack_rm.go).
+    /// `--preserve-config` (pkg/cmd/pulumi/stack/stack_remove.go).
     async fn destroy(&self) -> Result<(), ProviderError> {
         let mut inv =
             Invocation::new(&self.args(&["destroy"], &["--yes", "--skip-preview", "--json"]));

@@ -5,6 +5,16 @@
 //! (lock conflicts, missing stacks, passphrases).
 //!
 //! Parsing is tolerant: unknown keys are ignored, and missing ones default.
+//!
+//! Upstream (pulumi/pulumi at 1b594989, as reference/pulumi-cli.md read it): the preview
+//! document from `pkg/backend/display/json.go` `ShowPreviewDigest` (diagnostics go into its
+//! `diagnostics` array, not to stderr); engine events from `sdk/go/common/apitype/events.go`;
+//! which steps count as a change from `pkg/engine/update.go` `HasChanges` (`same`, `read`,
+//! `read-discard`, `read-replacement` do not); outputs from `pkg/cmd/pulumi/stack/
+//! stack_output.go` (`[secret]` without `--show-secrets`); lock conflicts from
+//! `pkg/backend/diy/lock.go` `checkForLock` and the Cloud's `[409] Conflict`; the passphrase
+//! error from `pkg/secrets/passphrase/manager.go`; exit codes from `pkg/cmd/pulumi/cmd/
+//! exit_codes.go` `ExitCodeFor` (3.227+; every failure 255 before).
 
 use std::collections::BTreeMap;
 

@@ -6,6 +6,14 @@
 //! Invariant: nothing here puts a secret into an argument. Secret values live in
 //! [`Sensitive`]s bound for the child's environment or its stdin, and [`Workspace::secrets`]
 //! lists every one of them so output can be redacted.
+//!
+//! Upstream (pulumi/pulumi at 1b594989): stack references from `pkg/backend/diy/backend.go`
+//! `ParseStackReference` (`organization/<project>/<stack>` in the project layout, a bare name in
+//! the legacy one) and the layout from `pkg/backend/diy/meta.go` `ensurePulumiMeta` /
+//! `readPulumiMeta` (`.pulumi/meta.yaml` `version`, `PULUMI_DIY_BACKEND_LEGACY_LAYOUT`); the
+//! backend and passphrase variables from `pkg/workspace/creds.go` and `sdk/go/common/env/
+//! env.go`; `config set --secret` reading the value from stdin from `pkg/cmd/pulumi/config/
+//! config.go` `configSetCmd.Run`.
 
 use std::path::{Path, PathBuf};
 

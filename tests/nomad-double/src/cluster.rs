@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
+use crate::acl::{Acl, Need};
 use crate::decode::{Dec, K, canonical_job, decode_body, get};
 use crate::diff::{annotate, job_diff};
 use crate::go::{now_ns, parse_go_bool, rfc3339, uuid};
@@ -164,8 +165,8 @@ pub(crate) struct GroupPlan {
 }
 
 pub(crate) struct Nomad {
-    token: Option<String>,
-    accessor: String,
+    /// `None`: ACLs are off.
+    pub(crate) acl: Option<Acl>,
     pub(crate) namespaces: BTreeSet<String>,
     node_pools: BTreeSet<String>,
     index: u64,
@@ -188,8 +189,7 @@ impl Nomad {
         // A fresh cluster has done some raft writes already.
         let start = 10;
         Nomad {
-            token,
-            accessor: uuid(),
+            acl: token.map(|t| Acl::with_management(&t, start)),
             namespaces: ["default".to_owned()].into(),
             node_pools: ["default".to_owned(), "all".to_owned()].into(),
             index: start,
@@ -209,7 +209,7 @@ impl Nomad {
     }
 
     /// One raft write: the next index, recorded for the tables it touches.
-    fn bump(&mut self, tables: &[&'static str]) -> u64 {
+    pub(crate) fn bump(&mut self, tables: &[&'static str]) -> u64 {
         self.index += 1;
         for t in tables {
             self.tables.insert(t, self.index);
@@ -222,16 +222,63 @@ impl Nomad {
         self.tables.get(t).copied().unwrap_or(0)
     }
 
-    fn auth(&self, token: Option<&str>, family: Family) -> Result<(), Reply> {
-        let Some(want) = &self.token else {
+    /// Authenticate the caller and check that it may do `need` in namespace `ns`
+    /// (`Authenticate` then `ResolveACL` and the endpoint's capability check).
+    fn auth(
+        &self,
+        token: Option<&str>,
+        family: Family,
+        ns: &str,
+        need: Need<'_>,
+    ) -> Result<(), Reply> {
+        let Some(acl) = &self.acl else {
             return Ok(());
         };
-        match token {
-            Some(t) if t == want => Ok(()),
-            Some(t) if !t.is_empty() && family == Family::Vars => {
-                Err(Reply::err(403, "ACL token not found"))
+        let Some(caller) = acl.caller(token) else {
+            return Err(match family {
+                Family::Vars => Reply::err(403, "ACL token not found"),
+                Family::Jobs => Reply::err(403, "Permission denied"),
+            });
+        };
+        if acl.allows(&caller, ns, need) {
+            Ok(())
+        } else {
+            Err(Reply::err(403, "Permission denied"))
+        }
+    }
+
+    /// The ACL read endpoints (`nomad/acl_endpoint.go`); 400 `ACL support disabled` without ACLs.
+    fn acl_read(&self, r: &Incoming, rest: &str) -> Reply {
+        if r.method != "GET" {
+            return Reply::err(405, "Invalid method");
+        }
+        let Some(acl) = &self.acl else {
+            return Reply::err(400, "ACL support disabled");
+        };
+        let token = r.token.as_deref();
+        let answer = if rest == "token/self" {
+            acl.token_self(token)
+        } else if let Some(name) = rest.strip_prefix("policy/") {
+            if name.is_empty() {
+                return Reply::err(400, "Missing Policy Name");
             }
-            _ => Err(Reply::err(403, "Permission denied")),
+            acl.policy(token, name)
+        } else if let Some(id) = rest.strip_prefix("role/") {
+            if id.is_empty() {
+                return Reply::err(400, "missing ACL role ID");
+            }
+            acl.role(token, id)
+        } else {
+            return Reply::err(
+                501,
+                format!(
+                    "the Nomad double does not implement /v1/acl/{rest} (see tests/nomad-double)"
+                ),
+            );
+        };
+        match answer {
+            Ok(v) => Reply::json(v).meta(self.index),
+            Err((status, msg)) => Reply::err(status, msg),
         }
     }
 
@@ -324,6 +371,9 @@ impl Nomad {
                 _ => Reply::err(400, "Invalid method"),
             };
         }
+        if let Some(rest) = p.strip_prefix("/v1/acl/") {
+            return self.acl_read(r, rest);
+        }
         if p == "/v1/status/leader" {
             return Reply::json(json!("127.0.0.1:4647"));
         }
@@ -336,7 +386,12 @@ impl Nomad {
         if let Err(e) = self.region(r.q("region")) {
             return e;
         }
-        if let Err(e) = self.auth(r.token.as_deref(), Family::Jobs) {
+        if let Err(e) = self.auth(
+            r.token.as_deref(),
+            Family::Jobs,
+            &r.namespace(),
+            Need::Namespace(&["read-job"]),
+        ) {
             return e;
         }
         match self.jobs.get(&key(&r.namespace(), id)) {
@@ -352,7 +407,12 @@ impl Nomad {
         if let Err(e) = self.region(r.q("region")) {
             return e;
         }
-        if let Err(e) = self.auth(r.token.as_deref(), Family::Jobs) {
+        if let Err(e) = self.auth(
+            r.token.as_deref(),
+            Family::Jobs,
+            &r.namespace(),
+            Need::Namespace(&["list-jobs"]),
+        ) {
             return e;
         }
         if r.has("filter") {
@@ -392,7 +452,12 @@ impl Nomad {
         if let Err(e) = self.region(r.q("region")) {
             return e;
         }
-        if let Err(e) = self.auth(r.token.as_deref(), Family::Jobs) {
+        if let Err(e) = self.auth(
+            r.token.as_deref(),
+            Family::Jobs,
+            &r.namespace(),
+            Need::Namespace(&["read-job"]),
+        ) {
             return e;
         }
         let ns = r.namespace();
@@ -450,7 +515,12 @@ impl Nomad {
         if let Err(e) = self.region(r.q("region")) {
             return e;
         }
-        if let Err(e) = self.auth(r.token.as_deref(), Family::Jobs) {
+        if let Err(e) = self.auth(
+            r.token.as_deref(),
+            Family::Jobs,
+            &r.namespace(),
+            Need::Namespace(&["read-job"]),
+        ) {
             return e;
         }
         let ns = r.namespace();
@@ -474,7 +544,12 @@ impl Nomad {
         if let Err(e) = self.region(r.q("region")) {
             return e;
         }
-        if let Err(e) = self.auth(r.token.as_deref(), Family::Jobs) {
+        if let Err(e) = self.auth(
+            r.token.as_deref(),
+            Family::Jobs,
+            &r.namespace(),
+            Need::Namespace(&["read-job"]),
+        ) {
             return e;
         }
         let ns = r.namespace();
@@ -491,7 +566,12 @@ impl Nomad {
         if let Err(e) = self.region(r.q("region")) {
             return e;
         }
-        if let Err(e) = self.auth(r.token.as_deref(), Family::Jobs) {
+        if let Err(e) = self.auth(
+            r.token.as_deref(),
+            Family::Jobs,
+            &r.namespace(),
+            Need::Namespace(&["read-job"]),
+        ) {
             return e;
         }
         match self.evals.iter().find(|e| e["ID"] == id) {
@@ -565,14 +645,22 @@ impl Nomad {
             .token
             .clone()
             .or_else(|| (!secret.is_empty()).then_some(secret));
-        if let Err(e) = self.auth(token.as_deref(), Family::Jobs) {
+        if let Err(e) = self.auth(
+            token.as_deref(),
+            Family::Jobs,
+            &namespace,
+            Need::Namespace(&["submit-job", "register-job"]),
+        ) {
             return e;
         }
         if let Err(e) = self.admit(&job) {
             return Reply::err(500, e);
         }
-        if self.token.is_some() {
-            job.insert("NomadTokenID".into(), json!(self.accessor));
+        if let Some(acl) = &self.acl {
+            job.insert(
+                "NomadTokenID".into(),
+                json!(acl.accessor(token.as_deref()).unwrap_or_default()),
+            );
         }
         let opts = RegisterOpts {
             enforce: enforce.then_some(jmi),
@@ -795,7 +883,17 @@ impl Nomad {
         if let Err(e) = self.region(r.q("region")) {
             return e;
         }
-        if let Err(e) = self.auth(r.token.as_deref(), Family::Jobs) {
+        let need: &'static [&'static str] = if purge {
+            &["submit-job", "purge-job"]
+        } else {
+            &["submit-job", "purge-job", "deregister-job"]
+        };
+        if let Err(e) = self.auth(
+            r.token.as_deref(),
+            Family::Jobs,
+            &r.namespace(),
+            Need::Namespace(need),
+        ) {
             return e;
         }
         let resp = self.deregister(&r.namespace(), id, purge);
@@ -883,14 +981,22 @@ impl Nomad {
             .token
             .clone()
             .or_else(|| (!secret.is_empty()).then_some(secret));
-        if let Err(e) = self.auth(token.as_deref(), Family::Jobs) {
+        if let Err(e) = self.auth(
+            token.as_deref(),
+            Family::Jobs,
+            &namespace,
+            Need::Namespace(&["submit-job", "plan-job"]),
+        ) {
             return e;
         }
         if let Err(e) = self.admit(&job) {
             return Reply::err(500, e);
         }
-        if self.token.is_some() {
-            job.insert("NomadTokenID".into(), json!(self.accessor));
+        if let Some(acl) = &self.acl {
+            job.insert(
+                "NomadTokenID".into(),
+                json!(acl.accessor(token.as_deref()).unwrap_or_default()),
+            );
         }
         let existing = self.jobs.get(&key(&namespace, &id)).cloned();
         if let Some(e) = &existing
@@ -1294,7 +1400,12 @@ impl Nomad {
         if let Err(e) = self.region(r.q("region")) {
             return e;
         }
-        if let Err(e) = self.auth(r.token.as_deref(), Family::Vars) {
+        if let Err(e) = self.auth(
+            r.token.as_deref(),
+            Family::Vars,
+            &r.namespace(),
+            Need::Variable(path, "read"),
+        ) {
             return e;
         }
         match self.vars.get(&key(&r.namespace(), path)) {
@@ -1311,18 +1422,26 @@ impl Nomad {
             return Reply::err(400, "the Nomad double does not evaluate filter expressions");
         }
         let index = self.table("variables");
-        match self.auth(r.token.as_deref(), Family::Vars) {
-            Ok(()) => {}
-            // Entries the (anonymous) token cannot list are dropped, not refused.
-            Err(_) if r.token.is_none() => return Reply::json(json!([])).meta(index),
-            Err(e) => return e,
-        }
+        // An unknown token is refused; entries the caller cannot `list` are dropped, not
+        // refused (`Variables.List` filters with `AllowVariableOperation`).
+        let caller = match &self.acl {
+            None => None,
+            Some(acl) => match acl.caller(r.token.as_deref()) {
+                Some(c) => Some((acl, c)),
+                None => return Reply::err(403, "ACL token not found"),
+            },
+        };
         let ns = r.namespace();
         let prefix = r.q("prefix");
         let out: Vec<Value> = self
             .vars
             .values()
             .filter(|v| (ns == "*" || v.namespace == ns) && v.path.starts_with(prefix))
+            .filter(|v| {
+                caller.as_ref().is_none_or(|(acl, c)| {
+                    acl.allows(c, &v.namespace, Need::Variable(&v.path, "list"))
+                })
+            })
             .map(|v| v.to_json(false))
             .collect();
         Reply::json(Value::Array(out)).meta(index)
@@ -1392,7 +1511,12 @@ impl Nomad {
         if let Err(e) = self.region(r.q("region")) {
             return e;
         }
-        if let Err(e) = self.auth(r.token.as_deref(), Family::Vars) {
+        if let Err(e) = self.auth(
+            r.token.as_deref(),
+            Family::Vars,
+            &ns,
+            Need::Variable(path, "write"),
+        ) {
             return e;
         }
         if let Err(e) = validate_variable(&ns, path, &items) {
@@ -1440,7 +1564,12 @@ impl Nomad {
         if let Err(e) = self.region(r.q("region")) {
             return e;
         }
-        if let Err(e) = self.auth(r.token.as_deref(), Family::Vars) {
+        if let Err(e) = self.auth(
+            r.token.as_deref(),
+            Family::Vars,
+            &r.namespace(),
+            Need::Variable(path, "destroy"),
+        ) {
             return e;
         }
         let ns = r.namespace();

@@ -38,16 +38,25 @@
 //! collection, HCL, Sentinel, Consul/Vault/Connect hooks, multiregion, dispatch, periodic
 //! launches, pagination or `filter` expressions. Blocks the reference does not default
 //! (services, networks, volumes, ...) are stored as sent (empty → null) and diffed
-//! generically. ACL policies are not modelled: a double started with a token knows exactly
-//! that one (management) token. Which endpoints answer `ACL token not found` for a wrong
-//! token is unconfirmed in the reference; here: job endpoints say `Permission denied`,
-//! variable endpoints `ACL token not found`.
+//! generically.
+//!
+//! ACLs (`acl`): a double started with a token has ACLs on, with that token as its management
+//! token; tests add policies (namespace capabilities, the `policy` shorthand, Variables path
+//! rules), roles and client tokens, and every job and variable endpoint checks the capability
+//! Nomad's endpoint checks (`read-job`, `submit-job`/`register-job`, `submit-job`/`plan-job`,
+//! `submit-job`/`purge-job`/`deregister-job`, Variables `read`/`write`/`destroy`/`list`), so a
+//! token with only `submit-job` cannot write Variables. `GET /v1/acl/token/self`,
+//! `/v1/acl/policy/:name` (with `RulesJSON`) and `/v1/acl/role/:id` answer as Nomad does, and
+//! 400 `ACL support disabled` without ACLs. Which endpoints answer `ACL token not found` for a
+//! wrong token is unconfirmed in the reference; here: job endpoints say `Permission denied`,
+//! variable and ACL endpoints `ACL token not found`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Map, Value};
 
+mod acl;
 mod cluster;
 mod decode;
 mod diff;
@@ -56,6 +65,7 @@ mod http;
 mod tls;
 mod validate;
 
+pub use acl::Policy;
 use cluster::{Alloc, Nomad};
 use http::handle;
 use tls::{Pki, TlsListener};
@@ -300,6 +310,36 @@ impl NomadDouble {
     /// Purges a job out of band (`nomad job stop -purge`): evaluation, allocations stopped.
     pub fn purge_job(&self, namespace: &str, id: &str) {
         self.shared.lock().deregister(namespace, id, true);
+    }
+
+    /// Stores an ACL policy (`nomad acl policy apply NAME`). Panics on a double without ACLs.
+    pub fn add_policy(&self, name: &str, policy: Policy) {
+        let mut st = self.shared.lock();
+        let index = st.bump(&["acl_policy"]);
+        st.acl
+            .as_mut()
+            .expect("add_policy: start the double with a token to turn ACLs on")
+            .add_policy(name, policy, index);
+    }
+
+    /// Creates an ACL role linking these policies; returns its ID.
+    pub fn add_role(&self, name: &str, policies: &[&str]) -> String {
+        let mut st = self.shared.lock();
+        let index = st.bump(&["acl_roles"]);
+        st.acl
+            .as_mut()
+            .expect("add_role: start the double with a token to turn ACLs on")
+            .add_role(name, policies, index)
+    }
+
+    /// Creates a client token with these policies and role IDs; returns its secret.
+    pub fn add_token(&self, name: &str, policies: &[&str], roles: &[&str]) -> String {
+        let mut st = self.shared.lock();
+        let index = st.bump(&["acl_token"]);
+        st.acl
+            .as_mut()
+            .expect("add_token: start the double with a token to turn ACLs on")
+            .add_token(name, policies, roles, index)
     }
 
     /// Adds a namespace (only `default` exists at start, as on a fresh cluster).
