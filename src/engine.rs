@@ -299,6 +299,100 @@ pub async fn plan(
     Ok(plan)
 }
 
+/// `tend import ADDR ID` (Terraform's verb): record an object that exists outside tend's state,
+/// for a resource the manifests declare, as it was found, changing nothing in it. The record
+/// carries [`plan::IMPORTED`] as its spec digest, so the next plan shows what applying the
+/// manifest changes. What a kind never adopts (`KindModel::refuse_adoption`) is not imported
+/// either. Returns the record written.
+pub async fn import(
+    set: &ManifestSet,
+    graph: &Graph,
+    store: &Arc<dyn StateStore>,
+    providers: &[Arc<dyn Provider>],
+    address: &Address,
+    id: &str,
+    deadline: std::time::Duration,
+) -> anyhow::Result<Record> {
+    if !set.managed().any(|m| &m.address == address) {
+        anyhow::bail!(
+            "{address} is not a resource the manifests declare: write its manifest first, then import the object it names"
+        );
+    }
+    let a = address.clone();
+    if let Some(rec) = blocking(store, move |s| s.get(&a)).await?
+        && rec.generation > 0
+    {
+        anyhow::bail!("{address} is already in state: nothing to import");
+    }
+    let model = address.kind.model();
+    let mut resolver = Resolver::new(set);
+    let mut recorded = BTreeMap::new();
+    for d in graph.ancestors(address) {
+        let key = d.clone();
+        if let Some(r) = blocking(store, move |s| s.get(&key)).await? {
+            recorded.insert(d.clone(), r.outputs);
+        }
+    }
+    let outputs = |t: &Address| recorded.get(t).cloned();
+    let desired = resolver
+        .desired(address, &outputs)
+        .ok_or_else(|| anyhow::anyhow!("{address} cannot be resolved"))?;
+    if !desired.spec.is_known() || !desired.connection.is_known() {
+        anyhow::bail!(
+            "{address} depends on outputs of resources not applied yet: apply those first (`tend apply --target`), then import"
+        );
+    }
+    let Some(want) = model.import_id(&desired) else {
+        anyhow::bail!("{} resources cannot be imported", address.kind);
+    };
+    if want != id {
+        anyhow::bail!(
+            "{address}'s manifest names {want:?}, not {id:?}: import the object the manifest declares"
+        );
+    }
+    let p = provider::for_kind(providers, address.kind)
+        .ok_or_else(|| anyhow::anyhow!("{} resources cannot be imported", address.kind))?;
+    let found = tokio::time::timeout(deadline, p.observe(&desired, None))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "importing {address}: no answer within {}",
+                humantime::format_duration(deadline)
+            )
+        })?
+        .map_err(|e| anyhow::anyhow!("importing {address}: {e}"))?;
+    let Some(observed) = found else {
+        anyhow::bail!("there is no {id:?} to import for {address}: nothing of that name exists");
+    };
+    if let Some(why) = model.refuse_adoption(&desired, &observed) {
+        anyhow::bail!("{address} cannot be imported: {why}");
+    }
+    let private = tokio::time::timeout(deadline, p.import(&desired))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "importing {address}: no answer within {}",
+                humantime::format_duration(deadline)
+            )
+        })?
+        .map_err(|e| anyhow::anyhow!("importing {address}: {e}"))?;
+    let now = crate::apply::now_ms();
+    let mut rec = Record::new(address.clone(), now);
+    rec.spec_hash = plan::IMPORTED.to_owned();
+    rec.spec = desired.spec.clone();
+    rec.connection = desired.connection.clone();
+    rec.outputs = model.known_outputs(&desired);
+    rec.private = private;
+    rec.status = Status::Ready;
+    rec.prevent_destroy = desired.prevent_destroy;
+    rec.depends_on = graph.dependencies(address);
+    rec.updated_at = now;
+    rec.generation = 1;
+    let written = rec.clone();
+    blocking(store, move |s| s.put(&rec)).await?;
+    Ok(written)
+}
+
 /// The providers' refresh window for one plan, closed when the plan ends however it ends.
 struct Refreshing<'a>(&'a [Arc<dyn Provider>]);
 

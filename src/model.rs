@@ -401,6 +401,13 @@ pub trait KindModel: Sync {
         false
     }
 
+    /// The ID `tend import ADDR ID` names this resource's object by (Terraform's import ID),
+    /// from the desired spec; `None`: the kind cannot be imported.
+    fn import_id(&self, desired: &Desired) -> Option<String> {
+        let _ = desired;
+        None
+    }
+
     /// Why an object found outside tend's state must not be adopted even when the manifest
     /// asks (`lifecycle.adopt`), e.g. a role with powers a tenant must never have.
     fn refuse_adoption(&self, desired: &Desired, observed: &Observed) -> Option<String> {

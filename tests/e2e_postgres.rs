@@ -802,3 +802,137 @@ async fn a_symlinked_tenants_directory_plans_no_destroy() {
     assert!(!r.stdout.contains("destroy"), "{}", r.stdout);
     assert!(exists("db", &db).await);
 }
+
+async fn count_rows(db: &str) -> i64 {
+    let p = pg();
+    p.connect_as(&p.user, &p.password, db)
+        .await
+        .expect("connect")
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .expect("count")
+        .get(0)
+}
+
+/// A database with a table of two rows, made by hand outside tend.
+async fn database_with_rows(db: &str, role: &str) {
+    let p = pg();
+    let admin = p.admin().await;
+    admin
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        ))
+        .await
+        .expect("a role");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db} OWNER {role}"))
+        .await
+        .expect("a database");
+    p.connect_as(&p.user, &p.password, db)
+        .await
+        .expect("connect to it")
+        .batch_execute("CREATE TABLE orders (id int); INSERT INTO orders VALUES (1), (2)")
+        .await
+        .expect("rows");
+}
+
+/// Issue 11: `tend import` records an existing database as found, changing nothing; the next
+/// plan shows what applying the manifest changes, and afterwards `on_delete: drop` may drop it.
+#[tokio::test]
+async fn tend_import_then_on_delete_drop_drops_it() {
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
+    let (db, role) = (unique("tend_idb_"), unique("tend_iown_"));
+    database_with_rows(&db, &role).await;
+    w.write("server.yaml", &server_yaml());
+    w.write(
+        "db.yaml",
+        &database_yaml("a", &db, &role, "  on_delete: drop\n"),
+    );
+    let r = w.run(&["plan"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.all().contains(&format!(
+            "record it as it is with `tend import PostgresDatabase.a {db}`"
+        )),
+        "{}",
+        r.all()
+    );
+
+    let r = w.run(&["import", "PostgresDatabase.a", "not_it"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.all().contains(&format!("names \"{db}\", not \"not_it\"")),
+        "{}",
+        r.all()
+    );
+
+    let r = w.run(&["import", "PostgresDatabase.a", &db]).ok();
+    assert!(r.stdout.contains("nothing was changed"), "{}", r.stdout);
+    assert_eq!(count_rows(&db).await, 2);
+    let r = w.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stdout
+            .contains("imported: tend has not applied its manifest yet"),
+        "{}",
+        r.stdout
+    );
+    w.run(&["apply", "--auto-approve"]).ok();
+    assert_eq!(count_rows(&db).await, 2, "the apply keeps the rows");
+    let r = w.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    pg().connect_as(&role, &password_in_state(&w, "a"), &db)
+        .await
+        .expect("the imported role logs in with the password tend set");
+
+    w.remove("db.yaml");
+    w.run(&["apply", "--auto-approve"]).ok();
+    assert!(!exists("db", &db).await, "imported, so tend's to drop");
+    assert!(!exists("role", &role).await);
+}
+
+/// Issue 11: `on_delete: drop` drops only the database tend created; one dropped and made again
+/// by hand under the same name (another OID, data tend knows nothing of) is refused, unless the
+/// resource says `force_destroy: true`.
+#[tokio::test]
+async fn a_database_made_again_outside_tend_is_not_dropped_unless_forced() {
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
+    let (db, role) = (unique("tend_rdb_"), unique("tend_rown_"));
+    w.write("server.yaml", &server_yaml());
+    w.write(
+        "db.yaml",
+        &database_yaml("a", &db, &role, "  on_delete: drop\n"),
+    );
+    w.run(&["apply", "--auto-approve"]).ok();
+    pg().admin()
+        .await
+        .batch_execute(&format!("DROP DATABASE {db}"))
+        .await
+        .expect("drop by hand");
+    database_with_rows(&db, &role).await;
+
+    w.remove("db.yaml");
+    let r = w.run(&["apply", "--auto-approve"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.all().contains("is not the one tend created or took over"),
+        "{}",
+        r.all()
+    );
+    assert!(r.all().contains("force_destroy: true"), "{}", r.all());
+    assert_eq!(count_rows(&db).await, 2, "its rows survive");
+
+    w.write(
+        "db.yaml",
+        &database_yaml(
+            "a",
+            &db,
+            &role,
+            "  on_delete: drop\n  force_destroy: true\n",
+        ),
+    );
+    w.run(&["apply", "--auto-approve"]).ok();
+    w.remove("db.yaml");
+    w.run(&["apply", "--auto-approve"]).ok();
+    assert!(!exists("db", &db).await, "forced");
+}

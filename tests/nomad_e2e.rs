@@ -467,7 +467,8 @@ fn a_bad_token_is_a_plan_error_that_names_the_credential() {
     );
     assert!(!r.all().contains("a-wrong-token"));
     assert_eq!(f.nomad.count("GET", "/v1/acl/token/self"), 1);
-    assert_eq!(f.nomad.count("GET", "/v1/job/web"), 0);
+    // The plan's look for a job of that ID outside tend's state, refused (a warning).
+    assert_eq!(f.nomad.count("GET", "/v1/job/web"), 1);
     assert_eq!(f.registers(), 0);
     let r = f.tend(&["state", "list"]).ok();
     assert!(!r.stdout.contains("ready"), "{}", r.stdout);
@@ -480,8 +481,8 @@ fn a_bad_token_is_a_plan_error_that_names_the_credential() {
     assert_has(&r, "permission denied: check the nomad credential's token");
     assert_eq!(
         f.nomad.count("GET", "/v1/job/web"),
-        1,
-        "a 403 is not retried"
+        3,
+        "one look in each plan, one read by the apply: a 403 is not retried"
     );
     assert_eq!(f.registers(), 0);
     assert!(
@@ -505,9 +506,9 @@ fn an_invalid_job_shows_nomads_validation_message_under_its_address() {
     // A 400 (Nomad's agent-side checks) is shown verbatim too, and not retried.
     let f = Fixture::new();
     f.job(&job_yaml(IMAGE, "", "", ""));
-    // The first request is the plan's permission check (`/v1/acl/token/self`; a failed check
-    // is only a warning), the second the apply's first.
-    f.nomad.fail_next(2, 400, "Job ID does not match name");
+    // The plan's look for a job of that ID outside state and its permission check
+    // (`/v1/acl/token/self`) come first (both only warnings when they fail), then the apply.
+    f.nomad.fail_next(3, 400, "Job ID does not match name");
     let r = f.apply();
     assert_eq!(r.code, 1, "{}", r.all());
     assert_has(&r, "Job ID does not match name");
@@ -530,9 +531,11 @@ fn an_uncoded_500_refusal_is_permanent_and_not_retried() {
         .iter()
         .filter(|r| r.status == 500)
         .count();
+    // Once by the plan's look for a job of that ID (a warning), once by the apply: neither
+    // is retried.
     assert_eq!(
         refused,
-        1,
+        2,
         "the refusal was retried: {:?}",
         f.nomad.requests()
     );
@@ -882,4 +885,47 @@ fn a_missing_destroy_capability_fails_the_plan_that_would_delete() {
         f.nomad.job("default", "web").is_some(),
         "nothing was deregistered"
     );
+}
+
+#[test]
+fn a_job_registered_by_someone_else_is_not_taken_over_unless_adopted_or_imported() {
+    // Issue 11: a job with the same ID that tend did not register is a plan error naming the
+    // two ways on; `tend import` records it as found, then the plan shows the manifest's change.
+    let other = Fixture::new();
+    other.job(&job_yaml("nginx:1.27", "", "", ""));
+    other.apply().ok();
+    let theirs = other.stored("web");
+
+    let f = Fixture::with(other.nomad, "any-token");
+    f.job(&job_yaml(IMAGE, "", "", ""));
+    let r = f.tend(&["plan"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert_has(&r, "NomadJob.web already exists outside tend's state");
+    assert_has(&r, "tend import NomadJob.web web");
+    let r = f.apply();
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert_eq!(
+        version_of(&f.stored("web")),
+        version_of(&theirs),
+        "their job is untouched"
+    );
+
+    let r = f.tend(&["import", "NomadJob.web", "web"]).ok();
+    assert_has(
+        &r,
+        "NomadJob.web: imported \"web\" as it is; nothing was changed",
+    );
+    assert_eq!(version_of(&f.stored("web")), version_of(&theirs));
+    let r = f.tend(&["plan", "--detailed-exitcode"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert_has(&r, "imported: tend has not applied its manifest yet");
+    f.apply().ok();
+    assert_eq!(image_of(&f.stored("web")), IMAGE);
+    let r = f.tend(&["plan", "--detailed-exitcode"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+
+    // An ID that is not the manifest's is refused, naming both.
+    let r = f.tend(&["import", "NomadJob.web", "api"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert_has(&r, "NomadJob.web is already in state");
 }

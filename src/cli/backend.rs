@@ -28,7 +28,7 @@ use crate::plan::{Plan, render};
 use crate::provider::tenant::status::TenantStatus;
 use crate::provider::{self, Provider};
 use crate::state::{
-    PgOpen, PgStore, PgTarget, Run, SledStore, StateError, StateStore, Status, Trigger,
+    PgOpen, PgStore, PgTarget, Record, Run, SledStore, StateError, StateStore, Status, Trigger,
 };
 
 /// Where an apply's progress lines go, one line at a time.
@@ -75,6 +75,13 @@ pub trait Backend {
         name: Option<&str>,
         show_secrets: bool,
     ) -> anyhow::Result<Option<BTreeMap<String, OutputValue>>>;
+    /// `tend import ADDR ID`: record the existing object as found (see `engine::import`).
+    async fn import(
+        &mut self,
+        address: &Address,
+        id: &str,
+        deadline: Duration,
+    ) -> anyhow::Result<Record>;
 }
 
 /// Which outputs a read reveals.
@@ -384,6 +391,17 @@ impl Backend for Local {
         Ok(blocking(&store, move |s| s.run(&id)).await?)
     }
 
+    async fn import(
+        &mut self,
+        address: &Address,
+        id: &str,
+        deadline: Duration,
+    ) -> anyhow::Result<Record> {
+        let providers = self.providers.clone();
+        let (Loaded { set, graph }, store) = self.open()?;
+        crate::engine::import(set, graph, &store, &providers, address, id, deadline).await
+    }
+
     async fn outputs(
         &mut self,
         address: &Address,
@@ -526,6 +544,17 @@ impl Backend for Daemon {
 
     async fn run(&mut self, id: &str) -> anyhow::Result<Option<Run>> {
         self.call("GET", &format!("/v1/runs/{id}")).await
+    }
+
+    async fn import(
+        &mut self,
+        address: &Address,
+        _id: &str,
+        _deadline: Duration,
+    ) -> anyhow::Result<Record> {
+        bail!(
+            "a daemon holds this state: stop it (`systemctl stop tend`), run `tend import {address} …`, and start it again"
+        )
     }
 
     async fn outputs(

@@ -125,6 +125,11 @@ enum Command {
     /// What the daemon is doing (or, with no daemon, what state holds).
     #[command(after_help = "Examples:\n  tend status\n  tend --socket /run/tend/tend.sock status")]
     Status,
+    /// Record an object that exists outside tend's state as found, changing nothing.
+    #[command(
+        after_help = "Examples:\n  tend import PostgresDatabase.legacy legacy_app\n  tend import NomadJob.web web\n  tend plan   # then shows what applying the manifest changes"
+    )]
+    Import(ImportArgs),
     /// A recorded resource's outputs (sensitive ones masked unless --show-secrets).
     #[command(
         after_help = "Examples:\n  tend output PostgresDatabase.app\n  tend output PostgresDatabase.app --json\n  psql \"$(tend output TenantInstance.acme/PostgresDatabase url --raw --show-secrets)\""
@@ -140,6 +145,17 @@ enum Command {
         after_help = "Examples:\n  tend man > ~/.local/share/man/man1/tend.1\n  tend man | man -l -"
     )]
     Man,
+}
+
+#[derive(Args, Debug)]
+struct ImportArgs {
+    /// The resource, as the manifests declare it (e.g. `PostgresDatabase.legacy`).
+    address: Address,
+    /// The object's ID: a database's name, a Nomad job's ID.
+    id: String,
+    /// How long to wait for the system that holds the object.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
 }
 
 #[derive(Args, Debug)]
@@ -459,6 +475,17 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<Outcome> {
         }
         Command::Output(ref args) => {
             output_cmd(connect(Access::Read).await?.as_mut(), args, printer).await
+        }
+        Command::Import(ref args) => {
+            let mut backend = connect(Access::Write("tend import")).await?;
+            let rec = backend
+                .import(&args.address, &args.id, args.timeout)
+                .await?;
+            printer.out(&format!(
+                "{}: imported {:?} as it is; nothing was changed. Run `tend plan` to see what applying its manifest would change.",
+                rec.address, args.id
+            ));
+            Ok(Outcome::Success)
         }
         Command::Completions { shell } => {
             let mut buf = Vec::new();

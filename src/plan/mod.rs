@@ -13,6 +13,10 @@ use crate::model::{Desired, Drift, KindModel, Observed};
 use crate::state::{Record, Status};
 use crate::value::{Reveal, SENSITIVE, UNKNOWN, Value};
 
+/// The spec digest `tend import` records: no real digest equals it, so the first plan after an
+/// import applies the manifest to the object as found.
+pub const IMPORTED: &str = "imported";
+
 /// What will happen to a resource.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -304,6 +308,21 @@ fn decide_inner(
         });
         return change;
     }
+    if rec.spec_hash == IMPORTED {
+        // Recorded as found by `tend import`: what changes is what differs from the object.
+        change.action = Action::Update;
+        if let Observation::Present(obs) = observed {
+            change.drift = model
+                .drift(desired, None, obs)
+                .iter()
+                .map(DriftItem::from)
+                .collect();
+        }
+        change
+            .reasons
+            .push("imported: tend has not applied its manifest yet".into());
+        return change;
+    }
     if rec.spec_hash != desired_hash {
         let immutable = model.immutable_fields();
         change.fields = field_changes(Some(&rec.spec), Some(&desired.spec), immutable);
@@ -366,8 +385,12 @@ pub fn ownership_error(
         let why = model.refuse_adoption(desired, obs)?;
         format!("{a} cannot be adopted: {why}")
     } else {
+        let import = model
+            .import_id(desired)
+            .map(|id| format!(", or record it as it is with `tend import {a} {id}`"))
+            .unwrap_or_default();
         format!(
-            "{a} already exists outside tend's state, and tend does not change what it did not create: set `lifecycle.adopt: true` on it to take it over (the plan then shows what changes), or give the {} another name",
+            "{a} already exists outside tend's state, and tend does not change what it did not create: set `lifecycle.adopt: true` on it to take it over (the plan then shows what changes){import}, or give the {} another name",
             a.kind
         )
     };

@@ -66,6 +66,13 @@ pub trait Provider: Send + Sync {
     /// The refresh [`Provider::begin_refresh`] opened is over.
     fn end_refresh(&self) {}
 
+    /// `tend import`: what the provider keeps in private data about an object that exists and
+    /// is being recorded as found (e.g. its identity). Read-only. Default: nothing.
+    async fn import(&self, desired: &Desired) -> Result<BTreeMap<String, Value>, ProviderError> {
+        let _ = desired;
+        Ok(BTreeMap::new())
+    }
+
     /// Read the real object (read-only). `Ok(None)` when it does not exist.
     async fn observe(
         &self,

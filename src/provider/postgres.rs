@@ -41,6 +41,8 @@ use spec::{Server, SslMode, Tenant};
 /// Keys of the provider's private data in state.
 const PRIVATE_PASSWORD: &str = "password";
 const PRIVATE_ROTATION: &str = "rotation";
+/// The OID of the database tend created, adopted or imported (see `reconcile::teardown`).
+const PRIVATE_DATABASE_OID: &str = "database_oid";
 /// HMAC-SHA-256 keyed with the password over the verifier the role held after the last apply:
 /// a refresh that finds that very verifier knows the password without deriving SCRAM keys,
 /// and a binding left from an older password (a crash between saving a new one and setting
@@ -157,11 +159,17 @@ impl Provider for PostgresProvider {
 
         let admin = self.pools.admin(&server).await?;
         self.pools.writing(&server);
-        let result =
-            reconcile::converge(&self.pools, &admin, &server, &tenant, &password, fresh).await;
+        let result = async {
+            let in_place =
+                reconcile::converge(&self.pools, &admin, &server, &tenant, &password, fresh)
+                    .await?;
+            let oid = reconcile::database_oid(&admin, &tenant.database).await?;
+            Ok::<_, ProviderError>((in_place, oid))
+        }
+        .await;
         self.pools.writing(&server);
         admin.release();
-        let in_place = result?;
+        let (in_place, oid) = result?;
 
         let mut private = BTreeMap::from([
             (PRIVATE_PASSWORD.to_owned(), Value::Secret(password.clone())),
@@ -169,6 +177,9 @@ impl Provider for PostgresProvider {
         ]);
         if let Some(b) = in_place.and_then(|v| binding(&password, &v)) {
             private.insert(PRIVATE_VERIFIER_BINDING.to_owned(), Value::Secret(b));
+        }
+        if let Some(oid) = oid {
+            private.insert(PRIVATE_DATABASE_OID.to_owned(), Value::Int(oid));
         }
         Ok(Applied {
             outputs: outputs(&tenant, &server, &password),
@@ -178,6 +189,18 @@ impl Provider for PostgresProvider {
 
     fn begin_refresh(&self) {
         self.pools.begin_refresh();
+    }
+
+    /// `tend import`: the database's OID, so a later `on_delete: drop` knows it is this one.
+    async fn import(&self, desired: &Desired) -> Result<BTreeMap<String, Value>, ProviderError> {
+        let tenant = Tenant::from_value(&desired.spec)?;
+        let server = Server::from_value(&desired.connection)?;
+        let admin = self.pools.admin(&server).await?;
+        let oid = reconcile::database_oid(&admin, &tenant.database).await;
+        admin.release();
+        Ok(oid?
+            .map(|o| BTreeMap::from([(PRIVATE_DATABASE_OID.to_owned(), Value::Int(o))]))
+            .unwrap_or_default())
     }
 
     fn end_refresh(&self) {
@@ -199,7 +222,11 @@ impl Provider for PostgresProvider {
         spec::check_pair(&tenant, &server)?;
         let admin = self.pools.admin(&server).await?;
         self.pools.writing(&server);
-        let result = reconcile::teardown(&admin, &tenant).await;
+        let known = recorded
+            .private
+            .get(PRIVATE_DATABASE_OID)
+            .and_then(Value::as_i64);
+        let result = reconcile::teardown(&admin, &tenant, known).await;
         self.pools.writing(&server);
         admin.release();
         result

@@ -183,6 +183,19 @@ impl KindModel for NomadJob {
         out
     }
 
+    /// A job with this ID registered by someone else is not taken over silently.
+    fn checks_ownership(&self) -> bool {
+        true
+    }
+
+    /// The job's ID.
+    fn import_id(&self, desired: &Desired) -> Option<String> {
+        match desired.spec.get("job")?.get("ID")? {
+            Value::Str(s) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        }
+    }
+
     fn immutable_fields(&self) -> &'static [&'static str] {
         &["job.ID", "job.Namespace", "job.Region", "job.Type"]
     }

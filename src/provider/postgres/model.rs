@@ -136,6 +136,7 @@ static DATABASE_SCHEMA: Schema = Schema {
         Field::new("connection_limit", Ty::Int),
         Field::new("isolate", Ty::Bool),
         Field::fixed("on_delete", Ty::Enum(&["retain", "drop"])),
+        Field::fixed("force_destroy", Ty::Bool),
         Field::fixed("timeout", Ty::Duration),
         Field::fixed("lifecycle", Ty::Obj(LIFECYCLE)),
     ],
@@ -315,6 +316,15 @@ impl KindModel for PostgresDatabase {
 
     /// A role with powers a tenant must never have, or the admin's own role, is never taken
     /// over: adopting it would demote it (or lock tend out).
+    /// The database's name.
+    fn import_id(&self, desired: &Desired) -> Option<String> {
+        desired
+            .spec
+            .get("database")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+
     fn refuse_adoption(&self, desired: &Desired, observed: &Observed) -> Option<String> {
         let found = TenantState::from_observed(observed);
         let owner = desired.spec.get("owner").and_then(Value::as_str)?;

@@ -155,6 +155,15 @@ pub async fn read_database(
     }))
 }
 
+/// The database's OID, `None` when it does not exist.
+pub async fn database_oid(admin: &Admin, database: &str) -> Result<Option<i64>, ProviderError> {
+    let row = admin
+        .query_opt(sql::DATABASE_OID, &[&database])
+        .await
+        .map_err(|e| error::statement(&format!("read the OID of database `{database}`"), &e))?;
+    row.map(|r| column(&r, 0, "oid")).transpose()
+}
+
 /// Make a non-superuser admin able to act as `role` (needed to create a database owned by it,
 /// to take a database away from it, to drop what it owns). Kept afterwards: rotation, drift
 /// repair and deletion need it again.
@@ -346,9 +355,23 @@ pub async fn converge(
 }
 
 /// Drop the tenant's database (ending its sessions) and role; what is already gone is fine.
-pub async fn teardown(admin: &Admin, tenant: &Tenant) -> Result<(), ProviderError> {
+/// `known_oid`: the database tend created, adopted or imported; one with another OID was made
+/// outside tend and is not dropped unless the tenant says `force_destroy`.
+pub async fn teardown(
+    admin: &Admin,
+    tenant: &Tenant,
+    known_oid: Option<i64>,
+) -> Result<(), ProviderError> {
     let database = tenant.database.as_str();
     let role = tenant.owner.as_str();
+    if let (Some(known), Some(found)) = (known_oid, database_oid(admin, database).await?)
+        && known != found
+        && !tenant.force_destroy
+    {
+        return Err(ProviderError::permanent(format!(
+            "database `{database}` is not the one tend created or took over (OID {known} recorded, {found} found): it was dropped and made again outside tend and may hold data tend knows nothing of, so tend does not drop it. Drop it yourself, or set `force_destroy: true` on the resource (apply), then remove it"
+        )));
+    }
     if let Some(db) = read_database(admin, database).await? {
         // Only the owner (or a member of it) may drop a database.
         ensure_member(admin, &db.owner).await?;

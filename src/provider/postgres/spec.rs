@@ -41,6 +41,9 @@ pub struct Tenant {
     /// Revoke PUBLIC's CONNECT and TEMPORARY on the database.
     pub isolate: bool,
     pub on_delete: OnDelete,
+    /// With `on_delete: drop`: drop the database even when it is not the one tend created,
+    /// adopted or imported (its OID changed: it was dropped and made again outside tend).
+    pub force_destroy: bool,
 }
 
 /// How tend talks to the server (libpq's names and meanings).
@@ -119,6 +122,7 @@ impl Tenant {
                 _ => return Err(invalid("spec.on_delete", "must be `retain` or `drop`")),
             },
         };
+        let force_destroy = optional(spec, "force_destroy", "spec.force_destroy", false, boolean)?;
         Ok(Tenant {
             server,
             database,
@@ -128,6 +132,7 @@ impl Tenant {
             connection_limit,
             isolate,
             on_delete,
+            force_destroy,
         })
     }
 }

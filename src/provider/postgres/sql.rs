@@ -37,6 +37,9 @@ pub const CATALOG_DATABASES: &str = "SELECT d.datname::text, \
      pg_catalog.has_database_privilege('public', d.oid, 'CONNECT'), \
      pg_catalog.has_database_privilege('public', d.oid, 'TEMPORARY') \
      FROM pg_catalog.pg_database d";
+/// A database's identity: a database dropped and made again under the same name has another.
+pub const DATABASE_OID: &str =
+    "SELECT oid::bigint FROM pg_catalog.pg_database WHERE datname = $1::text";
 /// Before PG16: membership is enough to act as the role.
 pub const IS_MEMBER: &str = "SELECT pg_catalog.pg_has_role($1::text::name, 'MEMBER')";
 /// PG16+: acting as the role needs the SET option and, for ownership checks, INHERIT (USAGE).
