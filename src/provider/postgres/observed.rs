@@ -306,6 +306,7 @@ mod tests {
             connection_limit: 10,
             isolate: true,
             on_delete: OnDelete::Retain,
+            force_destroy: false,
         }
     }
 
