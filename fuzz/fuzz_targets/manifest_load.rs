@@ -23,7 +23,7 @@ fn files(data: &[u8]) -> Vec<SourceFile> {
     data.splitn(MAX_FILES, |b| *b == 0)
         .enumerate()
         .map(|(i, chunk)| {
-            let path = if i % 2 == 0 {
+            let path = if i.is_multiple_of(2) {
                 PathBuf::from(format!("f{i}.yaml"))
             } else {
                 PathBuf::from(format!("tenants/f{i}.yaml"))
@@ -36,7 +36,7 @@ fn files(data: &[u8]) -> Vec<SourceFile> {
 
 fuzz_target!(|data: &[u8]| {
     // Both secrets modes (`plan` and `validate`), chosen by the input so each run is repeatable.
-    let secrets = if data.len() % 2 == 0 {
+    let secrets = if data.len().is_multiple_of(2) {
         Secrets::Required
     } else {
         Secrets::Optional
