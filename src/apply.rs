@@ -293,6 +293,44 @@ fn words(action: Action) -> (&'static str, &'static str) {
     }
 }
 
+/// Where one progress line says its resource is, for a live summary (`tend apply` on a
+/// terminal): the words [`words`] and [`run_one`] print, read back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Started,
+    Done,
+    /// Failed, or skipped because something it depends on failed.
+    Failed,
+}
+
+/// The resource and [`Step`] a progress line reports; `None` for other lines (heartbeats, a
+/// provider's own output).
+pub fn progress_step(line: &str) -> Option<(&str, Step)> {
+    let (address, rest) = line.split_once(": ")?;
+    const ACTIONS: [Action; 5] = [
+        Action::Create,
+        Action::Update,
+        Action::Replace,
+        Action::Delete,
+        Action::Adopt,
+    ];
+    let step = if ACTIONS.iter().any(|a| rest == words(*a).0) {
+        Step::Started
+    } else if rest.starts_with("No changes needed after ")
+        || ACTIONS.iter().any(|a| {
+            rest.strip_prefix(words(*a).1)
+                .is_some_and(|r| r.starts_with(" after "))
+        })
+    {
+        Step::Done
+    } else if rest.starts_with("Failed after ") || rest.starts_with("Skipped (blocked by ") {
+        Step::Failed
+    } else {
+        return None;
+    };
+    Some((address, step))
+}
+
 async fn run_one(shared: &Shared<'_>, a: &Address, action: Action) -> Outcome {
     let Some(p) = provider::for_kind(&shared.providers, a.kind) else {
         return Outcome::Failed(format!("no provider for {}", a.kind), ErrorClass::Permanent);
@@ -862,5 +900,47 @@ mod tests {
             .filter(|l| l.starts_with("PostgresDatabase.slow: Still creating"))
             .collect();
         assert!(still.len() >= 2, "{lines:?}");
+    }
+
+    #[test]
+    fn progress_lines_are_read_back_as_steps() {
+        for a in [
+            Action::Create,
+            Action::Update,
+            Action::Replace,
+            Action::Delete,
+            Action::Adopt,
+        ] {
+            let (start, done) = words(a);
+            assert_eq!(
+                progress_step(&format!("PostgresDatabase.a: {start}")),
+                Some(("PostgresDatabase.a", Step::Started))
+            );
+            assert_eq!(
+                progress_step(&format!("PostgresDatabase.a: {done} after 0.3s")),
+                Some(("PostgresDatabase.a", Step::Done))
+            );
+        }
+        assert_eq!(
+            progress_step("TenantInstance.acme/NomadJob: Failed after 1.0s: boom"),
+            Some(("TenantInstance.acme/NomadJob", Step::Failed))
+        );
+        assert_eq!(
+            progress_step("NomadJob.web: Skipped (blocked by PostgresDatabase.a)"),
+            Some(("NomadJob.web", Step::Failed))
+        );
+        assert_eq!(
+            progress_step("NomadJob.web: No changes needed after 0.1s"),
+            Some(("NomadJob.web", Step::Done))
+        );
+        // Heartbeats and a provider's own lines are not steps.
+        assert_eq!(
+            progress_step("PulumiStack.s: Still creating [10s elapsed]"),
+            None
+        );
+        assert_eq!(
+            progress_step("PulumiStack.s: + digitalocean:index:DatabaseCluster creating"),
+            None
+        );
     }
 }

@@ -936,3 +936,52 @@ async fn a_database_made_again_outside_tend_is_not_dropped_unless_forced() {
     w.run(&["apply", "--auto-approve"]).ok();
     assert!(!exists("db", &db).await, "forced");
 }
+
+/// Issue 14 item 5: on a terminal a live summary line (done / running / failed / left, elapsed)
+/// sits under the progress lines and is taken away at the end; not on a pipe.
+#[tokio::test]
+async fn a_long_apply_on_a_terminal_shows_a_live_summary_line() {
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
+    w.write("server.yaml", &server_yaml());
+    let mut names = Vec::new();
+    for i in 0..3 {
+        let (db, role) = (unique("tend_ldb_"), unique("tend_lown_"));
+        w.write(
+            &format!("db{i}.yaml"),
+            &database_yaml(&format!("d{i}"), &db, &role, "  on_delete: drop\n"),
+        );
+        names.push(db);
+    }
+    let out = w
+        .tty_cmd("apply --auto-approve")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\r\x1b[2K"),
+        "the summary is redrawn in place: {text:?}"
+    );
+    assert!(text.contains(" running, 0 failed, "), "{text:?}");
+    assert!(
+        text.contains("[3 done, 0 running, 0 failed, 0 left; "),
+        "{text:?}"
+    );
+    assert!(
+        text.contains("Apply complete! Resources: 3 added"),
+        "{text:?}"
+    );
+
+    // Not a terminal: the plain lines only.
+    for i in 0..3 {
+        w.remove(&format!("db{i}.yaml"));
+    }
+    let r = w.run(&["apply", "--auto-approve"]).ok();
+    assert!(!r.stdout.contains('\x1b'), "{:?}", r.stdout);
+    assert!(!r.stdout.contains(" left; "), "{}", r.stdout);
+    for db in names {
+        assert!(!exists("db", &db).await);
+    }
+}

@@ -631,10 +631,37 @@ async fn apply_cmd(
         return Ok(Outcome::Failed);
     }
     printer.out("");
-    let progress = Arc::new(move |line: String| printer.out(&line));
-    let run = backend
-        .apply(&plan, args.flags.parallelism, progress)
-        .await?;
+    let total = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::NoOp)
+        .count();
+    let live = output::Live::on_terminal(total).map(Arc::new);
+    let progress: backend::Progress = match &live {
+        Some(l) => {
+            let l = Arc::clone(l);
+            Arc::new(move |line: String| l.line(&line))
+        }
+        None => Arc::new(move |line: String| printer.out(&line)),
+    };
+    let ticker = live.as_ref().map(|l| {
+        let l = Arc::clone(l);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                l.tick();
+            }
+        })
+    });
+    let applied = backend.apply(&plan, args.flags.parallelism, progress).await;
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(l) = &live {
+        l.finish();
+    }
+    let run = applied?;
     let count = |actions: &[Action]| {
         run.results
             .iter()
