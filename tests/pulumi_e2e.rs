@@ -945,3 +945,40 @@ fn a_cluster_name_that_looks_like_a_number_reaches_digitalocean_as_written() {
     let r = f.tend(&["plan", "--detailed-exitcode"]);
     assert_eq!(r.code, 0, "{}", r.all());
 }
+
+/// Issue 11: a stack tend has no record of that already holds resources (here: left in the
+/// file backend after `tend state rm`) is a plan error, read from its checkpoint without running
+/// `pulumi`; `lifecycle.adopt` takes it over.
+#[test]
+fn an_existing_stack_with_resources_is_not_taken_over_unless_adopted() {
+    let f = Fixture::new();
+    f.w.write(
+        "pulumi.yaml",
+        &format!(
+            "apiVersion: tend/v1\nkind: Credential\nmetadata: {{name: pulumi}}\nspec:\n  provider: pulumi\n  data:\n    passphrase: {{fromEnv: {PASSPHRASE_VAR}}}\n"
+        ),
+    );
+    f.cluster("db-s-1vcpu-1gb", "");
+    f.apply().ok();
+    f.tend(&["state", "rm", "DigitalOceanDatabaseCluster.main"])
+        .ok();
+    let before = f.invocations().len();
+    let r = f.tend(&["plan"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert_has(
+        &r,
+        "DigitalOceanDatabaseCluster.main already exists outside tend's state",
+    );
+    assert_eq!(
+        f.invocations().len(),
+        before,
+        "the ownership check reads the checkpoint, it runs no pulumi"
+    );
+
+    f.cluster("db-s-1vcpu-1gb", "  lifecycle: {adopt: true}\n");
+    let r = f.tend(&["plan"]).ok();
+    assert_has(&r, "DigitalOceanDatabaseCluster.main will be adopted");
+    f.apply().ok();
+    let r = f.tend(&["plan", "--detailed-exitcode"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+}

@@ -503,6 +503,43 @@ impl<'a> Session<'a> {
     }
 }
 
+/// Ownership (issue 11): a stack tend has no record of that already holds resources is not
+/// tend's. Only a local file backend can be looked into without running `pulumi` (a plan of a
+/// stack that never ran needs neither the CLI nor the cloud): its checkpoint is read. Elsewhere
+/// the stack is taken as absent.
+fn existing_stack(ws: &Workspace) -> Result<Option<Observed>, ProviderError> {
+    let Some(path) = stack::checkpoint_path(&ws.backend, &ws.stack) else {
+        return Ok(None);
+    };
+    let gz = path.with_extension("json.gz");
+    let found = match std::fs::read_to_string(&path) {
+        Ok(text) => stack::checkpoint_resources(&text).ok_or_else(|| {
+            ProviderError::permanent(format!(
+                "the checkpoint of stack {} ({}) does not parse",
+                ws.stack,
+                path.display()
+            ))
+        })?,
+        // A compressed checkpoint (PULUMI_DIY_BACKEND_GZIP) is not read here: the stack exists,
+        // and its resources are taken as there.
+        Err(_) if gz.exists() => usize::MAX,
+        Err(_) => return Ok(None),
+    };
+    if found == 0 {
+        return Ok(None);
+    }
+    let mut observed = Observed::default();
+    observed.details.push(if found == usize::MAX {
+        format!("the stack {} exists in {}", ws.stack, ws.backend.url)
+    } else {
+        format!(
+            "the stack {} exists in {} with {found} resources",
+            ws.stack, ws.backend.url
+        )
+    });
+    Ok(Some(observed))
+}
+
 #[async_trait]
 impl Provider for PulumiProvider {
     fn name(&self) -> &'static str {
@@ -529,6 +566,9 @@ impl Provider for PulumiProvider {
             private,
             known,
         )?;
+        if recorded.is_none() {
+            return existing_stack(&ws);
+        }
         let session = Session::new(&ws, budget, a.to_string());
         session.ensure_dirs(program.as_deref())?;
         if !session.select(false).await? {

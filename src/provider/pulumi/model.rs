@@ -168,6 +168,12 @@ impl KindModel for PulumiStack {
         differences(observed)
     }
 
+    /// A stack of that name that already holds resources is not taken over silently (only a
+    /// local file backend is looked into: see the provider's `existing_stack`).
+    fn checks_ownership(&self) -> bool {
+        true
+    }
+
     fn concurrency(&self, _: &Value) -> (String, usize) {
         ("pulumi".to_owned(), CONCURRENCY)
     }
@@ -313,6 +319,12 @@ impl KindModel for DigitalOceanDatabaseCluster {
 
     fn drift(&self, _: &Desired, _: Option<&Record>, observed: &Observed) -> Vec<Drift> {
         differences(observed)
+    }
+
+    /// A stack of that name that already holds resources is not taken over silently (only a
+    /// local file backend is looked into: see the provider's `existing_stack`).
+    fn checks_ownership(&self) -> bool {
+        true
     }
 
     fn concurrency(&self, _: &Value) -> (String, usize) {

@@ -328,6 +328,40 @@ pub fn stack_ref(spec: &str, project: &str, backend: &Backend) -> Result<String,
     })
 }
 
+/// Where a file backend keeps `stack`'s checkpoint (pkg/backend/diy/store.go: project layout
+/// `.pulumi/stacks/<project>/<stack>.json`, legacy `.pulumi/stacks/<stack>.json`); `None` for
+/// a backend that is not a local directory.
+pub fn checkpoint_path(backend: &Backend, stack: &str) -> Option<PathBuf> {
+    let dir = backend.dir.as_ref()?.join(".pulumi").join("stacks");
+    let parts: Vec<&str> = stack.split('/').collect();
+    Some(match parts.as_slice() {
+        [_, project, name] => dir.join(project).join(format!("{name}.json")),
+        [name] => dir.join(format!("{name}.json")),
+        _ => return None,
+    })
+}
+
+/// How many resources a checkpoint (`apitype.CheckpointV3`: `checkpoint.latest.resources`)
+/// holds beyond the stack itself and its providers; `None` when it does not parse.
+pub fn checkpoint_resources(json: &str) -> Option<usize> {
+    let doc: serde_json::Value = serde_json::from_str(json).ok()?;
+    let resources = doc.get("checkpoint")?.get("latest");
+    let Some(resources) = resources.and_then(|l| l.get("resources")) else {
+        // A stack created and never updated has no deployment yet.
+        return Some(0);
+    };
+    Some(
+        resources
+            .as_array()?
+            .iter()
+            .filter(|r| {
+                let ty = r.get("type").and_then(|t| t.as_str()).unwrap_or_default();
+                ty != "pulumi:pulumi:Stack" && !ty.starts_with("pulumi:providers:")
+            })
+            .count(),
+    )
+}
+
 /// The `name:` of a Pulumi.yaml (a top-level scalar), without parsing the rest.
 pub fn project_name(pulumi_yaml: &str) -> Option<String> {
     for line in pulumi_yaml.lines() {
