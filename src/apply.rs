@@ -4,7 +4,7 @@
 //! error otherwise. A failed resource blocks its dependents; everything else goes on.
 //! Every run is recorded. Providers reach state only through [`StoreJournal`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -126,8 +126,31 @@ pub async fn apply(
     opts: ApplyOptions,
 ) -> anyhow::Result<Run> {
     let started = now_ms();
-    let records: BTreeMap<Address, Record> = blocking(store, |s| s.list())
+    // The records an apply reads: a delete must know every record (what depends on it per
+    // state); creates and updates only their own and their dependencies' (for outputs), so an
+    // apply of one new resource beside thousands decodes a handful, not all (issue 15 goal 2).
+    let deletes = plan
+        .changes
+        .iter()
+        .any(|c| matches!(c.action, Action::Delete | Action::Replace));
+    let records: Vec<Record> = if deletes {
+        blocking(store, |s| s.list()).await?
+    } else {
+        let mut wanted = BTreeSet::new();
+        for c in plan.changes.iter().filter(|c| c.action != Action::NoOp) {
+            wanted.insert(c.address.clone());
+            wanted.extend(graph.ancestors(&c.address));
+        }
+        blocking(store, move |s| {
+            let mut out = Vec::with_capacity(wanted.len());
+            for a in &wanted {
+                out.extend(s.get(a)?);
+            }
+            Ok(out)
+        })
         .await?
+    };
+    let records: BTreeMap<Address, Record> = records
         .into_iter()
         .map(|r| (r.address.clone(), r))
         .collect();
