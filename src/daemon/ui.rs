@@ -31,8 +31,8 @@ const RUNS: usize = 10;
 const TAIL: usize = 20;
 
 /// Every status the page colours, in the order its legend lists them.
-pub const STATUSES: [&str; 7] = [
-    "ready", "applying", "failed", "drifted", "orphaned", "held", "pending",
+pub const STATUSES: [&str; 8] = [
+    "ready", "applying", "failed", "drifted", "orphaned", "held", "pending", "config",
 ];
 
 /// The colour (stroke, fill) of a status, shared by the page's CSS and the SVG.
@@ -44,6 +44,7 @@ pub fn colour(status: &str) -> (&'static str, &'static str) {
         "drifted" => ("#ff8f00", "#fff8e1"),
         "orphaned" => ("#616161", "#eeeeee"),
         "held" => ("#6a1b9a", "#f3e5f5"),
+        "config" => ("#b0bec5", "#fafafa"),
         _ => ("#9e9e9e", "#ffffff"),
     }
 }
@@ -102,8 +103,9 @@ pub fn tenant_of(a: &Address) -> Option<String> {
     }
 }
 
-/// The page's status of one address: held, orphaned, failed, applying, drifted, ready, or
-/// pending (declared, not applied yet), from its record's status and the daemon's.
+/// The page's status of one address: held, orphaned, failed, applying, drifted, ready,
+/// pending (declared, not applied yet), or config (a kind nothing converges, such as a
+/// credential or a server: it has no record), from its record's status and the daemon's.
 pub fn classify(address: &str, record: Option<Status>, daemon: &DaemonStatus) -> Row {
     let has = |v: &[String]| v.iter().any(|x| x == address);
     let failed = daemon.failed.iter().find(|f| f.address == address);
@@ -122,6 +124,11 @@ pub fn classify(address: &str, record: Option<Status>, daemon: &DaemonStatus) ->
         ("drifted", String::new())
     } else if record == Some(Status::Ready) {
         ("ready", String::new())
+    } else if address
+        .parse::<Address>()
+        .is_ok_and(|a| !a.kind.is_managed())
+    {
+        ("config", String::new())
     } else {
         ("pending", String::new())
     };
@@ -363,11 +370,11 @@ pub fn page(daemon: &DaemonStatus, records: &BTreeMap<String, Status>, runs: &[R
         phase: daemon.phase.clone(),
         summary: daemon.summary.clone(),
         leader,
-        revision: daemon
-            .revision
-            .clone()
-            .or_else(|| daemon.manifests_digest.clone())
-            .unwrap_or_else(|| "(none loaded)".to_owned()),
+        revision: match (&daemon.revision, &daemon.manifests_digest) {
+            (Some(r), _) => r.clone(),
+            (None, Some(d)) => format!("files, digest {}", &d[..d.len().min(12)]),
+            (None, None) => "(none loaded)".to_owned(),
+        },
         manifests: daemon.manifests.clone(),
         legend,
         tenants,
@@ -584,7 +591,11 @@ mod tests {
             groups[0].kinds[1].rows[0].detail,
             "permanent: password authentication failed <x>"
         );
-        assert_eq!(groups[0].kinds[0].rows[0].status, "pending");
+        assert_eq!(groups[0].kinds[0].rows[0].status, "config");
+        assert_eq!(
+            classify("PostgresDatabase.new", None, &daemon()).status,
+            "pending"
+        );
         let acme: Vec<(&str, &str)> = groups[1]
             .kinds
             .iter()
