@@ -209,6 +209,14 @@ struct DaemonArgs {
     /// Serve Prometheus `/metrics` and `/healthz` on this TCP address (e.g. 127.0.0.1:9464).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve the read-only status page on this TCP address (e.g. 127.0.0.1:9465); a
+    /// non-loopback address needs --ui-token-file.
+    #[arg(long)]
+    ui_addr: Option<std::net::SocketAddr>,
+    /// A file holding the token every status page request must carry (`Authorization: Bearer
+    /// TOKEN` or `?token=TOKEN`).
+    #[arg(long, value_name = "PATH", requires = "ui_addr")]
+    ui_token_file: Option<PathBuf>,
     /// First retry delay after a failed run; doubles up to 5 min.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     retry_base: Duration,
@@ -507,6 +515,11 @@ async fn run(cli: Cli, printer: Printer) -> anyhow::Result<Outcome> {
             let opts = crate::daemon::Options {
                 socket: socket.clone(),
                 metrics_addr: args.metrics_addr,
+                ui_addr: args.ui_addr,
+                ui_token: match &args.ui_token_file {
+                    Some(p) => Some(crate::daemon::read_ui_token(p)?),
+                    None => None,
+                },
                 source: args.source,
                 retry_base: args.retry_base,
                 stall_after: args.stall_after,

@@ -68,6 +68,14 @@ pub struct DaemonStatus {
     /// Who leads: `this daemon`, or the holder of the state's lock as it names itself.
     #[serde(default)]
     pub leader: Option<String>,
+    /// Resources whose last plan found drift that no apply has corrected since (e.g. waiting
+    /// for `--approve manual`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drifted: Vec<String>,
+    /// The last load's graph: each address with its direct dependencies, dependencies first
+    /// (for the status page; not part of the API).
+    #[serde(skip)]
+    pub graph: Vec<(String, Vec<String>)>,
 }
 
 /// A failed resource, as `tend status` shows it.

@@ -11,6 +11,7 @@
 pub mod control;
 mod git;
 mod metrics;
+mod ui;
 mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,6 +34,7 @@ use crate::plan::{Action, Plan};
 use crate::provider::{ErrorClass, Provider};
 use crate::state::{Lead, Record, RunOutcome, StateStore, Status, Trigger};
 use control::{ApplyReply, Control, DaemonStatus, Echo, FailedResource};
+pub use ui::read_token as read_ui_token;
 
 /// Whether plans are applied as they come or wait for an operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -60,6 +62,9 @@ pub struct Options {
     pub socket: PathBuf,
     /// Where to serve `/metrics` and `/healthz`, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where to serve the status page, if anywhere, and the token its requests must carry.
+    pub ui_addr: Option<std::net::SocketAddr>,
+    pub ui_token: Option<String>,
     /// Read the work tree, or the commit at HEAD.
     pub source: Source,
     /// First retry delay after a failed run (doubles, capped at 5 min).
@@ -214,11 +219,26 @@ pub async fn run(
         ),
         None => None,
     };
+    let ui_server = match opts.ui_addr {
+        Some(addr) => Some(
+            ui::serve(
+                addr,
+                opts.ui_token.clone(),
+                Arc::clone(&status),
+                Arc::clone(&store),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let socket = opts.socket.clone();
     let _cleanup = scopeguard(move || {
         server.abort();
         if let Some(m) = metrics_server {
             m.abort();
+        }
+        if let Some(u) = ui_server {
+            u.abort();
         }
         let _ = std::fs::remove_file(&socket);
     });
@@ -695,7 +715,28 @@ impl Daemon {
                     tracing::warn!("{w}");
                 }
                 let stuck: Vec<String> = plan.timed_out.iter().map(ToString::to_string).collect();
-                self.update(|s| s.stuck = stuck);
+                let drifted: Vec<String> = plan
+                    .changes
+                    .iter()
+                    .filter(|c| !c.drift.is_empty())
+                    .map(|c| c.address.to_string())
+                    .collect();
+                let nodes: Vec<(String, Vec<String>)> = graph
+                    .order()
+                    .iter()
+                    .map(|a| {
+                        let deps = graph.dependencies(a);
+                        (
+                            a.to_string(),
+                            deps.iter().map(ToString::to_string).collect(),
+                        )
+                    })
+                    .collect();
+                self.update(|s| {
+                    s.stuck = stuck;
+                    s.drifted = drifted;
+                    s.graph = nodes;
+                });
                 Ok(Some(Prepared { set, graph, plan }))
             }
             Err(e) => {
@@ -915,6 +956,14 @@ impl Daemon {
         if let Ok(run) = &r {
             let seconds = run.ended_at.saturating_sub(run.started_at) as f64 / 1000.0;
             self.metrics.run_finished(run, seconds);
+            // What the run applied no longer drifts.
+            self.update(|s| {
+                s.drifted.retain(|a| {
+                    !run.results
+                        .iter()
+                        .any(|x| &x.address == a && x.outcome == RunOutcome::Applied)
+                });
+            });
         }
         match r {
             Ok(run) if run.exit_code == 0 => {
@@ -1316,6 +1365,8 @@ mod tests {
                         grace: Duration::from_secs(1),
                         socket: dir.path().join("tend.sock"),
                         metrics_addr: None,
+                        ui_addr: None,
+                        ui_token: None,
                         source: Source::Files,
                         retry_base: Duration::from_millis(20),
                         stall_after: 100,
