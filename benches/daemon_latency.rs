@@ -5,7 +5,6 @@
 
 use tend_test_support::bench;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -23,32 +22,8 @@ fn main() {
     let file = manifests.join("tenants-000.yaml");
     std::fs::write(&file, db(1)).expect("write");
     let log_path = tmp.path().join("daemon.log");
-    let mut child = bench::tend(
-        env!("CARGO_BIN_EXE_tend"),
-        &manifests,
-        &state,
-        &["daemon", "--resync", "1h"],
-    )
-    .stderr(Stdio::from(std::fs::File::create(&log_path).expect("log")))
-    .stdout(Stdio::null())
-    .spawn()
-    .expect("daemon");
-    let count = |needle: &str| {
-        std::fs::read_to_string(&log_path)
-            .unwrap_or_default()
-            .matches(needle)
-            .count()
-    };
-    let wait_for = |needle: &str, n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while count(needle) < n {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {needle} #{n}"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    };
+    let daemon = bench::Daemon::start(env!("CARGO_BIN_EXE_tend"), &manifests, &state, &log_path);
+    let wait_for = |needle: &str, n: usize| daemon.wait_for(needle, n, Duration::from_secs(30));
     wait_for("apply complete", 1);
     let mut latencies = Vec::new();
     for i in 0..edits {
@@ -59,8 +34,7 @@ fn main() {
         latencies.push(start.elapsed());
         wait_for("apply complete", i + 2);
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(daemon);
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
     println!(

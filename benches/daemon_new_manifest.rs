@@ -6,7 +6,6 @@
 use tend_test_support::bench;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// Median save → created of `rounds` new manifests, with `managed` converged databases.
@@ -16,32 +15,8 @@ fn run(tmp: &Path, tag: &str, managed: usize, rounds: usize) -> Duration {
     let manifests = bench::write_databases(&root, managed, &prefix, bench::PG_SERVER_YAML);
     let state = root.join("state");
     let log_path = root.join("daemon.log");
-    let mut child = bench::tend(
-        env!("CARGO_BIN_EXE_tend"),
-        &manifests,
-        &state,
-        &["daemon", "--resync", "1h"],
-    )
-    .stderr(Stdio::from(std::fs::File::create(&log_path).expect("log")))
-    .stdout(Stdio::null())
-    .spawn()
-    .expect("daemon");
-    let count = |needle: &str| {
-        std::fs::read_to_string(&log_path)
-            .unwrap_or_default()
-            .matches(needle)
-            .count()
-    };
-    let wait_for = |needle: &str, n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while count(needle) < n {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {needle} #{n}"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    };
+    let daemon = bench::Daemon::start(env!("CARGO_BIN_EXE_tend"), &manifests, &state, &log_path);
+    let wait_for = |needle: &str, n: usize| daemon.wait_for(needle, n, Duration::from_secs(300));
     // The start-up apply creates what is managed (or finds nothing to do).
     if managed > 0 {
         wait_for("apply complete", 1);
@@ -57,8 +32,7 @@ fn run(tmp: &Path, tag: &str, managed: usize, rounds: usize) -> Duration {
         wait_for(&format!("PostgresDatabase.{name}: Creation complete"), 1);
         times.push(start.elapsed());
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(daemon);
     bench::drop_databases(&root, &[&prefix], managed + rounds);
     bench::median(times)
 }

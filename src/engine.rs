@@ -352,30 +352,14 @@ pub async fn import(
     }
     let p = provider::for_kind(providers, address.kind)
         .ok_or_else(|| anyhow::anyhow!("{} resources cannot be imported", address.kind))?;
-    let found = tokio::time::timeout(deadline, p.observe(&desired, None))
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "importing {address}: no answer within {}",
-                humantime::format_duration(deadline)
-            )
-        })?
-        .map_err(|e| anyhow::anyhow!("importing {address}: {e}"))?;
+    let found = importing(address, deadline, p.observe(&desired, None)).await?;
     let Some(observed) = found else {
         anyhow::bail!("there is no {id:?} to import for {address}: nothing of that name exists");
     };
     if let Some(why) = model.refuse_adoption(&desired, &observed) {
         anyhow::bail!("{address} cannot be imported: {why}");
     }
-    let private = tokio::time::timeout(deadline, p.import(&desired))
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "importing {address}: no answer within {}",
-                humantime::format_duration(deadline)
-            )
-        })?
-        .map_err(|e| anyhow::anyhow!("importing {address}: {e}"))?;
+    let private = importing(address, deadline, p.import(&desired)).await?;
     let now = crate::apply::now_ms();
     let mut rec = Record::new(address.clone(), now);
     rec.spec_hash = plan::IMPORTED.to_owned();
@@ -391,6 +375,21 @@ pub async fn import(
     let written = rec.clone();
     blocking(store, move |s| s.put(&rec)).await?;
     Ok(written)
+}
+
+/// One provider call of `tend import`, under its deadline, errors naming the address.
+async fn importing<T>(
+    address: &Address,
+    deadline: std::time::Duration,
+    call: impl std::future::Future<Output = Result<T, provider::ProviderError>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(deadline, call).await {
+        Ok(answer) => answer.map_err(|e| anyhow::anyhow!("importing {address}: {e}")),
+        Err(_) => anyhow::bail!(
+            "importing {address}: no answer within {}",
+            humantime::format_duration(deadline)
+        ),
+    }
 }
 
 /// The providers' refresh window for one plan, closed when the plan ends however it ends.
@@ -493,13 +492,9 @@ mod tests {
 
     const MANIFESTS: &str = "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: pg}\nspec:\n  provider: postgres\n  data: {host: db.invalid, port: 5432, user: admin, password: {fromFile: admin.password}}\n---\napiVersion: tend/v1\nkind: PostgresServer\nmetadata: {name: main}\nspec: {sslmode: disable}\n---\napiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {name: a}\nspec: {server: main, database: app_a, owner: app_a}\n---\napiVersion: tend/v1\nkind: PostgresDatabase\nmetadata: {name: b}\nspec: {server: main, database: app_b, owner: app_b}\n";
 
-    /// A no-op plan without refresh decides from the records' heads: records whose secrets
-    /// cannot even be decrypted (sealed under another key) still plan as unchanged, while
-    /// opening one fails.
-    #[tokio::test]
-    async fn a_no_op_plan_without_refresh_decodes_no_record() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().join("manifests");
+    /// `MANIFESTS` in `<dir>/manifests`, with the admin password file it reads.
+    fn manifests(dir: &std::path::Path) -> std::path::PathBuf {
+        let root = dir.join("manifests");
         std::fs::create_dir_all(&root).expect("mkdir");
         std::fs::write(root.join("all.yaml"), MANIFESTS).expect("write");
         let pw = root.join("admin.password");
@@ -507,25 +502,41 @@ mod tests {
         let mut perms = std::fs::metadata(&pw).expect("meta").permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
         std::fs::set_permissions(&pw, perms).expect("chmod");
-        let set = crate::manifest::load(&root).expect("load");
-        let graph = Graph::build(&set).expect("graph");
+        root
+    }
 
-        // Records as an apply leaves them, in a store under one key...
-        let first = SledStore::open(&dir.path().join("first")).expect("first");
-        let mut resolver = Resolver::new(&set);
+    /// Records of every managed resource of `set` as an apply leaves them (with a password).
+    fn applied(set: &ManifestSet, store: &SledStore) {
+        let mut resolver = Resolver::new(set);
         for m in set.managed() {
             let d = resolver.desired(&m.address, &|_| None).expect("desired");
             let mut rec = Record::new(m.address.clone(), 0);
-            rec.spec_hash = d.spec.digest(first.digest_key());
+            rec.spec_hash = d.spec.digest(store.digest_key());
             rec.spec = d.spec.clone();
+            rec.connection = d.connection.clone();
             rec.status = Status::Ready;
             rec.generation = 1;
             rec.private.insert(
                 "password".into(),
                 Value::Secret(Sensitive::new("p".repeat(32))),
             );
-            first.put(&rec).expect("put");
+            store.put(&rec).expect("put");
         }
+    }
+
+    /// A no-op plan without refresh decides from the records' heads: records whose secrets
+    /// cannot even be decrypted (sealed under another key) still plan as unchanged, while
+    /// opening one fails.
+    #[tokio::test]
+    async fn a_no_op_plan_without_refresh_decodes_no_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = manifests(dir.path());
+        let set = crate::manifest::load(&root).expect("load");
+        let graph = Graph::build(&set).expect("graph");
+
+        // Records as an apply leaves them, in a store under one key...
+        let first = SledStore::open(&dir.path().join("first")).expect("first");
+        applied(&set, &first);
         let dump: Dump = first.dump().expect("dump");
         // ...copied sealed into a store with another key: nothing in them decrypts there.
         let other = SledStore::open(&dir.path().join("other")).expect("other");
@@ -595,27 +606,10 @@ mod tests {
     #[tokio::test]
     async fn changed_only_refreshes_what_changed_and_nothing_else() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().join("manifests");
-        std::fs::create_dir_all(&root).expect("mkdir");
-        let pw = root.join("admin.password");
-        std::fs::write(&pw, "x").expect("write");
-        let mut perms = std::fs::metadata(&pw).expect("meta").permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
-        std::fs::set_permissions(&pw, perms).expect("chmod");
-        std::fs::write(root.join("all.yaml"), MANIFESTS).expect("write");
+        let root = manifests(dir.path());
         let set = crate::manifest::load(&root).expect("load");
         let store = SledStore::open(&dir.path().join("state")).expect("state");
-        let mut resolver = Resolver::new(&set);
-        for m in set.managed() {
-            let d = resolver.desired(&m.address, &|_| None).expect("desired");
-            let mut rec = Record::new(m.address.clone(), 0);
-            rec.spec_hash = d.spec.digest(store.digest_key());
-            rec.spec = d.spec.clone();
-            rec.connection = d.connection.clone();
-            rec.status = Status::Ready;
-            rec.generation = 1;
-            store.put(&rec).expect("put");
-        }
+        applied(&set, &store);
         let store: Arc<dyn StateStore> = Arc::new(store);
         // `b` edited, `c` new, `a` as applied.
         let edited = MANIFESTS.replace("database: app_b", "database: app_b2")

@@ -435,9 +435,7 @@ impl Provider for NomadProvider {
         let scope = target.scope();
         tracing::info!(job = id, purge = spec.purge_on_destroy, "deregistering job");
         client.deregister(scope, id, spec.purge_on_destroy).await?;
-        let had_secrets = secrets::prepare(spec.job)
-            .map(|p| !p.items.is_empty())
-            .unwrap_or_else(|_| spec.job.is_sensitive());
+        let had_secrets = has_secrets(spec.job);
         if had_secrets || managed_variable(Some(recorded)) {
             client
                 .delete_variable(scope, &secrets::variable_path(id))
@@ -499,12 +497,7 @@ impl NomadProvider {
         };
         let endpoint = endpoint(&desired.connection)?;
         let target = Target::of(&spec, &endpoint);
-        let has_secrets = if spec.job.is_known() {
-            !secrets::prepare(spec.job)?.items.is_empty()
-        } else {
-            spec.job.is_sensitive()
-        };
-        let variable_ops = match (has_secrets, managed_variable(recorded)) {
+        let variable_ops = match (has_secrets(spec.job), managed_variable(recorded)) {
             (true, _) => vec!["read", "write"],
             (false, true) => vec!["read", "destroy"],
             (false, false) => Vec::new(),
@@ -572,9 +565,7 @@ fn destroy_needs(recorded: &Record) -> Result<Option<Check>, ProviderError> {
     };
     let endpoint = endpoint(&recorded.connection)?;
     let target = Target::of(&spec, &endpoint);
-    let had_secrets = secrets::prepare(spec.job)
-        .map(|p| !p.items.is_empty())
-        .unwrap_or_else(|_| spec.job.is_sensitive());
+    let had_secrets = has_secrets(spec.job);
     let variable_ops = if had_secrets || managed_variable(Some(recorded)) {
         vec!["destroy"]
     } else {
@@ -689,6 +680,14 @@ fn redacted(e: ApiError, secrets: &[&Sensitive]) -> ProviderError {
         class: e.class,
         message: client::redact(&e.message, secrets),
     }
+}
+
+/// Whether the job has secret `Env` values, delivered through its Variable (a job that does not
+/// prepare, e.g. with values not known yet, counts when it holds any secret).
+fn has_secrets(job: &Value) -> bool {
+    secrets::prepare(job)
+        .map(|p| !p.items.is_empty())
+        .unwrap_or_else(|_| job.is_sensitive())
 }
 
 /// Whether tend wrote the job's Variable in an earlier apply.

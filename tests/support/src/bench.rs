@@ -68,6 +68,55 @@ pub fn tend(tend: &str, manifests: &Path, state: &Path, args: &[&str]) -> Comman
     c
 }
 
+/// `tend daemon --resync 1h` on a workspace, its log (stderr) in a file the bench watches.
+pub struct Daemon {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(tend_bin: &str, manifests: &Path, state: &Path, log: &Path) -> Daemon {
+        let child = tend(tend_bin, manifests, state, &["daemon", "--resync", "1h"])
+            .stderr(std::process::Stdio::from(
+                std::fs::File::create(log).expect("log"),
+            ))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("daemon");
+        Daemon {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    /// How often `needle` appears in the log so far.
+    pub fn count(&self, needle: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches(needle)
+            .count()
+    }
+
+    /// Wait until `needle` appeared `n` times; panics after `limit`.
+    pub fn wait_for(&self, needle: &str, n: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.count(needle) < n {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {needle} #{n}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Manifests for `n` databases in files of 100 documents, plus a credential whose password comes
 /// from a 0600 file, so no environment is needed. Returns the manifests dir.
 pub fn write_databases(root: &Path, n: usize, prefix: &str, server_yaml: &str) -> PathBuf {
