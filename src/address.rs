@@ -88,7 +88,8 @@ impl<'de> Deserialize<'de> for Kind {
 
 /// `Kind.name`, the identity of a resource in plans, state and the graph. A resource expanded
 /// from another one (a tenant's database) is addressed under its parent:
-/// `TenantInstance.acme/PostgresDatabase`.
+/// `TenantInstance.acme/PostgresDatabase`; a parent with several children of one kind names
+/// each one in brackets (Terraform's `for_each` keys): `ScoreWorkload.web/PostgresDatabase[db]`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Address {
@@ -96,6 +97,8 @@ pub struct Address {
     pub name: String,
     /// The kind of the resource this one was expanded from (same name).
     pub parent: Option<Kind>,
+    /// A child's own key among its parent's children of one kind (a DNS label).
+    pub part: Option<String>,
 }
 
 impl Address {
@@ -104,6 +107,7 @@ impl Address {
             kind,
             name: name.into(),
             parent: None,
+            part: None,
         }
     }
 
@@ -113,15 +117,34 @@ impl Address {
             kind,
             name: name.into(),
             parent: Some(parent),
+            part: None,
+        }
+    }
+
+    /// The `kind` child of `parent.name` keyed `part`: `Parent.name/Kind[part]`.
+    pub fn keyed_child(
+        parent: Kind,
+        name: impl Into<String>,
+        kind: Kind,
+        part: impl Into<String>,
+    ) -> Self {
+        Address {
+            part: Some(part.into()),
+            ..Address::child(parent, name, kind)
         }
     }
 
     /// The address a ref names: `kind` and `name`, where `name` may be `acme/PostgresDatabase`
-    /// for a child.
+    /// (or `web/PostgresDatabase[db]`) for a child.
     pub fn from_ref(kind: &str, name: &str) -> Option<Address> {
         let kind: Kind = kind.parse().ok()?;
         match name.split_once('/') {
-            Some((n, child)) => Some(Address::child(kind, n, child.parse().ok()?)),
+            Some((n, child)) => {
+                let (child, part) = split_part(child).ok()?;
+                let mut a = Address::child(kind, n, child.parse().ok()?);
+                a.part = part.map(str::to_owned);
+                Some(a)
+            }
             None => Some(Address::new(kind, name)),
         }
     }
@@ -131,10 +154,10 @@ impl Address {
         self.parent.map(|p| Address::new(p, self.name.clone()))
     }
 
-    fn sort_key(&self) -> (Kind, &str, Option<Kind>) {
+    fn sort_key(&self) -> (Kind, &str, Option<Kind>, Option<&str>) {
         match self.parent {
-            Some(p) => (p, &self.name, Some(self.kind)),
-            None => (self.kind, &self.name, None),
+            Some(p) => (p, &self.name, Some(self.kind), self.part.as_deref()),
+            None => (self.kind, &self.name, None, None),
         }
     }
 }
@@ -154,9 +177,10 @@ impl PartialOrd for Address {
 
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.parent {
-            Some(p) => write!(f, "{p}.{}/{}", self.name, self.kind),
-            None => write!(f, "{}.{}", self.kind, self.name),
+        match (self.parent, &self.part) {
+            (Some(p), Some(part)) => write!(f, "{p}.{}/{}[{part}]", self.name, self.kind),
+            (Some(p), None) => write!(f, "{p}.{}/{}", self.name, self.kind),
+            (None, _) => write!(f, "{}.{}", self.kind, self.name),
         }
     }
 }
@@ -171,20 +195,21 @@ impl FromStr for Address {
             .parse::<Kind>()
             .map_err(|()| format!("`{kind}` is not a kind tend knows"))?;
         let (name, child) = match rest.split_once('/') {
-            Some((n, c)) => (
-                n,
-                Some(
-                    c.parse::<Kind>()
-                        .map_err(|()| format!("`{c}` is not a kind tend knows"))?,
-                ),
-            ),
+            Some((n, c)) => {
+                let (c, part) = split_part(c)?;
+                let c = c
+                    .parse::<Kind>()
+                    .map_err(|()| format!("`{c}` is not a kind tend knows"))?;
+                (n, Some((c, part)))
+            }
             None => (rest, None),
         };
         if !is_dns_label(name) {
             return Err(format!("`{name}` is not a valid resource name"));
         }
         Ok(match child {
-            Some(c) => Address::child(kind, name, c),
+            Some((c, Some(part))) => Address::keyed_child(kind, name, c, part),
+            Some((c, None)) => Address::child(kind, name, c),
             None => Address::new(kind, name),
         })
     }
@@ -200,6 +225,19 @@ impl TryFrom<String> for Address {
 impl From<Address> for String {
     fn from(a: Address) -> String {
         a.to_string()
+    }
+}
+
+/// `Kind[part]` → (`Kind`, `Some(part)`); `Kind` → (`Kind`, `None`). A part is a DNS label.
+fn split_part(child: &str) -> Result<(&str, Option<&str>), String> {
+    let Some((kind, rest)) = child.split_once('[') else {
+        return Ok((child, None));
+    };
+    match rest.strip_suffix(']') {
+        Some(part) if is_dns_label(part) => Ok((kind, Some(part))),
+        _ => Err(format!(
+            "`{child}` is not a child address (expected Kind or Kind[key], the key a lowercase DNS label)"
+        )),
     }
 }
 
@@ -241,6 +279,42 @@ mod tests {
             Address::from_ref("TenantInstance", "acme/NomadJob").map(|a| a.kind),
             Some(Kind::of("NomadJob"))
         );
+        let keyed: Address = "ScoreWorkload.web/PostgresDatabase[db]"
+            .parse()
+            .expect("keyed child");
+        assert_eq!(
+            keyed,
+            Address::keyed_child(
+                Kind::of("ScoreWorkload"),
+                "web",
+                Kind::of("PostgresDatabase"),
+                "db"
+            )
+        );
+        assert_eq!(keyed.to_string(), "ScoreWorkload.web/PostgresDatabase[db]");
+        assert_eq!(
+            Address::from_ref("ScoreWorkload", "web/PostgresDatabase[db]"),
+            Some(keyed.clone())
+        );
+        assert!(
+            "ScoreWorkload.web/PostgresDatabase[Bad]"
+                .parse::<Address>()
+                .is_err()
+        );
+        assert!(
+            "ScoreWorkload.web/PostgresDatabase[db"
+                .parse::<Address>()
+                .is_err()
+        );
+        // Keyed children sort by key, right after their parent.
+        let other = Address::keyed_child(
+            Kind::of("ScoreWorkload"),
+            "web",
+            Kind::of("PostgresDatabase"),
+            "cache",
+        );
+        assert!(other < keyed);
+        assert!(Address::new(Kind::of("ScoreWorkload"), "web") < other);
     }
 
     #[test]

@@ -153,6 +153,9 @@ pub enum Ty {
     Any,
     /// A Credential's `data`, checked against its credential type in `manifest::credential`.
     CredData,
+    /// Any tree in another vocabulary (a Score workload's), checked by the kind's model alone:
+    /// tend's refs and `{value: …}` forms are not read inside.
+    Opaque,
 }
 
 /// One field of a spec.
@@ -333,6 +336,14 @@ pub trait KindModel: Sync {
     /// The provider (by [`crate::provider::Provider::name`]) that converges this kind; `None`
     /// for configuration that other resources read (a server, a credential, a template).
     fn provider(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The `apiVersion` of this kind's documents when they are not tend's own (`tend/v1` with
+    /// a `kind:`): a document with it is a manifest of this kind whose whole body but
+    /// `apiVersion` is the spec and whose name is `metadata.name` (a Score workload,
+    /// `score.dev/v1b1`).
+    fn foreign_api_version(&self) -> Option<&'static str> {
         None
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::manifest::credential;
 use crate::model::{CredentialType, KindModel};
-use crate::provider::{Context, Provider, nomad, postgres, pulumi, tenant};
+use crate::provider::{Context, Provider, nomad, postgres, pulumi, score, tenant};
 
 /// Every kind, in the order plans and state list them. `Credential` must stay first
 /// ([`crate::address::Kind::CREDENTIAL`]).
@@ -21,6 +21,8 @@ pub static MODELS: &[&dyn KindModel] = &[
     &pulumi::model::DigitalOceanDatabaseCluster,
     &tenant::TenantTemplate,
     &tenant::TenantInstance,
+    &score::ScorePlatform,
+    &score::ScoreWorkload,
 ];
 
 /// Every credential type (`provider:` of a Credential) and the keys it holds.

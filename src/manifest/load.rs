@@ -466,6 +466,18 @@ fn check_document(
         ));
         return None;
     };
+    if let Some(kind) = doc
+        .get("apiVersion")
+        .and_then(Node::as_str)
+        .and_then(foreign_kind)
+    {
+        let (name, pos) = foreign_name(file, &doc, kind, diags);
+        let mut spec = doc.clone();
+        if let NodeValue::Map(entries) = &mut spec.value {
+            entries.retain(|(k, _)| k.name != "apiVersion");
+        }
+        return check_spec(file, kind, name, pos, BTreeMap::new(), spec, before, diags);
+    }
     const TOP: [&str; 4] = ["apiVersion", "kind", "metadata", "spec"];
     for (k, _) in entries {
         if !TOP.contains(&k.name.as_str()) {
@@ -515,6 +527,54 @@ fn check_document(
         value: NodeValue::Map(Vec::new()),
     });
     let kind = kind?;
+    check_spec(file, kind, name, pos, labels, spec, before, diags)
+}
+
+/// The kind whose documents come in another envelope (`KindModel::foreign_api_version`).
+fn foreign_kind(api_version: &str) -> Option<Kind> {
+    Kind::all().find(|k| k.model().foreign_api_version() == Some(api_version))
+}
+
+/// A foreign document's name: its `metadata.name`, a DNS label (the document's own schema,
+/// checked by its kind's model, says what else `metadata` may hold).
+fn foreign_name(
+    file: &Arc<PathBuf>,
+    doc: &Node,
+    kind: Kind,
+    diags: &mut Vec<Diagnostic>,
+) -> (Option<String>, Pos) {
+    let Some(name) = doc.get("metadata").and_then(|m| m.get("name")) else {
+        diags.push(Diagnostic::new(
+            file,
+            doc.get("metadata").map_or(doc.pos, |m| m.pos),
+            format!("a {kind} needs `metadata.name`"),
+        ));
+        return (None, doc.pos);
+    };
+    match name.as_str() {
+        Some(n) if is_dns_label(n) => (Some(n.to_owned()), name.pos),
+        _ => {
+            diags.push(
+                Diagnostic::new(file, name.pos, format!("invalid name `{}`", scalar_text(name)))
+                    .with_help("names are lowercase DNS labels: a-z, 0-9 and `-`, at most 63 characters, starting and ending with a letter or digit"),
+            );
+            (None, name.pos)
+        }
+    }
+}
+
+/// Check a document's spec against its kind's model and make its manifest.
+#[allow(clippy::too_many_arguments)]
+fn check_spec(
+    file: &Arc<PathBuf>,
+    kind: Kind,
+    name: Option<String>,
+    pos: Pos,
+    labels: BTreeMap<String, String>,
+    spec: Node,
+    before: usize,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<(Manifest, Option<CredDoc>)> {
     let mut refs = Vec::new();
     let model = kind.model();
     Checker {

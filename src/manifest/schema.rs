@@ -59,6 +59,9 @@ impl Checker<'_> {
     }
 
     fn check_field(&mut self, field: &'static Field, node: &Node, what: &str) {
+        if matches!(field.ty, Ty::Opaque) {
+            return; // the kind's model checks it
+        }
         let node = match form(node) {
             Form::Value(inner) => inner,
             Form::Ref(r) => {
@@ -78,7 +81,7 @@ impl Checker<'_> {
         match &field.ty {
             Ty::Obj(fields) => self.check_fields(node, fields, what),
             Ty::Any => self.walk_any(node),
-            Ty::CredData => {}
+            Ty::CredData | Ty::Opaque => {}
             scalar => {
                 if let NodeValue::Str(s) = &node.value {
                     let has_refs = self.template(s, node, field.refs, what);

@@ -10,6 +10,7 @@
 pub mod nomad;
 pub mod postgres;
 pub mod pulumi;
+pub mod score;
 pub mod tenant;
 
 use std::collections::BTreeMap;

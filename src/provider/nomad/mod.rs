@@ -39,6 +39,7 @@ use crate::value::{SENSITIVE, Sensitive, Value};
 use acl::{Grants, Needs};
 use client::{ApiError, Backoff, Client, Endpoint, JobInfo, Scope, TokenLookup};
 use secrets::Prepared;
+pub use secrets::is_env_key;
 
 /// Keys of the provider's private data in state.
 const PRIVATE_JOB_MODIFY_INDEX: &str = "job_modify_index";

@@ -49,6 +49,7 @@ static SCHEMA: Schema = Schema {
         Field::new("job", Ty::Any).required(),
         Field::fixed("credential", Ty::Str),
         Field::fixed("purge_on_destroy", Ty::Bool),
+        Field::fixed("detach", Ty::Bool),
         Field::fixed("timeout", Ty::Duration),
         Field::fixed("lifecycle", Ty::Obj(LIFECYCLE)),
     ],

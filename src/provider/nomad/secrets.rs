@@ -249,7 +249,7 @@ pub fn embedded_template(job_id: &str, keys: &[String]) -> String {
 /// The task runner's template hook parses the rendered file with hashicorp/go-envparse, whose
 /// keys are letters, digits, `_`, `.` and `/` (a `-` fails the whole template: "error parsing
 /// env template"); tend also wants a shell-usable name, so no leading digit and no `/`.
-pub(super) fn is_env_key(k: &str) -> bool {
+pub fn is_env_key(k: &str) -> bool {
     let mut chars = k.chars();
     chars
         .next()
