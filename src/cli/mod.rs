@@ -854,6 +854,9 @@ async fn status_cmd(
                 f.address, f.error
             ));
         }
+        for (address, said) in &d.activity {
+            out.push_str(&format!("Applying: {address}: {said}\n"));
+        }
         for stuck in &d.stuck {
             out.push_str(&format!(
                 "Refresh timed out (planned from state): {stuck}\n"

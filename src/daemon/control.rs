@@ -72,6 +72,10 @@ pub struct DaemonStatus {
     /// for `--approve manual`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drifted: Vec<String>,
+    /// What each action in progress last said (a provider's own line, e.g. `waiting for 1/2
+    /// healthy allocations (…)`), by address; empty between applies.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub activity: std::collections::BTreeMap<String, String>,
     /// The last load's graph: each address with its direct dependencies, dependencies first
     /// (for the status page; not part of the API).
     #[serde(skip)]

@@ -384,6 +384,27 @@ struct Prepared {
 }
 
 /// A client asking a daemon that does not lead: told who does.
+/// Keep what each running action last said in the status (`tend status`, the status page): an
+/// action's start sets it, a provider's own line replaces it, its end clears it.
+fn note_activity(status: &Mutex<DaemonStatus>, line: &str) {
+    let Ok(mut s) = status.lock() else { return };
+    match crate::apply::progress_step(line) {
+        Some((address, crate::apply::Step::Started)) => {
+            s.activity.insert(address.to_owned(), "started".to_owned());
+        }
+        Some((address, _)) => {
+            s.activity.remove(address);
+        }
+        None => {
+            if let Some((address, said)) = line.split_once(": ")
+                && let Some(entry) = s.activity.get_mut(address)
+            {
+                *entry = said.to_owned();
+            }
+        }
+    }
+}
+
 fn refuse_as_standby(c: Control, why: &str) {
     let msg = format!("{why}; ask the leader's host");
     match c {
@@ -874,11 +895,13 @@ impl Daemon {
     ) -> (Flow, u8) {
         self.phase("applying", format!("applying: {}", p.plan.summary().line()));
         let sink = echo.clone();
+        let status = Arc::clone(&self.status);
         let apply_opts = ApplyOptions {
             parallelism: self.opts.parallelism,
             trigger: Trigger::Daemon,
             progress: Arc::new(move |line| {
                 tracing::info!("{line}");
+                note_activity(&status, &line);
                 if let Some(e) = &sink {
                     e.line(&line);
                 }

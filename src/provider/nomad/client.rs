@@ -246,6 +246,8 @@ pub struct JobInfo {
     #[serde(deserialize_with = "null_default")]
     pub version: u64,
     #[serde(deserialize_with = "null_default")]
+    pub create_index: u64,
+    #[serde(deserialize_with = "null_default")]
     pub job_modify_index: u64,
     #[serde(deserialize_with = "null_default")]
     pub stop: bool,
@@ -275,6 +277,54 @@ pub struct RegisterResponse {
     pub job_modify_index: u64,
     #[serde(deserialize_with = "null_default")]
     pub warnings: String,
+}
+
+/// `GET /v1/evaluation/:id` (reference §4, Evaluations): how far the scheduler got, and the
+/// deployment it made or used (`DeploymentID`, empty when none).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Evaluation {
+    #[serde(deserialize_with = "null_default")]
+    pub status: String,
+    #[serde(deserialize_with = "null_default")]
+    pub status_description: String,
+    #[serde(rename = "DeploymentID", deserialize_with = "null_default")]
+    pub deployment_id: String,
+}
+
+/// A deployment (`api/deployments.go` `Deployment`), as `GET /v1/deployment/:id` and
+/// `GET /v1/job/:id/deployment` answer it.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Deployment {
+    #[serde(rename = "ID", deserialize_with = "null_default")]
+    pub id: String,
+    #[serde(deserialize_with = "null_default")]
+    pub job_version: u64,
+    #[serde(deserialize_with = "null_default")]
+    pub job_create_index: u64,
+    /// `running`, `successful`, `failed`, `cancelled`, `paused`, `pending`, `blocked`,
+    /// `initializing`, `unblocking` (`nomad/structs/deployment.go`).
+    #[serde(deserialize_with = "null_default")]
+    pub status: String,
+    #[serde(deserialize_with = "null_default")]
+    pub status_description: String,
+    #[serde(deserialize_with = "null_default")]
+    pub task_groups: BTreeMap<String, DeploymentState>,
+}
+
+/// One group's progress in a deployment (`api/deployments.go` `DeploymentState`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DeploymentState {
+    #[serde(deserialize_with = "null_default")]
+    pub desired_total: u64,
+    #[serde(deserialize_with = "null_default")]
+    pub placed_allocs: u64,
+    #[serde(deserialize_with = "null_default")]
+    pub healthy_allocs: u64,
+    #[serde(deserialize_with = "null_default")]
+    pub unhealthy_allocs: u64,
 }
 
 /// `POST /v1/job/:id/plan` answer (reference §5).
@@ -672,6 +722,49 @@ impl Client {
                 .await,
         )?;
         Ok(r.flatten().unwrap_or_default())
+    }
+
+    /// `GET /v1/evaluation/:id`; `None` on 404.
+    pub async fn evaluation(
+        &self,
+        scope: Scope<'_>,
+        id: &str,
+    ) -> Result<Option<Evaluation>, ApiError> {
+        let what = format!("read evaluation {id:?}");
+        let path = format!("/v1/evaluation/{}", seg(id));
+        optional(
+            self.json(Request::new(Method::GET, &path, scope, &what), None)
+                .await,
+        )
+    }
+
+    /// `GET /v1/job/:id/deployment`: the latest deployment of the job (`null`: none).
+    pub async fn latest_deployment(
+        &self,
+        scope: Scope<'_>,
+        job: &str,
+    ) -> Result<Option<Deployment>, ApiError> {
+        let what = format!("read the latest deployment of job {job:?}");
+        let path = format!("/v1/job/{}/deployment", seg(job));
+        let r: Option<Option<Deployment>> = optional(
+            self.json(Request::new(Method::GET, &path, scope, &what), None)
+                .await,
+        )?;
+        Ok(r.flatten())
+    }
+
+    /// `GET /v1/deployment/:id`; `None` on 404.
+    pub async fn deployment(
+        &self,
+        scope: Scope<'_>,
+        id: &str,
+    ) -> Result<Option<Deployment>, ApiError> {
+        let what = format!("read deployment {id:?}");
+        let path = format!("/v1/deployment/{}", seg(id));
+        optional(
+            self.json(Request::new(Method::GET, &path, scope, &what), None)
+                .await,
+        )
     }
 
     /// `GET /v1/var/:path`; `None` on 404.

@@ -17,6 +17,7 @@
 
 mod acl;
 mod client;
+mod deploy;
 mod diff;
 pub mod model;
 mod secrets;
@@ -55,6 +56,11 @@ const F_STOPPED: &str = "stopped";
 const F_VERSION: &str = "version";
 const F_STATUS: &str = "status";
 const F_VARIABLE_IN_SYNC: &str = "variable_in_sync";
+/// Why the deployment of the job's current version failed (`detach: false` only).
+const F_DEPLOYMENT_FAILED: &str = "deployment_failed";
+
+/// How often a `detach: false` apply reads the evaluation and the deployment again.
+const DEPLOYMENT_POLL: Duration = Duration::from_millis(250);
 
 /// How long a token's capabilities, once read, are trusted (a daemon plans on every event).
 const GRANTS_TTL: Duration = Duration::from_secs(30);
@@ -89,10 +95,13 @@ impl Default for NomadProvider {
     }
 }
 
-/// The spec tend hands the provider: `{job, purge_on_destroy}`.
+/// The spec tend hands the provider: `{job, purge_on_destroy, detach}`.
 struct JobSpec<'a> {
     job: &'a Value,
     purge_on_destroy: bool,
+    /// `false`: an apply waits for the job's deployment to be healthy, and a refresh reports
+    /// a failed one as drift.
+    detach: bool,
 }
 
 impl<'a> JobSpec<'a> {
@@ -107,9 +116,16 @@ impl<'a> JobSpec<'a> {
                 ProviderError::permanent("purge_on_destroy must be true or false")
             })?,
         };
+        let detach = match spec.get("detach") {
+            None | Some(Value::Null) => true,
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| ProviderError::permanent("detach must be true or false"))?,
+        };
         Ok(JobSpec {
             job,
             purge_on_destroy,
+            detach,
         })
     }
 
@@ -309,6 +325,23 @@ impl Provider for NomadProvider {
         observed
             .fields
             .insert(F_VARIABLE_IN_SYNC.to_owned(), Value::Bool(in_sync));
+        if !spec.detach {
+            // Readiness, read the way the apply waits for it: the current version's deployment.
+            let latest = client
+                .latest_deployment(scope, id)
+                .await
+                .map_err(|e| redacted(e, &secrets))?
+                .filter(|d| deploy::belongs(d, &info));
+            match latest.as_ref().map(deploy::verdict) {
+                Some(deploy::Verdict::Failed(why)) => {
+                    observed
+                        .fields
+                        .insert(F_DEPLOYMENT_FAILED.to_owned(), Value::Str(why));
+                }
+                Some(deploy::Verdict::Waiting(line)) => observed.warnings.push(line),
+                Some(deploy::Verdict::Healthy) | None => {}
+            }
+        }
         Ok(Some(observed))
     }
 
@@ -318,6 +351,10 @@ impl Provider for NomadProvider {
         desired: &Desired,
         recorded: Option<&Record>,
     ) -> Result<Applied, ProviderError> {
+        // Leave the executor's own deadline a margin, so a deployment that is not healthy in
+        // time fails with what Nomad says rather than a bare timeout.
+        let margin = (desired.timeout / 10).min(Duration::from_secs(2));
+        let deadline = Instant::now() + desired.timeout.saturating_sub(margin);
         let spec = JobSpec::from_value(&desired.spec)?;
         let prepared = secrets::prepare(spec.job)?;
         let endpoint = endpoint(&desired.connection)?;
@@ -361,7 +398,7 @@ impl Provider for NomadProvider {
             let index = current.as_ref().map_or(0, |j| j.job_modify_index);
             if current.is_some() && plan_is_none(&client, scope, &prepared).await? {
                 tracing::debug!(job = id, "job unchanged in Nomad; not registering it again");
-                return Ok::<_, ApiError>(());
+                return Ok::<_, ApiError>(None);
             }
             tracing::info!(job = id, namespace = %target.namespace, enforce_index = index, "registering job");
             match client.register(scope, &prepared.job, index).await {
@@ -373,13 +410,13 @@ impl Provider for NomadProvider {
                             "Nomad registered the job with warnings"
                         );
                     }
-                    Ok(())
+                    Ok(Some(resp.eval_id))
                 }
                 // A retried register whose first attempt landed, or someone registering this
                 // very job: if Nomad now holds exactly it, the goal is reached.
                 Err(e) if e.class == ErrorClass::Conflict => {
                     if plan_is_none(&client, scope, &prepared).await? {
-                        Ok(())
+                        Ok(None)
                     } else {
                         Err(e)
                     }
@@ -387,7 +424,7 @@ impl Provider for NomadProvider {
                 Err(e) => Err(e),
             }
         };
-        register.await.map_err(|e| redacted(e, &secrets))?;
+        let eval = register.await.map_err(|e| redacted(e, &secrets))?;
 
         // 3. A Variable tend wrote for secrets the job no longer has.
         if prepared.items.is_empty() && managed_variable(recorded) {
@@ -407,6 +444,16 @@ impl Provider for NomadProvider {
                     "job {id:?} vanished from Nomad right after it was registered"
                 ))
             })?;
+
+        // 5. `detach: false`: the deployment of this version, until it is healthy.
+        if !spec.detach {
+            await_deployment(&client, scope, &info, eval.as_deref(), deadline)
+                .await
+                .map_err(|e| match e {
+                    Waited::Api(e) => redacted(e, &secrets),
+                    Waited::Failed(e) => e,
+                })?;
+        }
         let summary = client
             .summary(scope, id)
             .await
@@ -777,6 +824,109 @@ fn base_observed(info: &JobInfo) -> Observed {
     o
 }
 
+/// Why waiting for a deployment stopped short.
+enum Waited {
+    Api(ApiError),
+    Failed(ProviderError),
+}
+
+impl From<ApiError> for Waited {
+    fn from(e: ApiError) -> Self {
+        Waited::Api(e)
+    }
+}
+
+/// `detach: false`: follow the evaluation the register made to the deployment it names (or,
+/// with no new evaluation, the latest deployment of the job's current version) until it is
+/// `successful`; progress goes to the action's output (`tend apply`, the daemon's status).
+/// Without a deployment (not a service job, no update strategy, nothing placed) there is
+/// nothing to wait for.
+async fn await_deployment(
+    client: &Client,
+    scope: Scope<'_>,
+    info: &JobInfo,
+    eval: Option<&str>,
+    deadline: Instant,
+) -> Result<(), Waited> {
+    let say = |line: &str| {
+        if let Some(sink) = crate::provider::output_sink() {
+            sink(line);
+        }
+    };
+    let pause = |deadline: Instant| {
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(left.min(DEPLOYMENT_POLL))
+    };
+    let id = info.id.as_str();
+    let too_late = |what: String| {
+        Waited::Failed(ProviderError::transient(format!(
+            "job {id:?} is not healthy in time: {what}"
+        )))
+    };
+    let mut named = String::new();
+    if let Some(eval) = eval.filter(|e| !e.is_empty()) {
+        loop {
+            match client.evaluation(scope, eval).await? {
+                Some(e) if deploy::eval_done(&e.status) => {
+                    named = e.deployment_id;
+                    break;
+                }
+                Some(e) => {
+                    if Instant::now() >= deadline {
+                        return Err(too_late(format!(
+                            "evaluation {} is still {}",
+                            deploy::short(eval),
+                            e.status
+                        )));
+                    }
+                }
+                None => break,
+            }
+            pause(deadline).await;
+        }
+    }
+    let mut current = if named.is_empty() {
+        client
+            .latest_deployment(scope, id)
+            .await?
+            .filter(|d| deploy::belongs(d, info))
+    } else {
+        client.deployment(scope, &named).await?
+    };
+    let mut last = String::new();
+    loop {
+        let Some(d) = current else {
+            if last.is_empty() {
+                tracing::debug!(job = id, "no deployment to wait for");
+                return Ok(());
+            }
+            return Err(Waited::Failed(ProviderError::conflict(format!(
+                "the deployment of job {id:?} vanished while tend waited for it"
+            ))));
+        };
+        match deploy::verdict(&d) {
+            deploy::Verdict::Healthy => {
+                say(&format!("deployment {} healthy", deploy::short(&d.id)));
+                return Ok(());
+            }
+            deploy::Verdict::Failed(why) => {
+                return Err(Waited::Failed(ProviderError::permanent(why)));
+            }
+            deploy::Verdict::Waiting(line) => {
+                if line != last {
+                    say(&line);
+                    last = line;
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(too_late(last));
+        }
+        pause(deadline).await;
+        current = client.deployment(scope, &d.id).await?;
+    }
+}
+
 /// Drift from an observation (pure): Nomad's plan diff, the JobModifyIndex tend recorded, a stop
 /// done outside tend, and the secrets in the Variable.
 fn differences(
@@ -829,6 +979,13 @@ fn differences(
             field: "Stop".into(),
             expected: "false".into(),
             found: "true (stopped outside tend)".into(),
+        });
+    }
+    if let Some(why) = f.get(F_DEPLOYMENT_FAILED).and_then(Value::as_str) {
+        out.push(Drift {
+            field: "deployment".into(),
+            expected: "healthy".into(),
+            found: why.to_owned(),
         });
     }
     if f.get(F_VARIABLE_IN_SYNC).and_then(Value::as_bool) == Some(false) {

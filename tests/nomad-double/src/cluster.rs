@@ -17,7 +17,7 @@ use crate::validate::{multierror, validate_job, validate_variable};
 use crate::{AGENT_REGION, NODE_ID, NODE_NAME, Obj, Request, SERVER_FIELDS, ZERO_TIME, key};
 
 pub(crate) struct Alloc {
-    id: String,
+    pub(crate) id: String,
     eval_id: String,
     name_index: u64,
     pub(crate) namespace: String,
@@ -34,9 +34,14 @@ pub(crate) struct Alloc {
     client: String,
     client_desc: String,
     create_index: u64,
-    modify_index: u64,
+    pub(crate) modify_index: u64,
     create_time: i64,
     modify_time: i64,
+    /// The deployment that placed it.
+    pub(crate) deployment: Option<String>,
+    /// Its health as reported to that deployment (`None`: not yet).
+    pub(crate) healthy: Option<bool>,
+    pub(crate) health_index: u64,
     /// Why the task runner failed the allocation before its tasks started (a template that
     /// does not render), as the task event's message.
     failure: Option<String>,
@@ -45,6 +50,14 @@ pub(crate) struct Alloc {
 impl Alloc {
     fn terminal(&self) -> bool {
         self.desired != "run" || matches!(self.client.as_str(), "complete" | "failed" | "lost")
+    }
+
+    pub(crate) fn failed(&self) -> bool {
+        matches!(self.client.as_str(), "failed" | "lost")
+    }
+
+    pub(crate) fn running(&self) -> bool {
+        self.client == "running"
     }
 
     pub(crate) fn stub(&self) -> Value {
@@ -97,7 +110,13 @@ impl Alloc {
             "ClientStatus": self.client, "ClientDescription": self.client_desc,
             "DesiredTransition": {"Migrate": null, "Reschedule": null, "ForceReschedule": null,
                                   "NoShutdownDelay": null},
-            "TaskStates": task_states, "DeploymentStatus": null, "FollowupEvalID": "",
+            "TaskStates": task_states,
+            "DeploymentStatus": match self.healthy {
+                None => Value::Null,
+                Some(h) => json!({"Healthy": h, "Timestamp": rfc3339(self.modify_time),
+                                  "Canary": false, "ModifyIndex": self.health_index}),
+            },
+            "FollowupEvalID": "",
             "NextAllocation": "", "RescheduleTracker": null, "PreemptedAllocations": null,
             "PreemptedByAllocation": "",
             "CreateIndex": self.create_index, "ModifyIndex": self.modify_index,
@@ -182,6 +201,8 @@ pub(crate) struct Nomad {
     pub(crate) fail: Option<(usize, u16, String)>,
     pub(crate) placement_failure: bool,
     alloc_status: String,
+    pub(crate) deployments: Vec<crate::deploy::Deployment>,
+    pub(crate) health: crate::DeploymentHealth,
 }
 
 impl Nomad {
@@ -205,6 +226,8 @@ impl Nomad {
             fail: None,
             placement_failure: false,
             alloc_status: "running".to_owned(),
+            deployments: Vec::new(),
+            health: crate::DeploymentHealth::Healthy(std::time::Duration::ZERO),
         }
     }
 
@@ -291,6 +314,7 @@ impl Nomad {
     }
 
     pub(crate) fn route(&mut self, r: &Incoming) -> Reply {
+        self.tick();
         let m = r.method.as_str();
         let p = r.path.as_str();
         if p == "/v1/jobs" {
@@ -303,6 +327,8 @@ impl Nomad {
         if let Some(rest) = p.strip_prefix("/v1/job/") {
             for (suffix, methods) in [
                 ("/allocations", &["GET"][..]),
+                ("/deployments", &["GET"][..]),
+                ("/deployment", &["GET"][..]),
                 ("/evaluations", &["GET"][..]),
                 ("/plan", &["PUT", "POST"][..]),
                 ("/summary", &[][..]),
@@ -315,6 +341,8 @@ impl Nomad {
                         "/allocations" => self.job_allocations(r, id),
                         "/evaluations" => self.job_evaluations(r, id),
                         "/plan" => self.job_plan(r, id),
+                        "/deployments" => self.job_deployments_read(r, id, false),
+                        "/deployment" => self.job_deployments_read(r, id, true),
                         _ => self.job_summary(r, id),
                     };
                 }
@@ -325,8 +353,6 @@ impl Nomad {
                 "/dispatch",
                 "/versions",
                 "/revert",
-                "/deployments",
-                "/deployment",
                 "/stable",
                 "/scale",
                 "/services",
@@ -347,6 +373,12 @@ impl Nomad {
                 "DELETE" => self.job_delete(r, rest),
                 _ => Reply::err(405, "Invalid method"),
             };
+        }
+        if let Some(id) = p.strip_prefix("/v1/deployment/") {
+            if m != "GET" {
+                return Reply::err(405, "Invalid method");
+            }
+            return self.deployment_read(r, id);
         }
         if let Some(id) = p.strip_prefix("/v1/evaluation/") {
             if m != "GET" {
@@ -378,6 +410,42 @@ impl Nomad {
             return Reply::json(json!("127.0.0.1:4647"));
         }
         Reply::err(404, "404 page not found\n")
+    }
+
+    // --- deployments (`deploy`) ---------------------------------------------------------
+
+    fn job_deployments_read(&mut self, r: &Incoming, id: &str, latest: bool) -> Reply {
+        if let Err(e) = self.region(r.q("region")) {
+            return e;
+        }
+        if let Err(e) = self.auth(
+            r.token.as_deref(),
+            Family::Jobs,
+            &r.namespace(),
+            Need::Namespace(&["read-job"]),
+        ) {
+            return e;
+        }
+        let out = self.job_deployments(&r.namespace(), id, latest);
+        Reply::json(out).meta(self.table("deployment"))
+    }
+
+    fn deployment_read(&mut self, r: &Incoming, id: &str) -> Reply {
+        if let Err(e) = self.region(r.q("region")) {
+            return e;
+        }
+        let Some((ns, d)) = self.deployment(id) else {
+            return Reply::err(404, "deployment not found").meta(self.table("deployment"));
+        };
+        if let Err(e) = self.auth(
+            r.token.as_deref(),
+            Family::Jobs,
+            &ns,
+            Need::Namespace(&["read-job"]),
+        ) {
+            return e;
+        }
+        Reply::json(d).meta(self.table("deployment"))
     }
 
     // --- jobs: read ---------------------------------------------------------------------
@@ -1132,6 +1200,7 @@ impl Nomad {
         let spec = job.as_ref().map(spec_of).unwrap_or(Value::Null);
         let mut queued: BTreeMap<String, u64> = BTreeMap::new();
         let mut failed = Obj::new();
+        let mut placed: Vec<(String, String)> = Vec::new();
         for (group, p) in &plan {
             for &i in &p.stop {
                 let a = &mut self.allocs[i];
@@ -1166,14 +1235,16 @@ impl Nomad {
                 a.client_desc = client_description("complete").into();
                 a.modify_index = index;
                 a.modify_time = now;
-                self.place(job, &spec, group, slot, eval_id, index);
+                let aid = self.place(job, &spec, group, slot, eval_id, index);
+                placed.push((group.clone(), aid));
             }
             for &slot in &p.place {
                 if self.placement_failure {
                     failures += 1;
                     continue;
                 }
-                self.place(job, &spec, group, slot, eval_id, index);
+                let aid = self.place(job, &spec, group, slot, eval_id, index);
+                placed.push((group.clone(), aid));
             }
             if failures > 0 {
                 failed.insert(group.clone(), alloc_metric(failures));
@@ -1188,6 +1259,10 @@ impl Nomad {
                 e["ModifyIndex"] = json!(index);
             }
         }
+        let deployment = job
+            .as_ref()
+            .and_then(|j| self.deploy(j, &placed, index))
+            .unwrap_or_default();
         let blocked = (!failed.is_empty()).then(uuid);
         if let Some(bid) = &blocked {
             let mut b = self
@@ -1216,6 +1291,7 @@ impl Nomad {
                 Value::Object(failed)
             };
             e["BlockedEval"] = json!(blocked.unwrap_or_default());
+            e["DeploymentID"] = json!(deployment);
         }
         if let Some(s) = self.summaries.get_mut(&key(ns, id)) {
             s.queued = queued;
@@ -1232,7 +1308,7 @@ impl Nomad {
         slot: u64,
         eval_id: &str,
         index: u64,
-    ) {
+    ) -> String {
         let now = now_ns();
         let tasks = job["TaskGroups"]
             .as_array()
@@ -1253,8 +1329,9 @@ impl Nomad {
             Some(_) => "failed".to_owned(),
             None => self.alloc_status.clone(),
         };
+        let id = uuid();
         self.allocs.push(Alloc {
-            id: uuid(),
+            id: id.clone(),
             eval_id: eval_id.to_owned(),
             name_index: slot,
             namespace: job["Namespace"].as_str().unwrap_or("").to_owned(),
@@ -1273,8 +1350,12 @@ impl Nomad {
             modify_index: index,
             create_time: now,
             modify_time: now,
+            deployment: None,
+            healthy: None,
+            health_index: 0,
             failure,
         });
+        id
     }
 
     /// The template hook's verdict on a group's env templates (`Envvars: true`), rendered

@@ -34,9 +34,10 @@
 //! places `Count` allocations per group (ClientStatus as configured, `running` by default),
 //! ignores, updates in place or replaces them (destructive change) on a new version, stops
 //! them when the job is stopped, scaled down or purged, and reports placement failures when a
-//! test asks for them. Nothing runs; there are no deployments, canaries, reschedules, garbage
+//! test asks for them. Nothing runs; there are no canaries, reschedules, garbage
 //! collection, HCL, Sentinel, Consul/Vault/Connect hooks, multiregion, dispatch, periodic
-//! launches, pagination or `filter` expressions. Blocks the reference does not default
+//! launches, pagination or `filter` expressions. Deployments (`deploy`) are kept for service
+//! jobs, with health as a test sets it. Blocks the reference does not default
 //! (services, networks, volumes, ...) are stored as sent (empty → null) and diffed
 //! generically.
 //!
@@ -59,6 +60,7 @@ use serde_json::{Map, Value};
 mod acl;
 mod cluster;
 mod decode;
+mod deploy;
 mod diff;
 mod go;
 mod http;
@@ -95,6 +97,16 @@ const SERVER_FIELDS: [&str; 8] = [
 // ---------------------------------------------------------------------------------------------
 // Public API
 // ---------------------------------------------------------------------------------------------
+
+/// How the allocations of a deployment report health (`deploy`): healthy once they have run
+/// this long, unhealthy after this long, or never (the deployment fails at its group's
+/// `ProgressDeadline`). A failed allocation is unhealthy whatever is set.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DeploymentHealth {
+    Healthy(std::time::Duration),
+    Unhealthy(std::time::Duration),
+    Never,
+}
 
 /// One request the double answered, in arrival order.
 #[derive(Clone, Debug)]
@@ -369,6 +381,22 @@ impl NomadDouble {
             "set_alloc_status: {status:?} is not a Nomad ClientStatus"
         );
         self.shared.lock().set_alloc_status(status);
+    }
+
+    /// How new and running deployments' allocations report health (healthy at once by
+    /// default).
+    pub fn set_deployment_health(&self, health: DeploymentHealth) {
+        self.shared.lock().health = health;
+    }
+
+    /// The deployments of a job, newest first.
+    pub fn deployments(&self, namespace: &str, id: &str) -> Vec<Value> {
+        let mut st = self.shared.lock();
+        st.tick();
+        match st.job_deployments(namespace, id, false) {
+            Value::Array(items) => items,
+            _ => Vec::new(),
+        }
     }
 
     /// Shuts the server down (dropping does the same).
