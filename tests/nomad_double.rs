@@ -253,7 +253,12 @@ fn defaults_depend_on_the_job_type_and_fill_empty_fields() {
 fn identical_reregister_keeps_version_and_index_but_creates_an_evaluation() {
     let d = NomadDouble::start();
     let first = register(&d, &web_job("nginx:1.27")).json();
+    // Let the first version's deployment finish: marking the job stable is a write of its own
+    // (Nomad's `UpdateJobStability` bumps ModifyIndex), which a real cluster has done by the
+    // time anyone registers again.
+    assert_eq!(get(&d, "/v1/job/web").status, 200);
     let before = d.job("default", "web").unwrap();
+    assert_eq!(before["Stable"], true, "{before}");
     let evals = d.evaluations();
 
     let again = register(&d, &web_job("nginx:1.27"));

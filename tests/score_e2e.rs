@@ -146,6 +146,19 @@ async fn score_workloads_get_their_databases_run_on_nomad_and_are_ready_when_hea
         2,
         "the shared id is one database"
     );
+    // One status line per workload, like tenants.
+    let status = f.w.run(&["status"]).ok();
+    assert!(
+        status
+            .stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("ScoreWorkload.{p}-web "))
+                && l.contains("running")
+                && l.contains(&format!("db {db}"))
+                && l.contains("(1/1 allocations)")),
+        "{}",
+        status.all()
+    );
 
     // The web job: a docker task with the port mapped, the file mounted, the connection in
     // Env but the password only in the job's Variable.
@@ -292,6 +305,17 @@ async fn a_deployment_that_never_becomes_healthy_fails_the_workload_at_its_timeo
         "{list}"
     );
 
+    let status = f.w.run(&["status"]).ok();
+    assert!(
+        status
+            .stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("ScoreWorkload.{p}-web ")) && l.contains("failed")),
+        "{}",
+        status.all()
+    );
+    assert_has(&status, "is not healthy in time");
+
     // Unhealthy allocations fail it as soon as Nomad says so, with Nomad's reason.
     f.nomad
         .set_deployment_health(DeploymentHealth::Unhealthy(std::time::Duration::ZERO));
@@ -316,8 +340,15 @@ fn score_files_with_errors_are_refused_at_file_line_col() {
         "apps/bad/score.yaml",
         "apiVersion: score.dev/v1b1\nmetadata: {name: bad}\ncontainers:\n  main:\n    image: x\n    ports: [80]\nresources:\n  cache: {type: redis}\n",
     );
+    f.w.write(
+        "apps/gold/score.yaml",
+        "apiVersion: score.dev/v1b1\nmetadata: {name: gold}\ncontainers:\n  main: {image: x}\nresources:\n  db: {type: postgres, class: gold}\n",
+    );
     let r = f.w.run(&["validate"]);
     assert_ne!(r.code, 0);
+    // A class the platform does not map, where the workload names it.
+    assert_has(&r, "apps/gold/score.yaml:6:31");
+    assert_has(&r, "ScorePlatform.default has no class `gold`");
     assert_has(&r, "apps/bad/score.yaml:6:5");
     assert_has(&r, "unknown field `ports` in containers.main");
     assert_has(&r, "apps/bad/score.yaml:8:17");
@@ -326,4 +357,61 @@ fn score_files_with_errors_are_refused_at_file_line_col() {
         &r,
         "the types tend provisions: postgres, environment, service",
     );
+}
+
+/// The daemon applies a workload whose deployment takes a few seconds: while it waits,
+/// `tend status` shows the wait in Nomad's terms; afterwards the workload's line says running.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_shows_a_workload_waiting_for_healthy_allocations() {
+    let f = Fixture::new("60s");
+    f.nomad
+        .set_deployment_health(DeploymentHealth::Healthy(std::time::Duration::from_secs(4)));
+    f.web("1.2.0");
+    let p = &f.p;
+    let log = f.w.dir.path().join("daemon.log");
+    let mut daemon = DaemonChild(
+        f.w.cmd(&["daemon", "--resync", "1h"])
+            .stderr(std::process::Stdio::from(
+                std::fs::File::create(&log).expect("log file"),
+            ))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn daemon"),
+    );
+    let waiting = format!("Applying: ScoreWorkload.{p}-web/NomadJob: waiting for 0/1 healthy");
+    let running = format!("ScoreWorkload.{p}-web ");
+    let (mut saw_waiting, mut saw_running) = (false, false);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !saw_running {
+        let out = f.w.run(&["status"]).stdout;
+        saw_waiting |= out.contains(&waiting);
+        saw_running = saw_waiting
+            && out
+                .lines()
+                .any(|l| l.starts_with(&running) && l.contains("running"));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waiting seen: {saw_waiting}\n--- status ---\n{out}\n--- daemon log ---\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let out = f.w.run(&["status"]).stdout;
+    assert!(!out.contains("Applying:"), "activity left behind:\n{out}");
+    daemon.stop();
+}
+
+struct DaemonChild(std::process::Child);
+
+impl DaemonChild {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for DaemonChild {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

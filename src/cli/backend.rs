@@ -363,7 +363,7 @@ impl Backend for Local {
             last_run: runs
                 .first()
                 .map(|r| format!("{} (exit {}) {}", r.id, r.exit_code, r.summary)),
-            tenants: crate::provider::tenant::status::statuses(&records),
+            tenants: crate::provider::composition_statuses(&records),
             unready: records
                 .iter()
                 .filter(|r| r.status != Status::Ready)

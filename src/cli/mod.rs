@@ -931,7 +931,7 @@ async fn state_cmd(at: &StateAt, cmd: StateCmd, printer: Printer) -> anyhow::Res
             printer.out(&s);
         }
         StateCmd::Show { address }
-            if address.kind.as_str() == crate::provider::tenant::INSTANCE
+            if crate::provider::has_composition_status(address.kind.as_str())
                 && address.parent.is_none() =>
         {
             let records = blocking(&store, |s| s.list()).await?;
@@ -940,7 +940,7 @@ async fn state_cmd(at: &StateAt, cmd: StateCmd, printer: Printer) -> anyhow::Res
                 .filter(|r| r.address.parent_address().as_ref() == Some(&address))
                 .cloned()
                 .collect();
-            let Some(status) = crate::provider::tenant::status::statuses(&children).pop() else {
+            let Some(status) = crate::provider::composition_statuses(&children).pop() else {
                 bail!("{address} has nothing in state");
             };
             let doc = serde_json::json!({

@@ -260,7 +260,7 @@ async fn get_status(
     check_peer(&ctx, &info)?;
     let records = blocking(&ctx.store, |s| s.list()).await.map_err(internal)?;
     let resources = counts(&records);
-    let tenants = crate::provider::tenant::status::statuses(&records);
+    let tenants = crate::provider::composition_statuses(&records);
     let daemon = ctx.status.lock().map_err(internal)?.clone();
     Ok(Json(StatusReply {
         daemon,

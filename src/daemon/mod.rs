@@ -383,7 +383,6 @@ struct Prepared {
     plan: Plan,
 }
 
-/// A client asking a daemon that does not lead: told who does.
 /// Keep what each running action last said in the status (`tend status`, the status page): an
 /// action's start sets it, a provider's own line replaces it, its end clears it.
 fn note_activity(status: &Mutex<DaemonStatus>, line: &str) {
@@ -405,6 +404,7 @@ fn note_activity(status: &Mutex<DaemonStatus>, line: &str) {
     }
 }
 
+/// A client asking a daemon that does not lead: told who does.
 fn refuse_as_standby(c: Control, why: &str) {
     let msg = format!("{why}; ask the leader's host");
     match c {
@@ -936,6 +936,7 @@ impl Daemon {
                         // what runs is abandoned as SIGTERM's grace period ending does (its
                         // records stay `applying`; the new leader refreshes them first).
                         tracing::warn!("lost the lead: abandoning the running apply");
+                        self.update(|s| s.activity.clear());
                         for c in deferred {
                             refuse_as_standby(c, "this daemon lost the lead during the apply");
                         }
@@ -976,6 +977,8 @@ impl Daemon {
     }
 
     fn log_run(&mut self, r: anyhow::Result<crate::state::Run>) -> u8 {
+        // Whatever ended the run, nothing of it is running any more.
+        self.update(|s| s.activity.clear());
         if let Ok(run) = &r {
             let seconds = run.ended_at.saturating_sub(run.started_at) as f64 / 1000.0;
             self.metrics.run_finished(run, seconds);

@@ -142,3 +142,17 @@ pub fn for_kind(providers: &[Arc<dyn Provider>], kind: Kind) -> Option<Arc<dyn P
     let name = kind.model().provider()?;
     providers.iter().find(|p| p.name() == name).cloned()
 }
+
+/// One status line per composition with records: tenants, then Score workloads (each from its
+/// children's records, as `tend status` and `tend state show <Parent>.<name>` show them).
+pub fn composition_statuses(records: &[Record]) -> Vec<tenant::status::TenantStatus> {
+    let mut all = tenant::status::statuses(records);
+    all.extend(tenant::status::statuses_of(score::WORKLOAD, records));
+    all
+}
+
+/// Whether `kind` is a composition that has a status line (a `TenantInstance`, a
+/// `ScoreWorkload`).
+pub fn has_composition_status(kind: &str) -> bool {
+    kind == tenant::INSTANCE || kind == score::WORKLOAD
+}

@@ -1,6 +1,7 @@
 //! Tenant status, as operators ask for it: one line per `TenantInstance`, derived from its
 //! children's records (the database and the Nomad job, with the allocation counts the job
-//! reported at its last apply). A view over state; pure.
+//! reported at its last apply). Score workloads (`provider::score`) have the same shape and reuse
+//! it through [`statuses_of`]. A view over state; pure.
 
 use std::collections::BTreeMap;
 
@@ -26,34 +27,43 @@ pub struct TenantStatus {
 
 /// The status of every tenant that has records.
 pub fn statuses(records: &[Record]) -> Vec<TenantStatus> {
-    let mut by_tenant: BTreeMap<&str, (Option<&Record>, Option<&Record>)> = BTreeMap::new();
+    statuses_of(INSTANCE, records)
+}
+
+/// The status of every composition of kind `parent` (a `TenantInstance`, a `ScoreWorkload`)
+/// whose children have records: its databases (any number, keyed or not) and its Nomad job.
+pub fn statuses_of(parent: &str, records: &[Record]) -> Vec<TenantStatus> {
+    type Children<'a> = (Vec<&'a Record>, Option<&'a Record>);
+    let mut by_parent: BTreeMap<&str, Children<'_>> = BTreeMap::new();
+    let parent_kind = kind(parent);
     for r in records
         .iter()
-        .filter(|r| r.address.parent == Some(kind(INSTANCE)))
+        .filter(|r| r.address.parent.as_ref() == Some(&parent_kind))
     {
-        let e = by_tenant.entry(r.address.name.as_str()).or_default();
+        let e = by_parent.entry(r.address.name.as_str()).or_default();
         match r.kind.as_str() {
-            DATABASE => e.0 = Some(r),
+            DATABASE => e.0.push(r),
             JOB => e.1 = Some(r),
             _ => {}
         }
     }
-    by_tenant
+    by_parent
         .into_iter()
-        .map(|(name, (db, job))| status(name, db, job))
+        .map(|(name, (dbs, job))| status(&format!("{parent}.{name}"), &dbs, job))
         .collect()
 }
 
-fn status(name: &str, db: Option<&Record>, job: Option<&Record>) -> TenantStatus {
+fn status(label: &str, dbs: &[&Record], job: Option<&Record>) -> TenantStatus {
     let text = |r: Option<&Record>, k: &str| {
         r.and_then(|r| r.outputs.get(k))
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
     let int = |k: &str| job.and_then(|r| r.outputs.get(k)).and_then(Value::as_i64);
-    let failed = [db, job]
-        .into_iter()
-        .flatten()
+    let failed = dbs
+        .iter()
+        .copied()
+        .chain(job)
         .find(|r| r.status == Status::Failed);
     let stopped = job
         .and_then(|r| r.spec.get_path(["job", "Stop"]))
@@ -72,19 +82,27 @@ fn status(name: &str, db: Option<&Record>, job: Option<&Record>) -> TenantStatus
         )
     } else if ready(job) && stopped {
         ("stopped", None)
-    } else if ready(db) && ready(job) && desired.is_some_and(|d| d > 0) && running >= desired {
+    } else if dbs.iter().all(|d| ready(Some(d)))
+        && ready(job)
+        && desired.is_some_and(|d| d > 0)
+        && running >= desired
+    {
         ("running", None)
     } else {
         ("provisioning", None)
     };
     TenantStatus {
-        tenant: format!("TenantInstance.{name}"),
+        tenant: label.to_owned(),
         status: status.into(),
         reason,
-        database: db
-            .and_then(|r| r.spec.get("database"))
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        database: {
+            let mut names: Vec<&str> = dbs
+                .iter()
+                .filter_map(|r| r.spec.get("database").and_then(Value::as_str))
+                .collect();
+            names.sort_unstable();
+            Some(names.join(", ")).filter(|d| !d.is_empty())
+        },
         job_id: text(job, "job_id"),
         allocations: running.zip(desired).map(|(r, d)| format!("{r}/{d}")),
     }
@@ -150,5 +168,37 @@ mod tests {
         let st = statuses(&[broken, job(false, 2, 2)]).remove(0);
         assert_eq!(st.status, "failed");
         assert!(st.reason.unwrap_or_default().contains("permission denied"));
+    }
+
+    #[test]
+    fn a_score_workload_reads_all_its_keyed_databases() {
+        let w = kind("ScoreWorkload");
+        let db = |key: &str, name: &str, status: Status| {
+            let mut r = Record::new(
+                Address::keyed_child(w, "shop", kind(DATABASE), key),
+                0,
+            );
+            r.status = status;
+            r.spec.insert("database", Value::Str(name.into()));
+            r
+        };
+        let mut j = job(false, 1, 1);
+        j.address = Address::child(w, "shop", kind(JOB));
+        let records = vec![
+            db("db", "shop_db", Status::Ready),
+            db("cache", "shop_cache", Status::Ready),
+            j.clone(),
+            rec(DATABASE, Status::Ready),
+        ];
+        let st = statuses_of("ScoreWorkload", &records);
+        assert_eq!(st.len(), 1, "{st:?}");
+        assert_eq!(st[0].tenant, "ScoreWorkload.shop");
+        assert_eq!(st[0].status, "running");
+        assert_eq!(st[0].database.as_deref(), Some("shop_cache, shop_db"));
+        let pending = vec![db("db", "shop_db", Status::Applying), j];
+        assert_eq!(
+            statuses_of("ScoreWorkload", &pending)[0].status,
+            "provisioning"
+        );
     }
 }
