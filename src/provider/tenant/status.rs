@@ -174,10 +174,7 @@ mod tests {
     fn a_score_workload_reads_all_its_keyed_databases() {
         let w = kind("ScoreWorkload");
         let db = |key: &str, name: &str, status: Status| {
-            let mut r = Record::new(
-                Address::keyed_child(w, "shop", kind(DATABASE), key),
-                0,
-            );
+            let mut r = Record::new(Address::keyed_child(w, "shop", kind(DATABASE), key), 0);
             r.status = status;
             r.spec.insert("database", Value::Str(name.into()));
             r
