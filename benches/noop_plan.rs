@@ -1,87 +1,73 @@
-//! No-op plan of 10,000 PostgresDatabase resources with `--refresh=false`: the cost of loading,
-//! resolving, hashing and diffing everything against state when nothing changed.
-//! Target (issue 2): ≤ 1.0 s wall and ≤ 150 MB peak RSS on a 2-core machine.
+//! No-op plan with `--refresh=false` of many PostgresDatabase resources: the cost of loading,
+//! resolving, hashing and diffing everything against state when nothing changed, beside its
+//! floor, `tend validate` of the same tree (the load alone).
+//!
+//! Targets: issue 2, 10,000 in ≤ 1.0 s and ≤ 150 MB; issue 15 goal 3, 10,000 and 50,000 in ≤ 2×
+//! validate's time and ≤ 3 KB of peak RSS per resource; goal 6, 100,000 in ≤ 2 s and ≤ 300 MB.
+//! `BENCH_SIZES=10000,50000` picks the sizes; `BENCH_RUNS` the runs per command (alternated).
 //!
 //! State is seeded through the library exactly as an apply would record it (a real apply of
-//! 10,000 databases would need ~75 GB of disk), then the real binary plans against it.
+//! 10,000 databases would need ~75 GB of disk), in one write, then the real binary plans
+//! against it.
+
+use std::time::Duration;
 
 use tend_test_support::bench;
 
-use tend::address::Kind;
-use tend::desired::Resolver;
-use tend::state::{Record, SledStore, StateStore, Status};
-use tend::value::Value;
-
-const SERVER: &str = "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: pg}\nspec:\n  provider: postgres\n  data: {host: db.example.internal, port: 5432, user: admin, password: {fromFile: admin.password}}\n---\napiVersion: tend/v1\nkind: PostgresServer\nmetadata: {name: main}\nspec: {sslmode: require}\n";
+#[path = "common/seed.rs"]
+mod common;
 
 fn main() {
-    let (n, runs) = if bench::full() { (10_000, 5) } else { (200, 1) };
+    let full = bench::full();
+    let sizes: Vec<usize> = match std::env::var("BENCH_SIZES") {
+        Ok(s) => s
+            .split(',')
+            .map(|n| n.trim().parse().expect("BENCH_SIZES: numbers"))
+            .collect(),
+        Err(_) if full => vec![10_000, 50_000, 100_000],
+        Err(_) => vec![200],
+    };
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(if full { 3 } else { 1 });
     let keep = std::env::var("BENCH_KEEP").is_ok();
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let tmp_path = tmp.path().to_path_buf();
-    let manifests = bench::write_databases(tmp.path(), n, "bench", SERVER);
-    let state = tmp.path().join("state");
-
-    let seeded = std::time::Instant::now();
-    {
-        let set = tend::manifest::load(&manifests).expect("manifests load");
-        let store = SledStore::open(&state).expect("state");
-        let mut resolver = Resolver::new(&set);
-        for m in set.managed() {
-            let d = resolver.desired(&m.address, &|_| None).expect("desired");
-            let mut rec = Record::new(m.address.clone(), 0);
-            rec.spec_hash = d.spec.digest(store.digest_key());
-            rec.spec = d.spec.clone();
-            rec.connection = d.connection.clone();
-            rec.status = Status::Ready;
-            rec.generation = 1;
-            rec.depends_on = d.depends_on.clone();
-            for k in ["database", "owner"] {
-                rec.outputs
-                    .insert(k.to_owned(), d.spec.get(k).cloned().unwrap_or(Value::Null));
-            }
-            rec.private.insert(
-                "password".into(),
-                Value::Secret(tend::value::Sensitive::new("x".repeat(32))),
-            );
-            store.put(&rec).expect("seed");
-        }
-        assert_eq!(
-            store
-                .list()
-                .expect("list")
-                .iter()
-                .filter(|r| r.kind == Kind::of("PostgresDatabase"))
-                .count(),
-            n
-        );
-    }
-    eprintln!(
-        "seeded {n} records in {:.1}s",
-        seeded.elapsed().as_secs_f64()
-    );
-
-    let mut times = Vec::new();
-    for _ in 0..runs {
-        times.push(bench::time(
-            &mut bench::tend(
-                env!("CARGO_BIN_EXE_tend"),
+    let tend = env!("CARGO_BIN_EXE_tend");
+    for n in sizes {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (manifests, state) = common::seed(tmp.path(), n);
+        let (mut plans, mut validates) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let plan = bench::tend(
+                tend,
                 &manifests,
                 &state,
                 &["plan", "--refresh=false", "--detailed-exitcode"],
-            ),
-            0,
-        ));
-    }
-    let rss = bench::children_max_rss_mib();
-    let best = times.iter().min().copied().unwrap_or_default();
-    println!(
-        "noop_plan: {n} resources, {runs} runs: median {:.3}s, best {:.3}s, peak RSS {rss:.0} MiB (target ≤ 1.0 s, ≤ 150 MB)",
-        bench::median(times).as_secs_f64(),
-        best.as_secs_f64()
-    );
-    if keep {
-        let _ = tmp.keep();
-        eprintln!("kept {}", tmp_path.display());
+            );
+            plans.push(bench::measure(&plan, std::process::Stdio::null(), 0));
+            let validate = bench::tend(tend, &manifests, &state, &["validate"]);
+            validates.push(bench::measure(&validate, std::process::Stdio::null(), 0));
+        }
+        let (plan_t, plan_rss) = bench::medians(&plans);
+        let (val_t, val_rss) = bench::medians(&validates);
+        let per = |rss: f64| rss * 1024.0 * 1024.0 / n as f64 / 1000.0;
+        let secs = Duration::as_secs_f64;
+        println!(
+            "noop_plan: {n} resources, {runs} alternated runs: plan --refresh=false median {:.3}s, peak RSS {plan_rss:.0} MiB ({:.2} KB/resource); floor: validate {:.3}s, {val_rss:.0} MiB ({:.2} KB/resource); ratio {:.2}× (goal 3: ≤ 2×, ≤ 3 KB/resource{})",
+            secs(&plan_t),
+            per(plan_rss),
+            secs(&val_t),
+            per(val_rss),
+            secs(&plan_t) / secs(&val_t).max(1e-9),
+            if n >= 100_000 {
+                "; goal 6 at 100,000: ≤ 2 s, ≤ 300 MB"
+            } else {
+                ""
+            }
+        );
+        if keep {
+            let path = tmp.keep();
+            eprintln!("kept {}", path.display());
+        }
     }
 }

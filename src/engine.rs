@@ -92,7 +92,8 @@ pub async fn plan(
     providers: &[Arc<dyn Provider>],
     opts: &PlanOptions,
 ) -> anyhow::Result<Plan> {
-    let records: BTreeMap<Address, Sealed> = blocking(store, |s| s.list_sealed())
+    // Heads alone: most resources are decided from them; the few planned are unsealed.
+    let records: BTreeMap<Address, Sealed> = blocking(store, |s| s.list_heads())
         .await?
         .into_iter()
         .map(|r| (r.address.clone(), r))

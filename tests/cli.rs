@@ -373,3 +373,47 @@ fn help_completions_and_man_page_cover_every_command_in_the_readme() {
         );
     }
 }
+
+/// `tend state import -` reads the document from standard input, once (it is spooled, its MAC
+/// checked, then its records read back): a document whose MAC does not match writes nothing,
+/// the real one imports.
+#[test]
+fn state_import_reads_standard_input_and_a_bad_mac_writes_nothing() {
+    use std::io::Write;
+    let w = ws();
+    tend(&w, &["apply", "--auto-approve"]).ok();
+    let doc = tend(&w, &["state", "export", "--include-secrets"])
+        .ok()
+        .stdout;
+    assert!(doc.contains("\"mac\":\""), "{doc}");
+    let import = |text: &str| {
+        let mut child = w
+            .cmd(&["state", "import", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write the document");
+        Run::from(child.wait_with_output().expect("wait"))
+    };
+    let tampered = doc.replacen("\"serial\":", "\"serial\":9", 1);
+    let r = import(&tampered);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("integrity check"), "{}", r.all());
+    assert_eq!(
+        tend(&w, &["state", "export", "--include-secrets"])
+            .ok()
+            .stdout,
+        doc,
+        "a refused document writes nothing"
+    );
+    let r = import(&doc);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("Imported state from -."), "{}", r.all());
+}

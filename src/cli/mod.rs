@@ -317,6 +317,8 @@ enum StateCmd {
         after_help = "Examples:\n  tend state import backup.json\n  tend state import state/backup.3.json\n  tend state import old-export.json --allow-unsigned"
     )]
     Import {
+        /// The document: a backup or `state export --include-secrets`; `-` reads standard
+        /// input.
         file: PathBuf,
         /// Accept a document without a MAC (made by a tend that did not sign backups). A MAC
         /// that does not match is refused all the same.
@@ -914,7 +916,7 @@ async fn state_cmd(at: &StateAt, cmd: StateCmd, printer: Printer) -> anyhow::Res
     match cmd {
         StateCmd::List => {
             // The records' heads are enough: nothing is decoded or decrypted.
-            let records = blocking(&store, |s| s.list_sealed()).await?;
+            let records = blocking(&store, |s| s.list_heads()).await?;
             let mut s = String::new();
             for r in records {
                 let status = match r.status {
@@ -1011,10 +1013,18 @@ async fn state_cmd(at: &StateAt, cmd: StateCmd, printer: Printer) -> anyhow::Res
             file,
             allow_unsigned,
         } => {
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            // Streamed: the store spools the document, checks its MAC, then reads it back
+            // record by record (`-` is standard input, read once all the same).
+            let mut input: Box<dyn std::io::Read + Send> = if file.as_os_str() == "-" {
+                Box::new(std::io::stdin())
+            } else {
+                Box::new(
+                    std::fs::File::open(&file)
+                        .with_context(|| format!("cannot read {}", file.display()))?,
+                )
+            };
             blocking(&store, move |s| {
-                s.import(&bytes, allow_unsigned)?;
+                s.import_from(&mut input, allow_unsigned)?;
                 s.write_backup()
             })
             .await

@@ -595,7 +595,7 @@ fn check_spec(
             target: Address::new(Kind::CREDENTIAL, String::new()), // fixed up in `edges`
             pos: r.pos,
             via: Via::of_ref(&r),
-            expr: Some(r),
+            expr: Some(Box::new(r)),
         })
         .collect();
     let cred = (kind == Kind::CREDENTIAL).then(|| CredDoc {
@@ -793,6 +793,8 @@ fn edges(
         }
     }
     deps.sort_by(|a, b| (a.pos, &a.target).cmp(&(b.pos, &b.target)));
+    // Kept for the set's lifetime, one per manifest: no spare capacity.
+    deps.shrink_to_fit();
     deps
 }
 

@@ -70,8 +70,9 @@ pub struct Dep {
     pub pos: Pos,
     /// How: shown as `spec.server`, `${…status.outputs.host}`, `credential`.
     pub via: Via,
-    /// The ref, when the edge is a ref.
-    pub expr: Option<RefExpr>,
+    /// The ref, when the edge is a ref (boxed: most edges are not refs, and a set holds one
+    /// `Dep` per edge per manifest).
+    pub expr: Option<Box<RefExpr>>,
 }
 
 /// How a manifest reads another resource.

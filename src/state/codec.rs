@@ -9,9 +9,9 @@
 //! encode a value that is not known yet, and never prints a secret.
 
 use std::collections::BTreeMap;
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, Write};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de};
 use serde_json::Value as J;
 
 use super::crypto::{BackupMac, StateKey};
@@ -102,43 +102,61 @@ impl Codec {
         })
     }
 
-    /// Check a signed document's MAC; its bytes without the MAC are returned.
-    pub(super) fn verify<'a>(
+    /// Copy a document to import from `input` into a private spool file (anonymous, in the
+    /// temp directory, removed when dropped) while feeding its MAC, then check the MAC: a
+    /// mismatch is [`StateError::Tampered`], a document without one [`StateError::Unsigned`]
+    /// unless `allow_unsigned`. Nothing is parsed yet and nothing is held in memory but the
+    /// document's tail; the records are read back from the spool, which no one else can
+    /// change, so what is imported is what was verified (an input read once, e.g. a pipe,
+    /// works too).
+    pub(super) fn spool(
         &self,
-        bytes: &'a [u8],
+        input: &mut dyn Read,
         allow_unsigned: bool,
-    ) -> Result<&'a [u8], StateError> {
-        let Some((body, mac)) = split_mac(bytes) else {
-            return if allow_unsigned {
-                Ok(bytes)
-            } else {
-                Err(StateError::Unsigned)
-            };
-        };
-        let mac = hex::decode(mac).map_err(|_| StateError::Tampered)?;
-        let mut check = self.key.backup_mac();
-        hmac::Mac::update(&mut check, body);
-        hmac::Mac::verify_slice(check, &mac).map_err(|_| StateError::Tampered)?;
-        Ok(bytes)
+    ) -> Result<Spooled, StateError> {
+        let mut file = tempfile::tempfile()?;
+        let mut mac = self.key.backup_mac();
+        // The bytes that may still turn out to be the `,"mac":"…"}` tail (and whitespace
+        // after it); everything before them is fed to the MAC as it passes.
+        let mut tail: Vec<u8> = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        {
+            let mut out = io::BufWriter::new(&mut file);
+            loop {
+                let n = match input.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                out.write_all(&buf[..n])?;
+                tail.extend_from_slice(&buf[..n]);
+                let ws = tail.len() - tail.trim_ascii_end().len();
+                let keep = ws + MAC_TAIL;
+                if tail.len() > keep + buf.len() {
+                    let fed = tail.len() - keep;
+                    hmac::Mac::update(&mut mac, &tail[..fed]);
+                    tail.drain(..fed);
+                }
+            }
+            out.flush()?;
+        }
+        match split_mac(&tail) {
+            Some((body, hex_mac)) => {
+                let expected = hex::decode(hex_mac).map_err(|_| StateError::Tampered)?;
+                hmac::Mac::update(&mut mac, body);
+                hmac::Mac::verify_slice(mac, &expected).map_err(|_| StateError::Tampered)?;
+            }
+            None if allow_unsigned => {}
+            None => return Err(StateError::Unsigned),
+        }
+        file.seek(io::SeekFrom::Start(0))?;
+        Ok(Spooled { file })
     }
 
-    /// Parse a signed export or backup (MAC checked first, see [`Codec::verify`]) into its
-    /// lineage, serial and records re-encoded through the one write path, keyed by address.
-    /// Decoding every record proves the key matches and nothing is malformed before a store
-    /// is touched.
-    pub(super) fn parse_import(
-        &self,
-        bytes: &[u8],
-        allow_unsigned: bool,
-    ) -> Result<Imported, StateError> {
-        let bad = |reason: String| StateError::Corrupt {
-            key: "import document".to_owned(),
-            reason,
-        };
-        let body = self.verify(bytes, allow_unsigned)?;
-        // The head first (the records skipped), so a newer or secret-less document is told
-        // apart before its records are parsed; then the records, typed (no JSON tree of the
-        // whole document).
+    /// The head of a spooled document ([`Codec::spool`]): its lineage and serial, once its
+    /// version and `secrets` say it can be imported. The records are skipped, not held.
+    pub(super) fn import_head(&self, doc: &mut Spooled) -> Result<(String, u64), StateError> {
         #[derive(Deserialize)]
         struct Head {
             version: Option<J>,
@@ -146,16 +164,13 @@ impl Codec {
             lineage: Option<J>,
             serial: Option<J>,
         }
-        #[derive(Deserialize)]
-        struct Body {
-            resources: Option<Vec<StoredRecord>>,
-        }
-        let head: Head = serde_json::from_slice(body).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let head: Head = serde_json::from_reader(doc.reader()?)
+            .map_err(|e| bad_import(format!("not JSON: {e}")))?;
         let version = head
             .version
             .as_ref()
             .and_then(J::as_u64)
-            .ok_or_else(|| bad("no `version`: not a tend state export".to_owned()))?;
+            .ok_or_else(|| bad_import("no `version`: not a tend state export".to_owned()))?;
         if version > EXPORT_VERSION {
             return Err(StateError::Schema {
                 found: u32::try_from(version).unwrap_or(u32::MAX),
@@ -163,54 +178,74 @@ impl Codec {
             });
         }
         if version != EXPORT_VERSION {
-            return Err(bad(format!("unsupported export version {version}")));
+            return Err(bad_import(format!("unsupported export version {version}")));
         }
         match head.secrets.as_ref().and_then(J::as_str) {
             Some("encrypted") => {}
             Some("omitted") => {
-                return Err(bad(
+                return Err(bad_import(
                     "this export was made without secrets, so importing it would lose \
                      them; export with secrets included (or use backup.json)"
                         .to_owned(),
                 ));
             }
-            _ => return Err(bad("`secrets` must be \"encrypted\"".to_owned())),
+            _ => return Err(bad_import("`secrets` must be \"encrypted\"".to_owned())),
         }
         let lineage = head
             .lineage
             .as_ref()
             .and_then(J::as_str)
             .filter(|l| !l.is_empty())
-            .ok_or_else(|| bad("no `lineage`".to_owned()))?
+            .ok_or_else(|| bad_import("no `lineage`".to_owned()))?
             .to_owned();
-        let doc_serial = head
+        let serial = head
             .serial
             .as_ref()
             .and_then(J::as_u64)
-            .ok_or_else(|| bad("no `serial`".to_owned()))?;
-        let items = serde_json::from_slice::<Body>(body)
-            .map_err(|e| bad(format!("resources: {e}")))?
-            .resources
-            .ok_or_else(|| bad("no `resources` list".to_owned()))?;
+            .ok_or_else(|| bad_import("no `serial`".to_owned()))?;
+        Ok((lineage, serial))
+    }
 
-        // Decode everything first (this proves the key matches and nothing is malformed)
-        // before touching the store.
-        let mut new = BTreeMap::new();
-        for stored in items {
-            // Kept in the document's sealed form (the same key sealed it, as decoding it
-            // proves), so importing the same data again writes the same bytes.
-            let bytes = serde_json::to_vec(&stored).map_err(|e| bad(e.to_string()))?;
+    /// Each record of a spooled document, one at a time and in its order: its address and
+    /// its bytes as stored, re-encoded through the one write path. Each is decoded first
+    /// (which proves the same key sealed it and nothing is malformed; the decoded form is
+    /// dropped at once) and kept in the document's sealed form, so importing the same data
+    /// again writes the same bytes. An address seen twice is an error. Callers stage what
+    /// `each` is given and touch the store only once this returns `Ok`.
+    pub(super) fn import_records(
+        &self,
+        doc: &mut Spooled,
+        each: &mut dyn FnMut(String, Vec<u8>) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut failed = None;
+        let mut found = false;
+        let mut handle = |stored: StoredRecord| -> Result<(), StateError> {
+            let bytes = serde_json::to_vec(&stored).map_err(|e| bad_import(e.to_string()))?;
             let key = stored.address.to_string();
             drop(self.decode_record(stored)?);
-            if new.insert(key.clone(), bytes).is_some() {
-                return Err(bad(format!("{key} appears twice")));
+            if !seen.insert(key.clone()) {
+                return Err(bad_import(format!("{key} appears twice")));
             }
+            each(key, bytes)
+        };
+        let mut de = serde_json::Deserializer::from_reader(doc.reader()?);
+        let parsed = de::DeserializeSeed::deserialize(
+            DocSeed {
+                each: &mut handle,
+                failed: &mut failed,
+                found: &mut found,
+            },
+            &mut de,
+        );
+        if let Some(e) = failed {
+            return Err(e);
         }
-        Ok(Imported {
-            lineage,
-            serial: doc_serial,
-            records: new,
-        })
+        parsed.map_err(|e| bad_import(format!("resources: {e}")))?;
+        if !found {
+            return Err(bad_import("no `resources` list".to_owned()));
+        }
+        Ok(())
     }
 
     /// The export document as JSON (`state export`); sealed secrets are replaced with
@@ -301,13 +336,94 @@ pub(super) fn write_plain(
     Ok(())
 }
 
-/// What a signed document holds, ready to replace a store's records.
-pub(super) struct Imported {
-    pub(super) lineage: String,
-    /// The document's serial: the store continues above it.
-    pub(super) serial: u64,
-    /// Stored bytes by address.
-    pub(super) records: BTreeMap<String, Vec<u8>>,
+/// A document to import, copied to a private file and its MAC checked ([`Codec::spool`]).
+pub(super) struct Spooled {
+    file: std::fs::File,
+}
+
+impl Spooled {
+    /// The whole document from its first byte.
+    fn reader(&mut self) -> Result<io::BufReader<&std::fs::File>, StateError> {
+        self.file.seek(io::SeekFrom::Start(0))?;
+        Ok(io::BufReader::with_capacity(64 * 1024, &self.file))
+    }
+}
+
+/// The length of a MAC tail, `,"mac":"` + 64 hex digits + `"}`.
+const MAC_TAIL: usize = MAC_OPEN.len() + 64 + 2;
+
+fn bad_import(reason: String) -> StateError {
+    StateError::Corrupt {
+        key: "import document".to_owned(),
+        reason,
+    }
+}
+
+/// The import document as serde sees it: a map whose `resources` list is handed to `each`
+/// one record at a time; every other entry is skipped unparsed.
+struct DocSeed<'a> {
+    each: &'a mut dyn FnMut(StoredRecord) -> Result<(), StateError>,
+    /// The first error `each` returned (serde carries only a message).
+    failed: &'a mut Option<StateError>,
+    found: &'a mut bool,
+}
+
+impl<'de> de::DeserializeSeed<'de> for DocSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> de::Visitor<'de> for DocSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a tend state export")
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "resources" {
+                *self.found = true;
+                map.next_value_seed(RecordsSeed {
+                    each: &mut *self.each,
+                    failed: &mut *self.failed,
+                })?;
+            } else {
+                map.next_value::<de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `resources` list, one [`StoredRecord`] at a time.
+struct RecordsSeed<'a> {
+    each: &'a mut dyn FnMut(StoredRecord) -> Result<(), StateError>,
+    failed: &'a mut Option<StateError>,
+}
+
+impl<'de> de::DeserializeSeed<'de> for RecordsSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> de::Visitor<'de> for RecordsSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of records")
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(record) = seq.next_element::<StoredRecord>()? {
+            if let Err(e) = (self.each)(record) {
+                let shown = e.to_string();
+                *self.failed = Some(e);
+                return Err(de::Error::custom(shown));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A [`Record`] as stored and exported: every [`Value`] as JSON with secrets sealed.
@@ -445,6 +561,13 @@ fn decode(j: &J, key: &StateKey, entry: &str) -> Result<Value, StateError> {
 /// A stored record as listed: its head (address, status, spec digest, generation) parsed, the
 /// rest left as bytes (see [`Sealed`]). `key` is the address it is stored under.
 pub(super) fn seal(key: &[u8], bytes: &[u8]) -> Result<Sealed, StateError> {
+    let mut sealed = seal_head(key, bytes)?;
+    sealed.bytes = Some(std::sync::Arc::from(bytes));
+    Ok(sealed)
+}
+
+/// [`seal`] without keeping the bytes: a head alone (see [`super::StateStore::list_heads`]).
+pub(super) fn seal_head(key: &[u8], bytes: &[u8]) -> Result<Sealed, StateError> {
     #[derive(Deserialize)]
     struct Head {
         address: Address,
@@ -468,7 +591,7 @@ pub(super) fn seal(key: &[u8], bytes: &[u8]) -> Result<Sealed, StateError> {
         status: head.status,
         spec_hash: head.spec_hash,
         generation: head.generation,
-        bytes: std::sync::Arc::from(bytes),
+        bytes: None,
     })
 }
 

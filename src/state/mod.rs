@@ -30,8 +30,9 @@ pub fn key_file(dir: &std::path::Path) -> std::path::PathBuf {
 pub use crypto::share_key_file;
 
 /// A record as it sits in the store, its spec and secrets not yet decoded: listing 10,000 of
-/// these costs their bytes (under 1 KB each), not 10,000 decoded specs. Open one with
-/// [`StateStore::unseal`] when it is needed.
+/// these costs their bytes (under 1 KB each), not 10,000 decoded specs; listed with
+/// [`StateStore::list_heads`], only its head (the bytes are read again when it is unsealed).
+/// Open one with [`StateStore::unseal`] when it is needed.
 #[derive(Clone, Debug)]
 pub struct Sealed {
     pub address: Address,
@@ -40,12 +41,15 @@ pub struct Sealed {
     /// that a resource is unchanged without decoding (or decrypting) its record.
     pub spec_hash: String,
     pub generation: u64,
-    bytes: std::sync::Arc<[u8]>,
+    /// The stored bytes; `None` for a head listed by [`StateStore::list_heads`].
+    bytes: Option<std::sync::Arc<[u8]>>,
 }
 
 impl Sealed {
+    /// The stored bytes of a record from [`StateStore::list_sealed`] (empty for a head alone,
+    /// which no export or dump is ever given).
     fn bytes(&self) -> &[u8] {
-        &self.bytes
+        self.bytes.as_deref().unwrap_or_default()
     }
 }
 
@@ -194,6 +198,11 @@ pub trait StateStore: Send + Sync {
     fn get(&self, address: &Address) -> Result<Option<Record>, StateError>;
     /// Insert or replace a record, bump the serial, flush.
     fn put(&self, record: &Record) -> Result<(), StateError>;
+    /// [`StateStore::put`] of many records in one write and one flush (seeding a store:
+    /// tests, benches). Atomic where the backend's writes are.
+    fn put_all(&self, records: &[Record]) -> Result<(), StateError> {
+        records.iter().try_for_each(|r| self.put(r))
+    }
     /// Forget a record (no-op if absent), bump the serial, flush.
     fn remove(&self, address: &Address) -> Result<(), StateError>;
     /// All records, sorted by address.
@@ -203,7 +212,16 @@ pub trait StateStore: Send + Sync {
     /// All records undecoded, sorted by address: for a pass over every resource that decodes
     /// one at a time (a plan, a metrics scrape).
     fn list_sealed(&self) -> Result<Vec<Sealed>, StateError>;
-    /// Decode (and decrypt) a record from [`StateStore::list_sealed`]. CPU only, no I/O.
+    /// Every record's head alone (address, status, spec digest, generation), sorted by
+    /// address: for a pass that decides most resources from their heads and unseals few (a
+    /// plan, `state list`), so it does not hold every record's bytes. A backend whose reads
+    /// are remote may return [`StateStore::list_sealed`]'s records whole.
+    fn list_heads(&self) -> Result<Vec<Sealed>, StateError> {
+        self.list_sealed()
+    }
+    /// Decode (and decrypt) a record from [`StateStore::list_sealed`] (CPU only, no I/O) or
+    /// from [`StateStore::list_heads`] (its bytes read again; a record that changed since its
+    /// head was listed is refused, so a pass never mixes two versions of a record).
     fn unseal(&self, sealed: &Sealed) -> Result<Record, StateError>;
     /// Insert or replace a run record, flush.
     fn put_run(&self, run: &Run) -> Result<(), StateError>;
@@ -225,12 +243,24 @@ pub trait StateStore: Send + Sync {
     /// The whole state with secrets encrypted, signed: what a backup holds, streamed to `out`
     /// record by record, ending in a MAC under the state key over every byte before it.
     fn export_signed(&self, out: &mut dyn std::io::Write) -> Result<(), StateError>;
-    /// Replace all records with those of a signed export or backup (`bytes` as written). The
-    /// MAC is checked first: a mismatch is [`StateError::Tampered`]; a document without one is
-    /// [`StateError::Unsigned`] unless `allow_unsigned` (an export made without secrets is
-    /// refused either way). A `backup.json` of another lineage is kept as
-    /// `backup-<lineage>.json` rather than overwritten.
-    fn import(&self, bytes: &[u8], allow_unsigned: bool) -> Result<(), StateError>;
+    /// Replace all records with those of a signed export or backup, read from `input` once
+    /// and streamed: it is copied to a private spool file while its MAC is computed, and the
+    /// MAC is checked before anything is parsed: a mismatch is [`StateError::Tampered`]; a
+    /// document without one is [`StateError::Unsigned`] unless `allow_unsigned` (an export
+    /// made without secrets is refused either way). The records are then read back from the
+    /// spool one at a time, each decoded (the key must match), staged, and written in one
+    /// transaction only when all are good: a refused document writes nothing. A
+    /// `backup.json` of another lineage is kept as `backup-<lineage>.json` rather than
+    /// overwritten.
+    fn import_from(
+        &self,
+        input: &mut dyn std::io::Read,
+        allow_unsigned: bool,
+    ) -> Result<(), StateError>;
+    /// [`StateStore::import_from`] of a document in memory.
+    fn import(&self, mut bytes: &[u8], allow_unsigned: bool) -> Result<(), StateError> {
+        self.import_from(&mut bytes, allow_unsigned)
+    }
     /// The writers' lock of a state several processes share; `None` when the opener is the
     /// only possible writer.
     fn leadership(&self) -> Option<&dyn Leadership> {

@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, Config, NoTls};
 
-use super::codec::{Codec, Imported, SCHEMA_VERSION, parse_run, parse_stored, seal};
+use super::codec::{Codec, SCHEMA_VERSION, parse_run, parse_stored, seal};
 use super::crypto::{KeyLocation, StateKey};
 use super::{
     Dump, Lead as Lead_, Leadership, Meta, Record, Run, Sealed, StateError, StateStore, Status,
@@ -800,27 +800,29 @@ impl StateStore for PgStore {
             .write_signed(&self.meta()?, rows.iter().map(Sealed::bytes), out)
     }
 
-    fn import(&self, bytes: &[u8], allow_unsigned: bool) -> Result<(), StateError> {
-        let Imported {
-            lineage,
-            serial,
-            records,
-        } = self.codec.parse_import(bytes, allow_unsigned)?;
+    fn import_from(
+        &self,
+        input: &mut dyn std::io::Read,
+        allow_unsigned: bool,
+    ) -> Result<(), StateError> {
+        let mut doc = self.codec.spool(input, allow_unsigned)?;
+        let (lineage, serial) = self.codec.import_head(&mut doc)?;
         #[derive(Deserialize)]
         struct Head {
             status: Status,
         }
-        let rows = records
-            .into_iter()
-            .map(|(address, body)| {
-                let head: Head =
-                    serde_json::from_slice(&body).map_err(|e| StateError::Corrupt {
-                        key: address.clone(),
-                        reason: e.to_string(),
-                    })?;
-                Ok((address, head.status.as_str().to_owned(), body))
-            })
-            .collect::<Result<Vec<_>, StateError>>()?;
+        // Every record's stored bytes are staged (nothing decoded is kept), then written in
+        // one fenced transaction: a bad document writes nothing.
+        let mut rows = Vec::new();
+        self.codec.import_records(&mut doc, &mut |address, body| {
+            let head: Head = serde_json::from_slice(&body).map_err(|e| StateError::Corrupt {
+                key: address.clone(),
+                reason: e.to_string(),
+            })?;
+            rows.push((address, head.status.as_str().to_owned(), body));
+            Ok(())
+        })?;
+        drop(doc);
         let serial = i64::try_from(serial).unwrap_or(i64::MAX);
         self.fenced(move |c, s| async move {
             let keep: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();

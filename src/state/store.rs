@@ -25,7 +25,7 @@ use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
 };
 
-use super::codec::{Codec, Imported, SCHEMA_VERSION, StoredRecord, parse_run, parse_stored, seal};
+use super::codec::{Codec, SCHEMA_VERSION, StoredRecord, parse_run, parse_stored, seal, seal_head};
 use super::crypto::{KeyLocation, StateKey};
 use super::{Dump, Meta, Record, Run, Sealed, StateError, StateStore};
 use crate::address::Address;
@@ -274,6 +274,20 @@ impl StateStore for SledStore {
         })
     }
 
+    fn put_all(&self, records: &[Record]) -> Result<(), StateError> {
+        let mut batch = sled::Batch::default();
+        for r in records {
+            batch.insert(
+                r.address.to_string().as_bytes(),
+                self.codec.encode_record(r)?,
+            );
+        }
+        self.write_resources(|res| {
+            res.apply_batch(&batch)?;
+            Ok(true)
+        })
+    }
+
     fn remove(&self, address: &Address) -> Result<(), StateError> {
         let key = address.to_string();
         self.write_resources(|res| Ok(res.remove(key.as_bytes())?.is_some()))
@@ -290,10 +304,40 @@ impl StateStore for SledStore {
         Ok(out)
     }
 
+    fn list_heads(&self) -> Result<Vec<Sealed>, StateError> {
+        let mut out = Vec::new();
+        for item in self.resources.iter() {
+            let (k, v) = item.map_err(|e| sled_error(e, &self.dir))?;
+            out.push(seal_head(&k, &v)?);
+        }
+        out.sort_by(|a, b| a.address.cmp(&b.address));
+        Ok(out)
+    }
+
     fn unseal(&self, sealed: &Sealed) -> Result<Record, StateError> {
         let key = sealed.address.to_string();
+        if sealed.bytes.is_some() {
+            return self
+                .codec
+                .decode_record(parse_stored(key.as_bytes(), sealed.bytes())?);
+        }
+        let changed = || StateError::Corrupt {
+            key: key.clone(),
+            reason: "the record changed while it was being read; run the command again".to_owned(),
+        };
+        let bytes = self
+            .resources
+            .get(key.as_bytes())
+            .map_err(|e| sled_error(e, &self.dir))?
+            .ok_or_else(changed)?;
+        let now = seal_head(key.as_bytes(), &bytes)?;
+        if (now.status, now.generation, &now.spec_hash)
+            != (sealed.status, sealed.generation, &sealed.spec_hash)
+        {
+            return Err(changed());
+        }
         self.codec
-            .decode_record(parse_stored(key.as_bytes(), sealed.bytes())?)
+            .decode_record(parse_stored(key.as_bytes(), &bytes)?)
     }
 
     fn put_run(&self, run: &Run) -> Result<(), StateError> {
@@ -336,31 +380,39 @@ impl StateStore for SledStore {
             .export(&self.meta()?, self.stored_records()?, include_secrets)
     }
 
-    fn import(&self, bytes: &[u8], allow_unsigned: bool) -> Result<(), StateError> {
-        let Imported {
-            lineage,
-            serial: doc_serial,
-            records: new,
-        } = self.codec.parse_import(bytes, allow_unsigned)?;
+    fn import_from(
+        &self,
+        input: &mut dyn std::io::Read,
+        allow_unsigned: bool,
+    ) -> Result<(), StateError> {
+        let mut doc = self.codec.spool(input, allow_unsigned)?;
+        let (lineage, doc_serial) = self.codec.import_head(&mut doc)?;
+        // Staged in a batch, one record at a time, and applied in one transaction only once
+        // every record decoded: a bad document writes nothing. An unchanged record is not
+        // staged at all: re-importing the same data leaves the store as it was (sled appends
+        // every write to its log), and the batch holds only what changes.
         let mut batch = sled::Batch::default();
-        for item in self.resources.iter().keys() {
-            let k = item.map_err(|e| sled_error(e, &self.dir))?;
-            if !new.contains_key(String::from_utf8_lossy(&k).as_ref()) {
-                batch.remove(k);
-            }
-        }
-        for (k, v) in &new {
-            // An unchanged record is not rewritten: re-importing the same data leaves the
-            // store as it was (sled appends every write to its log).
+        let mut new = std::collections::BTreeSet::new();
+        self.codec.import_records(&mut doc, &mut |k, v| {
             let same = self
                 .resources
                 .get(k.as_bytes())
                 .map_err(|e| sled_error(e, &self.dir))?
                 .is_some_and(|old| old.as_ref() == v.as_slice());
             if !same {
-                batch.insert(k.as_bytes(), v.as_slice());
+                batch.insert(k.as_bytes(), v);
+            }
+            new.insert(k);
+            Ok(())
+        })?;
+        drop(doc);
+        for item in self.resources.iter().keys() {
+            let k = item.map_err(|e| sled_error(e, &self.dir))?;
+            if !new.contains(String::from_utf8_lossy(&k).as_ref()) {
+                batch.remove(k);
             }
         }
+        drop(new);
 
         (&self.resources, &self.meta)
             .transaction(|(res, meta)| {
@@ -1458,6 +1510,64 @@ mod tests {
             .import(unsigned.as_bytes(), true)
             .expect("unsigned allowed when asked");
         store.import(&backup, false).expect("the real one imports");
+    }
+
+    /// A reader that hands out a few bytes per read and can be read only once, like a pipe.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.1 = self.1 % 7 + 1;
+            let n = self.1.min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn import_streams_from_an_input_read_once_and_a_bad_record_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backup = backed_up(dir.path());
+        let store = open(dir.path());
+        store.put(&sample("c")).expect("put");
+        // Read a few bytes at a time, once, with whitespace after the MAC.
+        let mut spaced = backup.clone();
+        spaced.extend_from_slice(b"\n\n  \n");
+        store
+            .import_from(&mut Trickle(&spaced, 0), false)
+            .expect("import from a pipe");
+        assert_eq!(store.list().expect("list"), vec![sample("a"), sample("b")]);
+
+        // The second record is malformed but the document is signed by the same key: the
+        // first record is good and decoded, yet nothing is written.
+        store.put(&sample("c")).expect("put");
+        let before = (store.list().expect("list"), store.meta().expect("meta"));
+        let text = String::from_utf8(backup).expect("utf-8");
+        let body = &text[..text.rfind(",\"mac\":").expect("signed")];
+        let Some(second) = body.match_indices("\n{").nth(1).map(|(at, _)| at) else {
+            panic!("two records: {body}")
+        };
+        let broken = format!(
+            "{}\n{{\"address\":\"PostgresDatabase.x\"}}{}",
+            &body[..second],
+            "\n]}"
+        );
+        let mut mac = store.codec.key.backup_mac();
+        hmac::Mac::update(&mut mac, broken.trim_end_matches('}').as_bytes());
+        let signed = format!(
+            "{},\"mac\":\"{}\"}}\n",
+            broken.trim_end_matches('}'),
+            hex::encode(hmac::Mac::finalize(mac).into_bytes())
+        );
+        let err = store
+            .import_from(&mut Trickle(signed.as_bytes(), 3), false)
+            .expect_err("a malformed record is refused");
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+        assert_eq!(
+            (store.list().expect("list"), store.meta().expect("meta")),
+            before
+        );
     }
 
     #[test]

@@ -311,7 +311,7 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
                 target: Address::new(Kind::CREDENTIAL, String::new()),
                 pos: r.pos,
                 via: Via::of_ref(&r),
-                expr: Some(r),
+                expr: Some(Box::new(r)),
             })
             .collect();
         deps.push(Dep {

@@ -51,6 +51,87 @@ pub fn time(cmd: &mut Command, code: i32) -> Duration {
     elapsed
 }
 
+/// Run a command, panic unless it exits with `code`; its wall time and its own peak RSS in
+/// MiB. The RSS is GNU time's (`/usr/bin/time -f %M`): a child spawned by this process
+/// directly would report this process's RSS as its peak (a vfork shares the parent's memory
+/// until exec, and Linux keeps that high-water mark), unlike [`children_max_rss_mib`]'s use
+/// after small benches. Its stdout goes to `stdout`, its stderr is kept for the panic.
+pub fn measure(
+    cmd: &Command,
+    stdout: impl Into<std::process::Stdio>,
+    code: i32,
+) -> (Duration, f64) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = dir.path().join("time");
+    let errors = dir.path().join("stderr");
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&report)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => timed.env(k, v),
+            None => timed.env_remove(k),
+        };
+    }
+    if let Some(d) = cmd.get_current_dir() {
+        timed.current_dir(d);
+    }
+    let start = Instant::now();
+    let status = {
+        let mut child = timed
+            .stdout(stdout)
+            .stderr(std::fs::File::create(&errors).expect("stderr file"))
+            .spawn()
+            .expect("run /usr/bin/time");
+        child.wait().expect("wait")
+    };
+    let elapsed = start.elapsed();
+    if status.code() != Some(code) {
+        panic!(
+            "{cmd:?} exited {status}, not {code}:\n{}",
+            std::fs::read_to_string(&errors).unwrap_or_default()
+        );
+    }
+    let text = std::fs::read_to_string(&report).expect("time report");
+    let kib: f64 = text
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .next_back()
+        .expect("a %M line");
+    (elapsed, kib / 1024.0)
+}
+
+/// The median of each: times and peak RSS of several [`measure`]d runs.
+pub fn medians(runs: &[(Duration, f64)]) -> (Duration, f64) {
+    let mut rss: Vec<f64> = runs.iter().map(|r| r.1).collect();
+    rss.sort_by(f64::total_cmp);
+    (
+        median(runs.iter().map(|r| r.0).collect()),
+        rss.get(rss.len() / 2).copied().unwrap_or(f64::NAN),
+    )
+}
+
+/// Total size of the files under `dir`, in bytes.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir").flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
 pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
