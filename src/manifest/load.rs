@@ -589,15 +589,7 @@ fn check_spec(
     if diags.len() > before {
         return None;
     }
-    let deps = refs
-        .into_iter()
-        .map(|r| Dep {
-            target: Address::new(Kind::CREDENTIAL, String::new()), // fixed up in `edges`
-            pos: r.pos,
-            via: Via::of_ref(&r),
-            expr: Some(Box::new(r)),
-        })
-        .collect();
+    let deps = Dep::of_refs(refs);
     let cred = (kind == Kind::CREDENTIAL).then(|| CredDoc {
         name: name.clone(),
         provider: spec

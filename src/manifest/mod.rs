@@ -75,6 +75,34 @@ pub struct Dep {
     pub expr: Option<Box<RefExpr>>,
 }
 
+impl Dep {
+    /// The edges of the refs a spec holds, in order; their targets are fixed up when the
+    /// loader draws edges (`load::edges`), once every manifest is known.
+    pub fn of_refs(refs: Vec<RefExpr>) -> Vec<Dep> {
+        refs.into_iter()
+            .map(|r| Dep {
+                target: Address::new(crate::address::Kind::CREDENTIAL, String::new()),
+                pos: r.pos,
+                via: Via::of_ref(&r),
+                expr: Some(Box::new(r)),
+            })
+            .collect()
+    }
+
+    /// A composition's child's edges: its refs, then the one to the manifest it was expanded
+    /// from (at `pos`, where the parent declares it).
+    pub fn of_child(refs: Vec<RefExpr>, parent: Address, pos: Pos) -> Vec<Dep> {
+        let mut deps = Dep::of_refs(refs);
+        deps.push(Dep {
+            target: parent,
+            pos,
+            via: Via::ExpandedFrom,
+            expr: None,
+        });
+        deps
+    }
+}
+
 /// How a manifest reads another resource.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Via {

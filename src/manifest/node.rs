@@ -54,6 +54,28 @@ pub struct Key {
 }
 
 impl Node {
+    /// A mapping built in code (a composition's child spec), every key and value at `pos`:
+    /// errors about it point where the composition declared it.
+    pub fn mapping(pos: Pos, entries: Vec<(&str, Node)>) -> Node {
+        Node {
+            pos,
+            value: NodeValue::Map(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| {
+                        (
+                            Key {
+                                pos,
+                                name: k.to_owned(),
+                            },
+                            v,
+                        )
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
     /// The entries of a mapping, or `None` for any other node.
     pub fn as_map(&self) -> Option<&[(Key, Node)]> {
         match &self.value {

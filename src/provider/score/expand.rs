@@ -22,16 +22,16 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::job::{self, File, Placement, Port, Task, obj, str_node};
+use super::job::{self, File, Placement, Port, Task, str_node};
 use super::placeholder::{self, Piece};
 use super::spec::{cpus, memory_bytes};
 use super::{DATABASE, JOB, PLATFORM, POSTGRES_OUTPUTS, SERVICE_OUTPUTS, WORKLOAD, kind};
-use crate::address::{Address, Kind};
+use crate::address::Address;
 use crate::manifest::diag::{Diagnostic, suggest};
 use crate::manifest::node::{Node, NodeValue, Pos};
 use crate::manifest::refs::{Form, form};
 use crate::manifest::schema::Checker;
-use crate::manifest::{Dep, Manifest, Via};
+use crate::manifest::{Dep, Manifest};
 
 /// What a workload's resource name stands for.
 #[derive(Clone)]
@@ -290,7 +290,7 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
                     }
                     children.push(Child {
                         address: address.clone(),
-                        spec: obj(pos, spec),
+                        spec: Node::mapping(pos, spec),
                         file: child_file,
                         parent,
                         pos,
@@ -423,7 +423,7 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
         ));
         children.push(Child {
             address: Address::child(kind(WORKLOAD), &w.address.name, kind(JOB)),
-            spec: obj(pos, spec),
+            spec: Node::mapping(pos, spec),
             file: Arc::clone(file),
             parent: w.address.clone(),
             pos,
@@ -445,21 +445,7 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
             &format!("{} spec", c.address),
         );
         model.check(&c.spec, &c.file, diags);
-        let mut deps: Vec<Dep> = refs
-            .into_iter()
-            .map(|r| Dep {
-                target: Address::new(Kind::CREDENTIAL, String::new()), // fixed up in `edges`
-                pos: r.pos,
-                via: Via::of_ref(&r),
-                expr: Some(r),
-            })
-            .collect();
-        deps.push(Dep {
-            target: c.parent,
-            pos: c.pos,
-            via: Via::ExpandedFrom,
-            expr: None,
-        });
+        let deps = Dep::of_child(refs, c.parent, c.pos);
         manifests.insert(
             c.address.clone(),
             Manifest {

@@ -45,26 +45,6 @@ pub fn seq(pos: Pos, items: Vec<Node>) -> Node {
     }
 }
 
-pub fn obj(pos: Pos, entries: Vec<(&str, Node)>) -> Node {
-    Node {
-        pos,
-        value: NodeValue::Map(
-            entries
-                .into_iter()
-                .map(|(k, v)| {
-                    (
-                        Key {
-                            pos,
-                            name: k.to_owned(),
-                        },
-                        v,
-                    )
-                })
-                .collect(),
-        ),
-    }
-}
-
 /// A port of `service.ports`.
 pub struct Port {
     pub name: String,
@@ -153,7 +133,7 @@ pub fn build(
         let dynamic = ports
             .iter()
             .map(|p| {
-                obj(
+                Node::mapping(
                     pos,
                     vec![("Label", s(&p.name)), ("To", int_node(pos, p.target))],
                 )
@@ -163,13 +143,16 @@ pub fn build(
             "Networks",
             seq(
                 pos,
-                vec![obj(pos, vec![("DynamicPorts", seq(pos, dynamic))])],
+                vec![Node::mapping(
+                    pos,
+                    vec![("DynamicPorts", seq(pos, dynamic))],
+                )],
             ),
         ));
         let services = ports
             .iter()
             .map(|p| {
-                obj(
+                Node::mapping(
                     pos,
                     vec![
                         ("Name", s(&service_name(workload, &p.name))),
@@ -187,8 +170,8 @@ pub fn build(
         .map(|(i, t)| task(t, if i == 0 { ports } else { &[] }))
         .collect();
     group.push(("Tasks", seq(pos, tasks)));
-    job.push(("TaskGroups", seq(pos, vec![obj(pos, group)])));
-    obj(pos, job)
+    job.push(("TaskGroups", seq(pos, vec![Node::mapping(pos, group)])));
+    Node::mapping(pos, job)
 }
 
 fn task(t: Task, ports: &[Port]) -> Node {
@@ -221,8 +204,8 @@ fn task(t: Task, ports: &[Port]) -> Node {
         if let Some(mode) = f.mode {
             tmpl.push(("Perms", s(&mode)));
         }
-        templates.push(obj(pos, tmpl));
-        mounts.push(obj(
+        templates.push(Node::mapping(pos, tmpl));
+        mounts.push(Node::mapping(
             pos,
             vec![
                 ("type", s("bind")),
@@ -238,7 +221,7 @@ fn task(t: Task, ports: &[Port]) -> Node {
     if !t.env_template.is_empty() {
         let mut text = t.env_template.join("\n");
         text.push('\n');
-        templates.push(obj(
+        templates.push(Node::mapping(
             pos,
             vec![
                 ("EmbeddedTmpl", s(&text)),
@@ -251,7 +234,7 @@ fn task(t: Task, ports: &[Port]) -> Node {
     let mut out = vec![
         ("Name", s(&t.name)),
         ("Driver", s("docker")),
-        ("Config", obj(pos, config)),
+        ("Config", Node::mapping(pos, config)),
     ];
     if !t.env.is_empty() {
         out.push((
@@ -278,12 +261,12 @@ fn task(t: Task, ports: &[Port]) -> Node {
         }
     }
     if !resources.is_empty() {
-        out.push(("Resources", obj(pos, resources)));
+        out.push(("Resources", Node::mapping(pos, resources)));
     }
     if !templates.is_empty() {
         out.push(("Templates", seq(pos, templates)));
     }
-    obj(pos, out)
+    Node::mapping(pos, out)
 }
 
 #[cfg(test)]

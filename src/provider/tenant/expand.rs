@@ -12,11 +12,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{DATABASE, INSTANCE, JOB, TEMPLATE, kind};
-use crate::address::{Address, Kind};
+use crate::address::Address;
 use crate::manifest::diag::{Diagnostic, suggest};
 use crate::manifest::node::{Key, Node, NodeValue, Pos};
 use crate::manifest::schema::Checker;
-use crate::manifest::{Dep, Manifest, Via};
+use crate::manifest::{Dep, Manifest};
 
 /// Placeholders a template may use in its names and its job.
 const PLACEHOLDERS: [&str; 4] = ["org_id", "version", "tier", "name"];
@@ -32,26 +32,6 @@ fn scalar(n: &Node) -> Option<String> {
 
 fn node(pos: Pos, value: NodeValue) -> Node {
     Node { pos, value }
-}
-
-fn map(pos: Pos, entries: Vec<(&str, Node)>) -> Node {
-    node(
-        pos,
-        NodeValue::Map(
-            entries
-                .into_iter()
-                .map(|(k, v)| {
-                    (
-                        Key {
-                            pos,
-                            name: k.to_owned(),
-                        },
-                        v,
-                    )
-                })
-                .collect(),
-        ),
-    )
 }
 
 fn set(m: &mut Node, key: &str, value: Node) {
@@ -198,7 +178,7 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
         let str_node = |v: &str| node(pos, NodeValue::Str(v.to_owned()));
 
         // The database.
-        let mut db_spec = map(
+        let mut db_spec = Node::mapping(
             pos,
             vec![
                 ("server", t.get("server").cloned().unwrap_or(str_node(""))),
@@ -214,7 +194,10 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
         let db = Address::child(kind(INSTANCE), &inst.address.name, kind(DATABASE));
 
         // The job.
-        let mut job = t.get("job").cloned().unwrap_or(map(pos, Vec::new()));
+        let mut job = t
+            .get("job")
+            .cloned()
+            .unwrap_or(Node::mapping(pos, Vec::new()));
         substitute(&mut job, &values);
         if job.get("ID").is_none() {
             set(
@@ -228,11 +211,11 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
         }
         let tier_int = |k: &str| tier_spec.and_then(|ts| ts.get(k)).cloned();
         let db_ref = |output: &str| {
-            map(
+            Node::mapping(
                 pos,
                 vec![(
                     "ref",
-                    map(
+                    Node::mapping(
                         pos,
                         vec![
                             ("kind", str_node(INSTANCE)),
@@ -260,7 +243,7 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
                     let mut resources = task
                         .get("Resources")
                         .cloned()
-                        .unwrap_or(map(pos, Vec::new()));
+                        .unwrap_or(Node::mapping(pos, Vec::new()));
                     if let Some(cpu) = tier_int("cpu") {
                         set(&mut resources, "CPU", cpu);
                     }
@@ -268,7 +251,10 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
                         set(&mut resources, "MemoryMB", mem);
                     }
                     set(task, "Resources", resources);
-                    let mut env = task.get("Env").cloned().unwrap_or(map(pos, Vec::new()));
+                    let mut env = task
+                        .get("Env")
+                        .cloned()
+                        .unwrap_or(Node::mapping(pos, Vec::new()));
                     for (var, output) in [
                         ("DB_HOST", "host"),
                         ("DB_PORT", "port"),
@@ -283,7 +269,7 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
                 }
             }
         }
-        let mut job_spec = map(pos, vec![("job", job)]);
+        let mut job_spec = Node::mapping(pos, vec![("job", job)]);
         for k in ["credential", "timeout"] {
             if let Some(v) = t.get(k) {
                 set(&mut job_spec, k, v.clone());
@@ -305,21 +291,7 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
             address.kind.model().schema().fields,
             &format!("{address} spec"),
         );
-        let mut deps: Vec<Dep> = refs
-            .into_iter()
-            .map(|r| Dep {
-                target: Address::new(Kind::CREDENTIAL, String::new()),
-                pos: r.pos,
-                via: Via::of_ref(&r),
-                expr: Some(Box::new(r)),
-            })
-            .collect();
-        deps.push(Dep {
-            target: inst.address.clone(),
-            pos: inst.pos,
-            via: Via::ExpandedFrom,
-            expr: None,
-        });
+        let deps = Dep::of_child(refs, inst.address.clone(), inst.pos);
         manifests.insert(
             address.clone(),
             Manifest {
