@@ -65,6 +65,32 @@ fn main() {
                 ""
             }
         );
+        let ratio = secs(&plan_t) / secs(&val_t).max(1e-9);
+        let mb = |rss: f64| rss * 1024.0 * 1024.0 / 1e6;
+        if n >= 100_000 {
+            bench::row(bench::Row {
+                figure: &format!("6. no-op plan, {n} resources (state built by the library)"),
+                tend: format!("{:.2} s, {:.0} MB peak", secs(&plan_t), mb(plan_rss)),
+                floor: format!("validate {:.2} s, {:.0} MB", secs(&val_t), mb(val_rss)),
+                ratio: Some(ratio),
+                goal: "≤ 2 s, ≤ 300 MB",
+                met: secs(&plan_t) <= 2.0 && mb(plan_rss) <= 300.0,
+            });
+        } else {
+            bench::row(bench::Row {
+                figure: &format!("3. no-op `plan --refresh=false`, {n} resources"),
+                tend: format!(
+                    "{:.2} s, {:.0} MB peak ({:.2} KB/resource)",
+                    secs(&plan_t),
+                    mb(plan_rss),
+                    per(plan_rss)
+                ),
+                floor: format!("`tend validate` of the tree, {:.2} s", secs(&val_t)),
+                ratio: Some(ratio),
+                goal: "≤ 2×, ≤ 3 KB/resource",
+                met: ratio <= 2.0 && per(plan_rss) <= 3.0,
+            });
+        }
         if keep {
             let path = tmp.keep();
             eprintln!("kept {}", path.display());

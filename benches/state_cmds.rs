@@ -79,6 +79,34 @@ fn main() {
             rss / plan_rss
         );
     }
+    let mb = |rss: f64| rss * 1024.0 * 1024.0 / 1e6;
+    for (what, t, rss) in [
+        ("state import", import_t, import_rss),
+        ("state export --include-secrets", export_t, export_rss),
+        ("state list", list_t, list_rss),
+    ] {
+        bench::row(bench::Row {
+            figure: &format!("5. `{what}`, {n} records"),
+            tend: format!("{:.2} s, {:.0} MB peak", secs(t), mb(rss)),
+            floor: format!("the plan of the same state, {:.0} MB", mb(plan_rss)),
+            ratio: Some(rss / plan_rss),
+            goal: "≤ 150 MB",
+            met: mb(rss) <= 150.0,
+        });
+    }
+    bench::row(bench::Row {
+        figure: &format!("5. `state import` of the same {n} records again"),
+        tend: format!(
+            "store {:.1} → {:.1} MB, {:.0} MB peak",
+            db_first as f64 / 1e6,
+            db_again as f64 / 1e6,
+            mb(again_rss)
+        ),
+        floor: "the store before it".to_owned(),
+        ratio: None,
+        goal: "no growth (≤ 1 % or 256 KB: sled logs the new serial), ≤ 150 MB",
+        met: db_again <= db_first + (db_first / 100).max(256 * 1024) && mb(again_rss) <= 150.0,
+    });
     println!(
         "state_cmds: store after the first import {:.1} MiB, after the same again {:.1} MiB (goal 5: no growth)",
         mib(db_first),

@@ -1,7 +1,8 @@
 //! Helpers shared by the benches in `benches/`: timing the real binary, peak RSS of children,
 //! a workspace of generated manifests, the PostgreSQL they need. Benches run in full with
 //! `cargo bench`; under `cargo test` (no `--bench` flag) they run a small smoke size so the
-//! bench code itself stays tested. Must not print figures: each bench reports its own.
+//! bench code itself stays tested. Must not print figures: each bench reports its own, and
+//! records the rows of the goals table with [`row`] (scripts/bench prints them together).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,6 +19,45 @@ pub fn require_pg() {
             "{k} is not set: run through scripts/bench (or scripts/test)"
         );
     }
+}
+
+/// One row of the table `scripts/bench` prints after its benches: a figure, tend's result,
+/// the floor it is measured against (in the same run), their ratio, the goal and whether the
+/// result meets it.
+pub struct Row<'a> {
+    pub figure: &'a str,
+    pub tend: String,
+    pub floor: String,
+    /// `tend / floor`; `None` where the goal is absolute (a size, a growth).
+    pub ratio: Option<f64>,
+    pub goal: &'a str,
+    pub met: bool,
+}
+
+/// Appends `row` to the file named by `TEND_BENCH_ROWS` (tab-separated, one row a line), which
+/// scripts/bench sets and prints as a table at the end; without it (a bench run by hand, or a
+/// smoke run under `cargo test`) nothing is recorded.
+pub fn row(row: Row<'_>) {
+    use std::io::Write as _;
+    let Some(path) = std::env::var_os("TEND_BENCH_ROWS") else {
+        return;
+    };
+    let clean = |s: &str| s.replace(['\t', '\n'], " ");
+    let line = format!(
+        "{}\t{}\t{}\t{}\t{}\t{}\n",
+        clean(row.figure),
+        clean(&row.tend),
+        clean(&row.floor),
+        row.ratio.map_or("–".to_owned(), |r| format!("{r:.2}×")),
+        clean(row.goal),
+        if row.met { "met" } else { "**not met**" }
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("TEND_BENCH_ROWS is writable");
+    file.write_all(line.as_bytes()).expect("write a bench row");
 }
 
 /// True when run by `cargo bench` rather than as a smoke test under `cargo test`.
