@@ -23,7 +23,8 @@ mod spec;
 mod sql;
 mod verifier;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -62,6 +63,7 @@ const URL_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 #[derive(Default)]
 pub struct PostgresProvider {
     pools: conn::Pools,
+    spares: Spares,
 }
 
 #[async_trait]
@@ -155,21 +157,27 @@ impl Provider for PostgresProvider {
         let server = Server::from_value(&desired.connection)?;
         spec::check_pair(&tenant, &server)?;
 
-        let (password, fresh) = self.password(journal, &tenant, recorded).await?;
+        let (password, made) = self.password(journal, &tenant, recorded).await?;
+        let fresh = made.is_some();
 
         let admin = self.pools.admin(&server).await?;
         self.pools.writing(&server);
-        let result = async {
-            let in_place =
-                reconcile::converge(&self.pools, &admin, &server, &tenant, &password, fresh)
-                    .await?;
-            let oid = reconcile::database_oid(&admin, &tenant.database).await?;
-            Ok::<_, ProviderError>((in_place, oid))
-        }
+        let result = reconcile::converge(
+            &self.pools,
+            &admin,
+            &server,
+            &tenant,
+            &password,
+            made,
+            fresh,
+        )
         .await;
         self.pools.writing(&server);
         admin.release();
-        let (in_place, oid) = result?;
+        let reconcile::Converged {
+            verifier: in_place,
+            oid,
+        } = result?;
 
         let mut private = BTreeMap::from([
             (PRIVATE_PASSWORD.to_owned(), Value::Secret(password.clone())),
@@ -236,22 +244,22 @@ impl Provider for PostgresProvider {
 impl PostgresProvider {
     /// The tenant's password: the recorded one while the rotation number is unchanged, else a
     /// new one, saved through the journal before this returns (so before any server sees it).
-    /// The bool says whether it is new.
+    /// A new one comes with its verifier (`Some`), made ahead by [`Spares`].
     async fn password(
         &self,
         journal: &dyn Journal,
         tenant: &Tenant,
         recorded: Option<&Record>,
-    ) -> Result<(Sensitive, bool), ProviderError> {
+    ) -> Result<(Sensitive, Option<Sensitive>), ProviderError> {
         if let Some(record) = recorded {
             let rotation = record.private.get(PRIVATE_ROTATION).and_then(Value::as_i64);
             if let (Some(password), Some(rotation)) = (recorded_password(record), rotation)
                 && rotation == tenant.rotation
             {
-                return Ok((password, false));
+                return Ok((password, None));
             }
         }
-        let password = generate_password(tenant.password_length)?;
+        let (password, verifier) = self.spares.take(tenant.password_length)?;
         journal
             .save_private(BTreeMap::from([
                 (PRIVATE_PASSWORD.to_owned(), Value::Secret(password.clone())),
@@ -259,8 +267,74 @@ impl PostgresProvider {
             ]))
             .await?;
         tracing::debug!(role = %tenant.owner, rotation = tenant.rotation, "generated and saved a new password");
-        Ok((password, true))
+        Ok((password, Some(verifier)))
     }
+}
+
+/// New passwords made ahead of need, each with its SCRAM verifier, so that the 4,096 PBKDF2
+/// rounds of the next new role run (on a blocking thread) while this one's statements wait on
+/// the server, not between them. At most [`SPARES`] per password length are kept or in the
+/// making; they live in memory only, and one is never handed out twice. A password reaches
+/// state (through the journal) only when it is taken, before any server sees its verifier.
+#[derive(Default)]
+struct Spares(Arc<Mutex<HashMap<usize, SpareSet>>>);
+
+#[derive(Default)]
+struct SpareSet {
+    ready: Vec<(Sensitive, Sensitive)>,
+    making: usize,
+}
+
+/// Spares kept per password length: enough for the provider's per-server concurrency.
+const SPARES: usize = conn::MAX_ADMIN_CONNECTIONS;
+
+impl Spares {
+    /// A new password of `length` characters and its verifier: a spare if one is ready, else
+    /// made now. Either way another spare is started.
+    fn take(&self, length: usize) -> Result<(Sensitive, Sensitive), ProviderError> {
+        let spare = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(&length)
+            .and_then(|s| s.ready.pop());
+        self.refill(length);
+        match spare {
+            Some(made) => Ok(made),
+            None => new_password(length),
+        }
+    }
+
+    fn refill(&self, length: usize) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        {
+            let mut sets = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            let set = sets.entry(length).or_default();
+            if set.ready.len() + set.making >= SPARES {
+                return;
+            }
+            set.making += 1;
+        }
+        let sets = Arc::clone(&self.0);
+        runtime.spawn_blocking(move || {
+            let made = new_password(length);
+            let mut sets = sets.lock().unwrap_or_else(PoisonError::into_inner);
+            let set = sets.entry(length).or_default();
+            set.making = set.making.saturating_sub(1);
+            if let Ok(made) = made {
+                set.ready.push(made);
+            }
+        });
+    }
+}
+
+/// A new password and its SCRAM-SHA-256 verifier.
+fn new_password(length: usize) -> Result<(Sensitive, Sensitive), ProviderError> {
+    let password = generate_password(length)?;
+    let verifier = reconcile::new_verifier(&password);
+    Ok((password, verifier))
 }
 
 /// See [`PRIVATE_VERIFIER_BINDING`]: hex of HMAC-SHA-256(password, verifier).

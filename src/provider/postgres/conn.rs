@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, NoTls, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -378,12 +378,19 @@ impl Admin {
         self.client.query(query, &[]).await
     }
 
+    /// At most one row of `query`, whose one parameter `$1` is text: one round trip (the
+    /// parameter's type is given, so nothing is prepared first), and several of these polled
+    /// together on one connection are pipelined.
     pub async fn query_opt(
         &self,
         query: &str,
-        params: &[&(dyn ToSql + Sync)],
+        text: &str,
     ) -> Result<Option<Row>, tokio_postgres::Error> {
-        self.client.query_opt(query, params).await
+        let rows = self
+            .client
+            .query_typed(query, &[(&text, Type::TEXT)])
+            .await?;
+        Ok(rows.into_iter().next())
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use postgres_protocol::password::scram_sha_256;
+use rand::RngCore;
 
 use crate::provider::ProviderError;
 use crate::value::Sensitive;
@@ -17,12 +17,12 @@ use super::conn::{Admin, Pools, StoredPassword, column};
 use super::error;
 use super::observed::{DatabaseState, RoleState};
 use super::spec::{Server, Tenant};
-use super::sql;
+use super::{sql, verifier};
 
 /// The role's attributes, `None` when it does not exist.
 pub async fn read_role(admin: &Admin, role: &str) -> Result<Option<RoleState>, ProviderError> {
     let row = admin
-        .query_opt(sql::READ_ROLE, &[&role])
+        .query_opt(sql::READ_ROLE, role)
         .await
         .map_err(|e| error::statement(&format!("read role `{role}`"), &e))?;
     let Some(row) = row else {
@@ -46,7 +46,7 @@ pub async fn read_password(admin: &Admin, role: &str) -> Result<StoredPassword, 
         return Ok(StoredPassword::Unreadable);
     }
     let row = admin
-        .query_opt(sql::READ_VERIFIER, &[&role])
+        .query_opt(sql::READ_VERIFIER, role)
         .await
         .map_err(|e| {
             error::statement(&format!("read the password verifier of role `{role}`"), &e)
@@ -141,7 +141,7 @@ pub async fn read_database(
     database: &str,
 ) -> Result<Option<DatabaseState>, ProviderError> {
     let row = admin
-        .query_opt(sql::READ_DATABASE, &[&database])
+        .query_opt(sql::READ_DATABASE, database)
         .await
         .map_err(|e| error::statement(&format!("read database `{database}`"), &e))?;
     let Some(row) = row else {
@@ -158,7 +158,7 @@ pub async fn read_database(
 /// The database's OID, `None` when it does not exist.
 pub async fn database_oid(admin: &Admin, database: &str) -> Result<Option<i64>, ProviderError> {
     let row = admin
-        .query_opt(sql::DATABASE_OID, &[&database])
+        .query_opt(sql::DATABASE_OID, database)
         .await
         .map_err(|e| error::statement(&format!("read the OID of database `{database}`"), &e))?;
     row.map(|r| column(&r, 0, "oid")).transpose()
@@ -178,7 +178,7 @@ pub async fn ensure_member(admin: &Admin, role: &str) -> Result<(), ProviderErro
     };
     let action = format!("check whether the admin can act as role `{role}`");
     let row = admin
-        .query_opt(query, &[&role])
+        .query_opt(query, role)
         .await
         .map_err(|e| error::statement(&action, &e))?;
     let member = match row {
@@ -199,26 +199,45 @@ pub async fn ensure_member(admin: &Admin, role: &str) -> Result<(), ProviderErro
     Ok(())
 }
 
+/// What [`converge`] leaves behind.
+pub struct Converged {
+    /// The verifier the role is known to hold afterwards, when the admin can know it.
+    pub verifier: Option<Sensitive>,
+    /// The database's OID.
+    pub oid: Option<i64>,
+}
+
 /// Converge the tenant: role, membership, database, isolation, password.
 ///
 /// `fresh` says the password was generated for this apply (first create or rotation), so it
-/// is set without first trying it.
+/// is set without first trying it; `made` is its verifier when it was built ahead of need.
+///
+/// Round trips for a tenant that does not exist yet: the role and the database read together
+/// (pipelined), CREATE ROLE, CREATE DATABASE, then the REVOKE and the OID read together. A
+/// database this call created is not read back: its owner and limit are those it was created
+/// with, and the REVOKE is idempotent.
 pub async fn converge(
     pools: &Pools,
     admin: &Admin,
     server: &Server,
     tenant: &Tenant,
     password: &Sensitive,
+    made: Option<Sensitive>,
     fresh: bool,
-) -> Result<Option<Sensitive>, ProviderError> {
+) -> Result<Converged, ProviderError> {
     let role = tenant.owner.as_str();
-    let verifier = || Sensitive::new(scram_sha_256(password.expose().as_bytes()));
+    let database = tenant.database.as_str();
+    let mut made = made;
+    let mut verifier = || made.take().unwrap_or_else(|| new_verifier(password));
     // The verifier the role is known to hold afterwards, when the admin can know it.
     let mut in_place = None;
 
+    let (found_role, found_db) =
+        tokio::try_join!(read_role(admin, role), read_database(admin, database))?;
+
     // 1. The role: create with every attribute and the password, or fix its attributes.
     let mut password_set = false;
-    let existing = match read_role(admin, role).await? {
+    let existing = match found_role {
         Some(found) => Some(found),
         None => {
             let v = verifier();
@@ -260,9 +279,8 @@ pub async fn converge(
     ensure_member(admin, role).await?;
 
     // 3. The database: create it owned by the role, or fix owner and limit.
-    let database = tenant.database.as_str();
-    let db = match read_database(admin, database).await? {
-        Some(db) => db,
+    let db = match found_db {
+        Some(db) => Some(db),
         None => {
             match admin
                 .execute(&sql::create_database(
@@ -272,9 +290,17 @@ pub async fn converge(
                 ))
                 .await
             {
-                Ok(()) => tracing::info!(database, owner = role, "created database"),
+                Ok(()) => {
+                    tracing::info!(database, owner = role, "created database");
+                    None
+                }
                 Err(e) if error::already_exists(&e) => {
                     tracing::debug!(database, "database appeared concurrently; converging it");
+                    Some(read_database(admin, database).await?.ok_or_else(|| {
+                        ProviderError::conflict(format!(
+                            "database `{database}` was reported as existing but cannot be read"
+                        ))
+                    })?)
                 }
                 Err(e) => {
                     return Err(error::statement(
@@ -283,45 +309,48 @@ pub async fn converge(
                     ));
                 }
             }
-            read_database(admin, database).await?.ok_or_else(|| {
-                ProviderError::conflict(format!(
-                    "database `{database}` disappeared right after it was created"
-                ))
-            })?
         }
     };
-    if db.owner != role {
-        // ALTER DATABASE … OWNER TO needs the rights of the current owner as well.
-        ensure_member(admin, &db.owner).await?;
-        run(
-            admin,
-            &sql::alter_database_owner(database, role),
-            &format!(
-                "give database `{database}` back to `{role}` (owned by `{}`)",
-                db.owner
-            ),
-        )
-        .await?;
-        tracing::info!(database, owner = role, previous = %db.owner, "repaired database owner");
-    }
-    if db.connection_limit != tenant.connection_limit {
-        run(
-            admin,
-            &sql::alter_database_connection_limit(database, tenant.connection_limit),
-            &format!("set the connection limit of database `{database}`"),
-        )
-        .await?;
+    if let Some(db) = &db {
+        if db.owner != role {
+            // ALTER DATABASE … OWNER TO needs the rights of the current owner as well.
+            ensure_member(admin, &db.owner).await?;
+            run(
+                admin,
+                &sql::alter_database_owner(database, role),
+                &format!(
+                    "give database `{database}` back to `{role}` (owned by `{}`)",
+                    db.owner
+                ),
+            )
+            .await?;
+            tracing::info!(database, owner = role, previous = %db.owner, "repaired database owner");
+        }
+        if db.connection_limit != tenant.connection_limit {
+            run(
+                admin,
+                &sql::alter_database_connection_limit(database, tenant.connection_limit),
+                &format!("set the connection limit of database `{database}`"),
+            )
+            .await?;
+        }
     }
 
     // 4. Isolation: a new database lets PUBLIC (every role) CONNECT and create TEMP tables.
-    if tenant.isolate && db.public_has_access() {
-        run(
-            admin,
-            &sql::revoke_public(database),
-            &format!("revoke PUBLIC's access to database `{database}`"),
-        )
-        .await?;
-    }
+    //    Sent together with the OID read (the database is in place from here on).
+    let revoke = tenant.isolate && db.as_ref().is_none_or(DatabaseState::public_has_access);
+    let isolate = async {
+        if revoke {
+            run(
+                admin,
+                &sql::revoke_public(database),
+                &format!("revoke PUBLIC's access to database `{database}`"),
+            )
+            .await?;
+        }
+        Ok(())
+    };
+    let ((), oid) = tokio::try_join!(isolate, database_oid(admin, database))?;
 
     // 5. The password of a role that already existed: set it when it was just generated, else
     //    only when the recorded one no longer works (a verifier is salted anew each time, so
@@ -351,7 +380,17 @@ pub async fn converge(
             in_place = Some(v);
         }
     }
-    Ok(in_place)
+    Ok(Converged {
+        verifier: in_place,
+        oid,
+    })
+}
+
+/// A SCRAM-SHA-256 verifier of `password` with a fresh random salt (4,096 PBKDF2 rounds).
+pub fn new_verifier(password: &Sensitive) -> Sensitive {
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    verifier::scram_sha_256(password, &salt)
 }
 
 /// Drop the tenant's database (ending its sessions) and role; what is already gone is fine.
