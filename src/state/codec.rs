@@ -566,6 +566,30 @@ pub(super) fn seal(key: &[u8], bytes: &[u8]) -> Result<Sealed, StateError> {
     Ok(sealed)
 }
 
+/// The head of the record `bytes` (stored under `key`) alone, as a small JSON document that
+/// [`seal_head`] reads like the record itself: what the sled store's `heads` tree keeps, so
+/// that listing heads does not page every record into sled's cache.
+pub(super) fn head_bytes(key: &[u8], bytes: &[u8]) -> Result<Vec<u8>, StateError> {
+    #[derive(Serialize)]
+    struct Head<'a> {
+        address: &'a Address,
+        status: Status,
+        spec_hash: &'a str,
+        generation: u64,
+    }
+    let head = seal_head(key, bytes)?;
+    serde_json::to_vec(&Head {
+        address: &head.address,
+        status: head.status,
+        spec_hash: &head.spec_hash,
+        generation: head.generation,
+    })
+    .map_err(|e| StateError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
 /// [`seal`] without keeping the bytes: a head alone (see [`super::StateStore::list_heads`]).
 pub(super) fn seal_head(key: &[u8], bytes: &[u8]) -> Result<Sealed, StateError> {
     #[derive(Deserialize)]

@@ -1,8 +1,11 @@
 //! [`SledStore`]: the [`StateStore`] on sled, with secrets encrypted at rest, every write
 //! flushed before it returns, and a JSON export/import that doubles as the rolling backup.
 //!
-//! Layout under the state directory (created 0700): `db/` (sled, trees `resources`, `runs`,
-//! `meta`), `tend.key` (see `crypto`) and `backup.json`. A resource is stored as JSON in which
+//! Layout under the state directory (created 0700): `db/` (sled, trees `resources`, `heads`,
+//! `runs`, `meta`), `tend.key` (see `crypto`) and `backup.json`. `heads` holds each record's
+//! head alone (address, status, spec digest, generation), written in the same transaction as
+//! the record: a plan lists heads without paging every record into sled's cache (which does
+//! not evict during one scan). A resource is stored as JSON in which
 //! every secret is `{"$enc": "<hex nonce||ciphertext>"}`, so the store's bytes never hold a
 //! plaintext secret; map keys that begin with `$` are escaped by doubling the `$`, so no user
 //! map is ever read back as a secret.
@@ -25,7 +28,9 @@ use sled::transaction::{
     ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
 };
 
-use super::codec::{Codec, SCHEMA_VERSION, StoredRecord, parse_run, parse_stored, seal, seal_head};
+use super::codec::{
+    Codec, SCHEMA_VERSION, StoredRecord, head_bytes, parse_run, parse_stored, seal, seal_head,
+};
 use super::crypto::{KeyLocation, StateKey};
 use super::{Dump, Meta, Record, Run, Sealed, StateError, StateStore};
 use crate::address::Address;
@@ -40,6 +45,9 @@ const HEAD_BYTES: u64 = 4096;
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_LINEAGE: &[u8] = b"lineage";
 const META_SERIAL: &[u8] = b"serial";
+/// The serial at which the `heads` tree was last written with the records: a store whose
+/// serial differs (written by a tend that kept no heads) has its heads rebuilt on open.
+const META_HEADS_AT: &[u8] = b"heads_at_serial";
 /// Set by `state migrate` on the store it moved away from: the store is refused from then on.
 const META_MIGRATED: &[u8] = b"migrated_to";
 
@@ -48,6 +56,7 @@ pub struct SledStore {
     dir: PathBuf,
     db: sled::Db,
     resources: sled::Tree,
+    heads: sled::Tree,
     runs: sled::Tree,
     meta: sled::Tree,
     codec: Codec,
@@ -104,7 +113,12 @@ impl SledStore {
             .create(state_dir)?;
         let db = open_db(state_dir)?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| sled_error(e, state_dir));
-        let (resources, runs, meta) = (tree("resources")?, tree("runs")?, tree("meta")?);
+        let (resources, heads, runs, meta) = (
+            tree("resources")?,
+            tree("heads")?,
+            tree("runs")?,
+            tree("meta")?,
+        );
         init_meta(&db, &meta, state_dir)?;
         if let Some(to) = meta
             .get(META_MIGRATED)
@@ -133,15 +147,62 @@ impl SledStore {
         }
         let key = StateKey::load_or_create(state_dir)?;
 
-        Ok(SledStore {
+        let store = SledStore {
             dir: state_dir.to_owned(),
             db,
             resources,
+            heads,
             runs,
             meta,
             codec: Codec { key },
             durability: GroupCommit::default(),
-        })
+        };
+        store.ensure_heads()?;
+        Ok(store)
+    }
+
+    /// Rebuild the `heads` tree from the records unless it was written at the store's serial.
+    /// Idempotent: a crash half-way leaves the serial mark unset and the next open rebuilds.
+    fn ensure_heads(&self) -> Result<(), StateError> {
+        let serial = self
+            .meta
+            .get(META_SERIAL)
+            .map_err(|e| sled_error(e, &self.dir))?;
+        let at = self
+            .meta
+            .get(META_HEADS_AT)
+            .map_err(|e| sled_error(e, &self.dir))?;
+        if serial.is_some() && serial == at {
+            return Ok(());
+        }
+        self.heads.clear().map_err(|e| sled_error(e, &self.dir))?;
+        let mut batch = sled::Batch::default();
+        let mut staged = 0;
+        for item in self.resources.iter() {
+            let (k, v) = item.map_err(|e| sled_error(e, &self.dir))?;
+            batch.insert(&k, head_bytes(&k, &v)?);
+            staged += 1;
+            if staged == HEADS_REBUILD_BATCH {
+                self.heads
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(|e| sled_error(e, &self.dir))?;
+                staged = 0;
+            }
+        }
+        self.heads
+            .apply_batch(batch)
+            .map_err(|e| sled_error(e, &self.dir))?;
+        // Only once every head is in: the mark, at the serial the records are at.
+        self.meta
+            .transaction(|m| {
+                let serial = tx_serial(m)?;
+                m.insert(META_HEADS_AT, serial.to_string().as_bytes())?;
+                Ok(())
+            })
+            .map_err(|e| self.tx_error(e))?;
+        self.flush()?;
+        tracing::debug!(store = %self.dir.display(), "rebuilt the heads of the state's records");
+        Ok(())
     }
 
     /// The state directory.
@@ -215,17 +276,18 @@ impl SledStore {
         tx_error(e, &self.dir)
     }
 
-    /// Run `f` on the resources tree and bump the serial in one transaction, then flush.
-    /// `f` returns whether it changed anything; the serial is bumped only if it did.
+    /// Run `f` on the resources and heads trees and bump the serial in one transaction, then
+    /// flush. `f` returns whether it changed anything; the serial is bumped only if it did.
     fn write_resources<F>(&self, f: F) -> Result<(), StateError>
     where
-        F: Fn(&TransactionalTree) -> Result<bool, UnabortableTransactionError>,
+        F: Fn(&TransactionalTree, &TransactionalTree) -> Result<bool, UnabortableTransactionError>,
     {
-        (&self.resources, &self.meta)
-            .transaction(|(res, meta)| {
-                if f(res)? {
-                    let serial = tx_serial(meta)?;
-                    meta.insert(META_SERIAL, (serial + 1).to_string().as_bytes())?;
+        (&self.resources, &self.heads, &self.meta)
+            .transaction(|(res, heads, meta)| {
+                if f(res, heads)? {
+                    let serial = (tx_serial(meta)? + 1).to_string();
+                    meta.insert(META_SERIAL, serial.as_bytes())?;
+                    meta.insert(META_HEADS_AT, serial.as_bytes())?;
                 }
                 Ok(())
             })
@@ -268,29 +330,35 @@ impl StateStore for SledStore {
     fn put(&self, record: &Record) -> Result<(), StateError> {
         let key = record.address.to_string();
         let bytes = self.codec.encode_record(record)?;
-        self.write_resources(|res| {
+        let head = head_bytes(key.as_bytes(), &bytes)?;
+        self.write_resources(|res, heads| {
             res.insert(key.as_bytes(), bytes.as_slice())?;
+            heads.insert(key.as_bytes(), head.as_slice())?;
             Ok(true)
         })
     }
 
     fn put_all(&self, records: &[Record]) -> Result<(), StateError> {
-        let mut batch = sled::Batch::default();
+        let (mut batch, mut head_batch) = (sled::Batch::default(), sled::Batch::default());
         for r in records {
-            batch.insert(
-                r.address.to_string().as_bytes(),
-                self.codec.encode_record(r)?,
-            );
+            let key = r.address.to_string();
+            let bytes = self.codec.encode_record(r)?;
+            head_batch.insert(key.as_bytes(), head_bytes(key.as_bytes(), &bytes)?);
+            batch.insert(key.as_bytes(), bytes);
         }
-        self.write_resources(|res| {
+        self.write_resources(|res, heads| {
             res.apply_batch(&batch)?;
+            heads.apply_batch(&head_batch)?;
             Ok(true)
         })
     }
 
     fn remove(&self, address: &Address) -> Result<(), StateError> {
         let key = address.to_string();
-        self.write_resources(|res| Ok(res.remove(key.as_bytes())?.is_some()))
+        self.write_resources(|res, heads| {
+            heads.remove(key.as_bytes())?;
+            Ok(res.remove(key.as_bytes())?.is_some())
+        })
     }
 
     fn list_sealed(&self) -> Result<Vec<Sealed>, StateError> {
@@ -306,7 +374,7 @@ impl StateStore for SledStore {
 
     fn list_heads(&self) -> Result<Vec<Sealed>, StateError> {
         let mut out = Vec::new();
-        for item in self.resources.iter() {
+        for item in self.heads.iter() {
             let (k, v) = item.map_err(|e| sled_error(e, &self.dir))?;
             out.push(seal_head(&k, &v)?);
         }
@@ -391,7 +459,7 @@ impl StateStore for SledStore {
         // every record decoded: a bad document writes nothing. An unchanged record is not
         // staged at all: re-importing the same data leaves the store as it was (sled appends
         // every write to its log), and the batch holds only what changes.
-        let mut batch = sled::Batch::default();
+        let (mut batch, mut head_batch) = (sled::Batch::default(), sled::Batch::default());
         let mut new = std::collections::BTreeSet::new();
         self.codec.import_records(&mut doc, &mut |k, v| {
             let same = self
@@ -400,6 +468,7 @@ impl StateStore for SledStore {
                 .map_err(|e| sled_error(e, &self.dir))?
                 .is_some_and(|old| old.as_ref() == v.as_slice());
             if !same {
+                head_batch.insert(k.as_bytes(), head_bytes(k.as_bytes(), &v)?);
                 batch.insert(k.as_bytes(), v);
             }
             new.insert(k);
@@ -409,17 +478,20 @@ impl StateStore for SledStore {
         for item in self.resources.iter().keys() {
             let k = item.map_err(|e| sled_error(e, &self.dir))?;
             if !new.contains(String::from_utf8_lossy(&k).as_ref()) {
+                head_batch.remove(k.clone());
                 batch.remove(k);
             }
         }
         drop(new);
 
-        (&self.resources, &self.meta)
-            .transaction(|(res, meta)| {
+        (&self.resources, &self.heads, &self.meta)
+            .transaction(|(res, heads, meta)| {
                 res.apply_batch(&batch)?;
-                let serial = tx_serial(meta)?.max(doc_serial) + 1;
+                heads.apply_batch(&head_batch)?;
+                let serial = (tx_serial(meta)?.max(doc_serial) + 1).to_string();
                 meta.insert(META_LINEAGE, lineage.as_bytes())?;
-                meta.insert(META_SERIAL, serial.to_string().as_bytes())?;
+                meta.insert(META_SERIAL, serial.as_bytes())?;
+                meta.insert(META_HEADS_AT, serial.as_bytes())?;
                 Ok(())
             })
             .map_err(|e| self.tx_error(e))?;
@@ -455,14 +527,22 @@ impl StateStore for SledStore {
             })?;
             runs.insert(run.id.as_bytes(), bytes);
         }
-        (&self.resources, &self.runs, &self.meta)
-            .transaction(|(res, run_tree, meta)| {
+        let mut head_batch = sled::Batch::default();
+        for r in &dump.records {
+            let key = r.address.to_string();
+            head_batch.insert(key.as_bytes(), head_bytes(key.as_bytes(), r.bytes())?);
+        }
+        (&self.resources, &self.heads, &self.runs, &self.meta)
+            .transaction(|(res, heads, run_tree, meta)| {
                 for r in &dump.records {
                     res.insert(r.address.to_string().as_bytes(), r.bytes())?;
                 }
+                heads.apply_batch(&head_batch)?;
                 run_tree.apply_batch(&runs)?;
+                let serial = dump.serial.to_string();
                 meta.insert(META_LINEAGE, dump.lineage.as_bytes())?;
-                meta.insert(META_SERIAL, dump.serial.to_string().as_bytes())?;
+                meta.insert(META_SERIAL, serial.as_bytes())?;
+                meta.insert(META_HEADS_AT, serial.as_bytes())?;
                 Ok(())
             })
             .map_err(|e| self.tx_error(e))?;
@@ -587,6 +667,9 @@ fn meta_corrupt(key: &[u8], reason: &str) -> StateError {
 /// drops (spacejam/sled#1234), so closing and reopening, in one process or right after another
 /// exits, would otherwise fail at random. A live holder (a daemon) still fails, a second later.
 const LOCK_GRACE: Duration = Duration::from_secs(1);
+
+/// Heads written per batch while [`SledStore::ensure_heads`] rebuilds them.
+const HEADS_REBUILD_BATCH: usize = 1_000;
 
 /// sled's page cache. Its default (1 GiB) lets a plan of 10,000 resources hold every page it
 /// read; state is read once per command, so a small cache costs nothing.
@@ -1344,6 +1427,84 @@ mod tests {
         let streamed: J = serde_json::from_slice(&out).expect("JSON");
         assert_eq!(streamed, store.export(false).expect("export"));
         assert!(!String::from_utf8_lossy(&out).contains(SECRET));
+    }
+
+    /// The heads a plan lists, next to those read from the records themselves.
+    fn heads_and_records(store: &SledStore) -> (Vec<(String, u64)>, Vec<(String, u64)>) {
+        let pick = |v: Vec<Sealed>| -> Vec<(String, u64)> {
+            v.into_iter()
+                .map(|s| {
+                    (
+                        format!("{} {:?} {}", s.address, s.status, s.spec_hash),
+                        s.generation,
+                    )
+                })
+                .collect()
+        };
+        (
+            pick(store.list_heads().expect("heads")),
+            pick(store.list_sealed().expect("records")),
+        )
+    }
+
+    #[test]
+    fn heads_follow_every_write_and_are_rebuilt_when_a_store_was_written_without_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let (a, mut b) = (sample("a"), sample("b"));
+        store.put(&a).expect("put");
+        store.put_all(&[b.clone(), sample("c")]).expect("put_all");
+        b.generation = 7;
+        b.status = Status::Failed;
+        store.put(&b).expect("put again");
+        store.remove(&addr("c")).expect("remove");
+        let (heads, records) = heads_and_records(&store);
+        assert_eq!(heads, records);
+        assert_eq!(heads.len(), 2);
+        assert!(
+            heads.iter().any(|(h, g)| h.contains("Failed") && *g == 7),
+            "{heads:?}"
+        );
+
+        // An import brings them back in step with the records it writes.
+        let doc = store.export(true).expect("export").to_string();
+        store.remove(&addr("a")).expect("remove");
+        store.import(doc.as_bytes(), true).expect("import");
+        let (heads, records) = heads_and_records(&store);
+        assert_eq!((heads.len(), &heads), (2, &records));
+
+        // A tend without heads wrote a record (and bumped the serial): the next open sees the
+        // serial moved past the heads' mark and rebuilds them.
+        let mut d = sample("d");
+        d.generation = 3;
+        store
+            .resources
+            .insert(
+                d.address.to_string().as_bytes(),
+                store.codec.encode_record(&d).expect("encode"),
+            )
+            .expect("raw insert");
+        let serial = store.meta().expect("meta").serial;
+        store
+            .meta
+            .insert(META_SERIAL, (serial + 1).to_string().as_bytes())
+            .expect("serial");
+        store.flush().expect("flush");
+        assert_eq!(
+            store.list_heads().expect("heads").len(),
+            2,
+            "not yet rebuilt"
+        );
+        drop(store);
+        let store = open(dir.path());
+        let (heads, records) = heads_and_records(&store);
+        assert_eq!(heads, records);
+        assert_eq!(heads.len(), 3);
+        // Rebuilt once: the mark now matches, and the next open leaves the tree alone.
+        assert_eq!(
+            store.meta.get(META_HEADS_AT).expect("mark"),
+            store.meta.get(META_SERIAL).expect("serial")
+        );
     }
 
     #[test]
