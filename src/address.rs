@@ -94,7 +94,7 @@ impl<'de> Deserialize<'de> for Kind {
 #[serde(try_from = "String", into = "String")]
 pub struct Address {
     pub kind: Kind,
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     /// The kind of the resource this one was expanded from (same name).
     pub parent: Option<Kind>,
     /// A child's own key among its parent's children of one kind (a DNS label).
@@ -102,7 +102,7 @@ pub struct Address {
 }
 
 impl Address {
-    pub fn new(kind: Kind, name: impl Into<String>) -> Self {
+    pub fn new(kind: Kind, name: impl Into<std::sync::Arc<str>>) -> Self {
         Address {
             kind,
             name: name.into(),
@@ -112,7 +112,7 @@ impl Address {
     }
 
     /// The `kind` child of `parent.name`.
-    pub fn child(parent: Kind, name: impl Into<String>, kind: Kind) -> Self {
+    pub fn child(parent: Kind, name: impl Into<std::sync::Arc<str>>, kind: Kind) -> Self {
         Address {
             kind,
             name: name.into(),
@@ -124,7 +124,7 @@ impl Address {
     /// The `kind` child of `parent.name` keyed `part`: `Parent.name/Kind[part]`.
     pub fn keyed_child(
         parent: Kind,
-        name: impl Into<String>,
+        name: impl Into<std::sync::Arc<str>>,
         kind: Kind,
         part: impl Into<String>,
     ) -> Self {

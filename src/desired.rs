@@ -101,7 +101,7 @@ impl<'a> Resolver<'a> {
                 map.remove(k);
             }
         }
-        let credentials = |d: &Dep| self.set.credentials.get(&d.target.name);
+        let credentials = |d: &Dep| self.set.credentials.get(d.target.name.as_ref());
         let resolved = |a: &Address| self.memo.get(a).cloned();
         let cx = BuildCx {
             manifest: m,

@@ -97,8 +97,8 @@ pub struct TenantGroup {
 pub fn tenant_of(a: &Address) -> Option<String> {
     let tenant = |k: crate::address::Kind| k.as_str() == "TenantInstance";
     match a.parent {
-        Some(p) if tenant(p) => Some(a.name.clone()),
-        None if tenant(a.kind) => Some(a.name.clone()),
+        Some(p) if tenant(p) => Some(a.name.to_string()),
+        None if tenant(a.kind) => Some(a.name.to_string()),
         _ => None,
     }
 }

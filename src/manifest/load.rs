@@ -741,7 +741,7 @@ fn edges(
                 let same_kind = all
                     .keys()
                     .filter(|a| a.kind == kind)
-                    .map(|a| a.name.as_str());
+                    .map(|a| a.name.as_ref());
                 let mut diag = Diagnostic::new(&m.file, v.pos, format!("{target} does not exist"));
                 if let Some(s) = suggest(name, same_kind) {
                     diag = diag.with_help(format!("did you mean `{s}`?"));
@@ -810,7 +810,7 @@ fn check_ref(
         let same = all
             .keys()
             .filter(|a| a.kind == kind)
-            .map(|a| a.name.as_str());
+            .map(|a| a.name.as_ref());
         let help = suggest(&r.name, same).map(|s| format!("did you mean `{s}`?"));
         return Err((format!("ref to {target}, which does not exist"), help));
     }

@@ -1429,9 +1429,12 @@ mod tests {
         assert!(!String::from_utf8_lossy(&out).contains(SECRET));
     }
 
+    /// A head as text: address, status, digest; and its generation.
+    type Head = (String, u64);
+
     /// The heads a plan lists, next to those read from the records themselves.
-    fn heads_and_records(store: &SledStore) -> (Vec<(String, u64)>, Vec<(String, u64)>) {
-        let pick = |v: Vec<Sealed>| -> Vec<(String, u64)> {
+    fn heads_and_records(store: &SledStore) -> (Vec<Head>, Vec<Head>) {
+        let pick = |v: Vec<Sealed>| -> Vec<Head> {
             v.into_iter()
                 .map(|s| {
                     (

@@ -104,7 +104,7 @@ impl KindModel for NomadJob {
         if let Value::Map(m) = spec
             && let Some(job) = m.get_mut("job")
         {
-            let name = cx.manifest.address.name.as_str();
+            let name = cx.manifest.address.name.as_ref();
             or_insert(job, "ID", || Value::Str(name.to_owned()));
             let id = job.get("ID").cloned().unwrap_or(Value::Null);
             or_insert(job, "Name", || id);

@@ -175,7 +175,7 @@ impl KindModel for PostgresDatabase {
     /// The database and its owner default to the resource name; the password is generated;
     /// the connection is the server's admin connection.
     fn complete(&self, cx: &BuildCx<'_>, spec: &mut Value) -> Value {
-        let name = cx.manifest.address.name.as_str();
+        let name = cx.manifest.address.name.as_ref();
         or_insert(spec, "database", || Value::Str(name.to_owned()));
         let database = spec.get("database").cloned().unwrap_or(Value::Null);
         or_insert(spec, "owner", || database);
@@ -263,7 +263,7 @@ impl KindModel for PostgresDatabase {
         };
         let scope = format!("PostgresServer.{server}");
         let field = |f: &str| m.spec.get(f).map(|n| (literal(n), n.pos));
-        let database = field("database").unwrap_or((Some(m.address.name.clone()), m.pos));
+        let database = field("database").unwrap_or((Some(m.address.name.to_string()), m.pos));
         let owner = field("owner").unwrap_or_else(|| database.clone());
         [("database", database), ("role", owner)]
             .into_iter()

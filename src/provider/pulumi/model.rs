@@ -305,7 +305,7 @@ impl KindModel for DigitalOceanDatabaseCluster {
     }
 
     fn complete(&self, cx: &BuildCx<'_>, spec: &mut Value) -> Value {
-        let name = cx.manifest.address.name.as_str();
+        let name = cx.manifest.address.name.as_ref();
         or_insert(spec, "cluster_name", || Value::Str(name.to_owned()));
         or_insert(spec, "node_count", || Value::Int(1));
         or_insert(spec, "enable_public_connectivity", || Value::Bool(false));

@@ -139,7 +139,7 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
     let servers: Vec<String> = manifests
         .keys()
         .filter(|a| a.kind == kind("PostgresServer"))
-        .map(|a| a.name.clone())
+        .map(|a| a.name.to_string())
         .collect();
 
     // Every workload's ports, for `service` resources.
@@ -163,7 +163,7 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
                 }
             })
             .collect();
-        ports_of.insert(w.address.name.clone(), ports);
+        ports_of.insert(w.address.name.to_string(), ports);
     }
 
     let mut children: Vec<Child> = Vec::new();
@@ -233,7 +233,7 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
                             parts.insert(part.clone(), ident.clone());
                             let address = Address::keyed_child(
                                 kind(PLATFORM),
-                                &platform.address.name,
+                                platform.address.name.clone(),
                                 kind(DATABASE),
                                 &part,
                             );
@@ -253,7 +253,7 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
                         None => (
                             Address::keyed_child(
                                 kind(WORKLOAD),
-                                &w.address.name,
+                                w.address.name.clone(),
                                 kind(DATABASE),
                                 &key.name,
                             ),
@@ -407,7 +407,7 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
             region: nomad.and_then(|n| n.get("region")),
         };
         let pos = w.pos;
-        let ports = ports_of.remove(&w.address.name).unwrap_or_default();
+        let ports = ports_of.remove(w.address.name.as_ref()).unwrap_or_default();
         let job = job::build(&w.address.name, pos, &place, &ports, tasks);
         let mut spec = vec![("job", job), ("detach", job::bool_node(pos, false))];
         if let Some(c) = nomad.and_then(|n| n.get("credential")) {
@@ -422,7 +422,7 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
                 .unwrap_or_else(|| str_node(pos, "5m")),
         ));
         children.push(Child {
-            address: Address::child(kind(WORKLOAD), &w.address.name, kind(JOB)),
+            address: Address::child(kind(WORKLOAD), w.address.name.clone(), kind(JOB)),
             spec: Node::mapping(pos, spec),
             file: Arc::clone(file),
             parent: w.address.clone(),

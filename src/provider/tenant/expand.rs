@@ -113,7 +113,8 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
         org_ids.insert(org_id.clone(), inst);
         let template_name = text("template");
         // A missing template is reported by the name-field check in `load::edges`.
-        let Some(template) = manifests.get(&Address::new(kind(TEMPLATE), &template_name)) else {
+        let Some(template) = manifests.get(&Address::new(kind(TEMPLATE), template_name.as_str()))
+        else {
             continue;
         };
         let tier = text("tier");
@@ -121,7 +122,7 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
             ("org_id", org_id.clone()),
             ("version", text("version")),
             ("tier", tier.clone()),
-            ("name", inst.address.name.clone()),
+            ("name", inst.address.name.to_string()),
         ]
         .into_iter()
         .collect();
@@ -191,7 +192,7 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
                 set(&mut db_spec, k, v.clone());
             }
         }
-        let db = Address::child(kind(INSTANCE), &inst.address.name, kind(DATABASE));
+        let db = Address::child(kind(INSTANCE), inst.address.name.clone(), kind(DATABASE));
 
         // The job.
         let mut job = t
@@ -275,7 +276,7 @@ pub fn expand(manifests: &mut BTreeMap<Address, Manifest>, diags: &mut Vec<Diagn
                 set(&mut job_spec, k, v.clone());
             }
         }
-        let job_addr = Address::child(kind(INSTANCE), &inst.address.name, kind(JOB));
+        let job_addr = Address::child(kind(INSTANCE), inst.address.name.clone(), kind(JOB));
         children.push((db, db_spec, Arc::clone(&inst.file), inst));
         children.push((job_addr, job_spec, Arc::clone(&template.file), inst));
     }

@@ -40,7 +40,7 @@ pub fn statuses_of(parent: &str, records: &[Record]) -> Vec<TenantStatus> {
         .iter()
         .filter(|r| r.address.parent.as_ref() == Some(&parent_kind))
     {
-        let e = by_parent.entry(r.address.name.as_str()).or_default();
+        let e = by_parent.entry(r.address.name.as_ref()).or_default();
         match r.kind.as_str() {
             DATABASE => e.0.push(r),
             JOB => e.1 = Some(r),
