@@ -93,11 +93,9 @@ pub async fn plan(
     opts: &PlanOptions,
 ) -> anyhow::Result<Plan> {
     // Heads alone: most resources are decided from them; the few planned are unsealed.
-    let records: BTreeMap<Address, Sealed> = blocking(store, |s| s.list_heads())
-        .await?
-        .into_iter()
-        .map(|r| (r.address.clone(), r))
-        .collect();
+    let mut records: Vec<Sealed> = blocking(store, |s| s.list_heads()).await?;
+    records.sort_by(|a, b| a.address.cmp(&b.address));
+    let records = Heads(records);
     let key = store.digest_key().to_vec();
     let _refreshing = opts.refresh.then(|| Refreshing::begin(providers));
     let scope = targeted(graph, &opts.targets);
@@ -114,19 +112,16 @@ pub async fn plan(
             .unwrap_or(0);
         level.insert(a, l);
     }
-    let mut waves: BTreeMap<usize, Vec<Address>> = BTreeMap::new();
+    let mut waves: BTreeMap<usize, Vec<&Address>> = BTreeMap::new();
     for m in set.managed() {
         if in_scope(&m.address) {
-            waves
-                .entry(level[&m.address])
-                .or_default()
-                .push(m.address.clone());
+            waves.entry(level[&m.address]).or_default().push(&m.address);
         }
     }
 
     let mut resolver = Resolver::new(set);
     // A decided resource keeps its desired state only while a dependent may still need it.
-    let mut decided: BTreeMap<Address, (ResourceChange, Option<Arc<Desired>>)> = BTreeMap::new();
+    let mut decided: BTreeMap<Address, (Decided, Option<Arc<Desired>>)> = BTreeMap::new();
     let mut plan = Plan::default();
     let mut checks = Vec::new();
     // A wave is resolved and observed a chunk at a time, so at most a chunk of desired states
@@ -135,7 +130,7 @@ pub async fn plan(
     for (_, wave) in waves {
         for part in wave.chunks(chunk) {
             let mut items = Vec::new();
-            for a in part {
+            for &a in part {
                 let outputs = |t: &Address| planned_outputs(t, &decided, &records, store);
                 let Some(desired) = resolver.desired(a, &outputs) else {
                     continue;
@@ -149,7 +144,7 @@ pub async fn plan(
                         || graph.dependencies(a).iter().any(|d| {
                             decided
                                 .get(d)
-                                .is_some_and(|(c, _)| c.action != Action::NoOp)
+                                .is_some_and(|(c, _)| c.action() != Action::NoOp)
                         }));
                 items.push((desired, p, refresh));
             }
@@ -264,7 +259,7 @@ pub async fn plan(
                 } else {
                     Some(desired)
                 };
-                decided.insert(address, (change, keep));
+                decided.insert(address, (Decided::from(change), keep));
             }
             drop(observed);
             for a in &leaves {
@@ -272,7 +267,8 @@ pub async fn plan(
             }
         }
     }
-    for (a, sealed) in &records {
+    for sealed in &records.0 {
+        let a = &sealed.address;
         if set.get(a).is_none() && in_scope(a) {
             let rec = store.unseal(sealed)?;
             let (change, error) = plan::decide_orphan(&rec);
@@ -295,7 +291,10 @@ pub async fn plan(
     }
     preflight(checks, opts.parallelism, &mut plan).await;
     plan.warnings.sort();
-    plan.changes.extend(decided.into_values().map(|(c, _)| c));
+    plan.changes.reserve(decided.len());
+    while let Some((a, (c, _))) = decided.pop_first() {
+        plan.changes.push(c.into_change(a));
+    }
     plan.changes.sort_by(|a, b| a.address.cmp(&b.address));
     Ok(plan)
 }
@@ -468,12 +467,12 @@ async fn preflight(checks: Vec<Preflight>, parallelism: usize, plan: &mut Plan) 
 /// change, what the kind's model can tell from the spec otherwise.
 fn planned_outputs(
     a: &Address,
-    decided: &BTreeMap<Address, (ResourceChange, Option<Arc<Desired>>)>,
-    records: &BTreeMap<Address, Sealed>,
+    decided: &BTreeMap<Address, (Decided, Option<Arc<Desired>>)>,
+    records: &Heads,
     store: &Arc<dyn StateStore>,
 ) -> Option<BTreeMap<String, Value>> {
     let (change, desired) = decided.get(a)?;
-    if change.action == Action::NoOp {
+    if change.action() == Action::NoOp {
         // A record that no longer decodes has no outputs to offer; the plan already failed
         // on it when its own resource was planned.
         return records
@@ -483,6 +482,49 @@ fn planned_outputs(
     }
     let desired = desired.as_ref()?;
     Some(a.kind.model().known_outputs(desired))
+}
+
+/// The records' heads a plan decides from, sorted by address.
+struct Heads(Vec<Sealed>);
+
+impl Heads {
+    fn get(&self, a: &Address) -> Option<&Sealed> {
+        let i = self.0.binary_search_by(|s| s.address.cmp(a)).ok()?;
+        self.0.get(i)
+    }
+}
+
+/// What the plan decided for one resource while it plans the rest: a no-op with nothing to
+/// say is kept as that alone (most of a big plan), anything else whole.
+enum Decided {
+    Unchanged,
+    Change(Box<ResourceChange>),
+}
+
+impl From<ResourceChange> for Decided {
+    fn from(change: ResourceChange) -> Self {
+        if change == plan::unchanged(&change.address) {
+            Decided::Unchanged
+        } else {
+            Decided::Change(Box::new(change))
+        }
+    }
+}
+
+impl Decided {
+    fn action(&self) -> Action {
+        match self {
+            Decided::Unchanged => Action::NoOp,
+            Decided::Change(c) => c.action,
+        }
+    }
+
+    fn into_change(self, address: Address) -> ResourceChange {
+        match self {
+            Decided::Unchanged => plan::unchanged(&address),
+            Decided::Change(c) => *c,
+        }
+    }
 }
 
 #[cfg(test)]
