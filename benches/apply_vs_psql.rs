@@ -30,11 +30,7 @@ enum Side {
 fn main() {
     let full = bench::full();
     let n: usize = if full { 500 } else { 5 };
-    let rounds: usize = match std::env::var("BENCH_ROUNDS") {
-        Ok(v) if full => v.parse().expect("BENCH_ROUNDS is a number"),
-        _ if full => 5,
-        _ => 1,
-    };
+    let rounds = bench::rounds(5);
     bench::require_pg();
     let tmp = tempfile::tempdir().expect("temp dir");
     let pid = std::process::id();

@@ -570,6 +570,26 @@ pub(super) fn seal(key: &[u8], bytes: &[u8]) -> Result<Sealed, StateError> {
 /// [`seal_head`] reads like the record itself: what the sled store's `heads` tree keeps, so
 /// that listing heads does not page every record into sled's cache.
 pub(super) fn head_bytes(key: &[u8], bytes: &[u8]) -> Result<Vec<u8>, StateError> {
+    let head = seal_head(key, bytes)?;
+    encode_head(&head.address, head.status, &head.spec_hash, head.generation)
+}
+
+/// [`head_bytes`] of a record about to be stored, from the record itself.
+pub(super) fn record_head(record: &Record) -> Result<Vec<u8>, StateError> {
+    encode_head(
+        &record.address,
+        record.status,
+        &record.spec_hash,
+        record.generation,
+    )
+}
+
+fn encode_head(
+    address: &Address,
+    status: Status,
+    spec_hash: &str,
+    generation: u64,
+) -> Result<Vec<u8>, StateError> {
     #[derive(Serialize)]
     struct Head<'a> {
         address: &'a Address,
@@ -577,15 +597,14 @@ pub(super) fn head_bytes(key: &[u8], bytes: &[u8]) -> Result<Vec<u8>, StateError
         spec_hash: &'a str,
         generation: u64,
     }
-    let head = seal_head(key, bytes)?;
     serde_json::to_vec(&Head {
-        address: &head.address,
-        status: head.status,
-        spec_hash: &head.spec_hash,
-        generation: head.generation,
+        address,
+        status,
+        spec_hash,
+        generation,
     })
     .map_err(|e| StateError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
+        key: address.to_string(),
         reason: e.to_string(),
     })
 }

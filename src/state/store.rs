@@ -29,7 +29,8 @@ use sled::transaction::{
 };
 
 use super::codec::{
-    Codec, SCHEMA_VERSION, StoredRecord, head_bytes, parse_run, parse_stored, seal, seal_head,
+    Codec, SCHEMA_VERSION, StoredRecord, head_bytes, parse_run, parse_stored, record_head, seal,
+    seal_head,
 };
 use super::crypto::{KeyLocation, StateKey};
 use super::{Dump, Meta, Record, Run, Sealed, StateError, StateStore};
@@ -330,7 +331,7 @@ impl StateStore for SledStore {
     fn put(&self, record: &Record) -> Result<(), StateError> {
         let key = record.address.to_string();
         let bytes = self.codec.encode_record(record)?;
-        let head = head_bytes(key.as_bytes(), &bytes)?;
+        let head = record_head(record)?;
         self.write_resources(|res, heads| {
             res.insert(key.as_bytes(), bytes.as_slice())?;
             heads.insert(key.as_bytes(), head.as_slice())?;
@@ -343,7 +344,7 @@ impl StateStore for SledStore {
         for r in records {
             let key = r.address.to_string();
             let bytes = self.codec.encode_record(r)?;
-            head_batch.insert(key.as_bytes(), head_bytes(key.as_bytes(), &bytes)?);
+            head_batch.insert(key.as_bytes(), record_head(r)?);
             batch.insert(key.as_bytes(), bytes);
         }
         self.write_resources(|res, heads| {

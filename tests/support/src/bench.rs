@@ -60,6 +60,16 @@ pub fn row(row: Row<'_>) {
     file.write_all(line.as_bytes()).expect("write a bench row");
 }
 
+/// Rounds of an alternating bench: `BENCH_ROUNDS`, else `default`, under `cargo bench`; one
+/// in a smoke run.
+pub fn rounds(default: usize) -> usize {
+    match std::env::var("BENCH_ROUNDS") {
+        Ok(v) if full() => v.parse().expect("BENCH_ROUNDS is a number"),
+        _ if full() => default,
+        _ => 1,
+    }
+}
+
 /// True when run by `cargo bench` rather than as a smoke test under `cargo test`.
 pub fn full() -> bool {
     std::env::args().any(|a| a == "--bench")
