@@ -1,7 +1,8 @@
 //! `tend state import`, `state export --include-secrets` and `state list` of many records
 //! (issue 15 goal 5: each ≤ 150 MB peak at 50,000; importing the same data again does not grow
 //! the store), beside the no-op plan of the same state as the floor the issue measured them
-//! against. `BENCH_SIZE` overrides the 50,000.
+//! against. `BENCH_SIZE` overrides the 50,000; with `BENCH_KEEP` set the state, its export and
+//! the imported store are kept.
 
 #[path = "common/seed.rs"]
 mod common;
@@ -112,4 +113,7 @@ fn main() {
         mib(db_first),
         mib(db_again)
     );
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        eprintln!("kept {}", tmp.keep().display());
+    }
 }

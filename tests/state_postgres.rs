@@ -399,3 +399,64 @@ async fn an_apply_paused_past_its_lease_loses_the_lock_and_writes_nothing() {
     );
     assert!(tend_test_support::exists("db", &db).await);
 }
+
+/// `state import` into PostgreSQL streams the document in chunks inside one fenced
+/// transaction: a document longer than a chunk is written whole (records it lacks removed), and
+/// one whose last record is bad writes nothing, not even the chunks before it.
+#[tokio::test]
+async fn import_into_postgres_is_written_in_chunks_and_a_bad_document_writes_nothing() {
+    let s = PgState::new();
+    let store = s.store(Some("test import")).expect("writer");
+    let record = |name: &str| {
+        let mut r = Record::new(address(&format!("PostgresDatabase.{name}")), 1);
+        r.status = Status::Ready;
+        r
+    };
+    let records: Vec<Record> = (0..2100).map(|i| record(&format!("r{i:04}"))).collect();
+    store.put_all(&records).expect("put_all");
+    let mut doc = Vec::new();
+    store.export_signed(&mut doc).expect("export");
+    let names = |st: &PgStore| -> Vec<String> {
+        st.list()
+            .expect("list")
+            .iter()
+            .map(|r| r.address.to_string())
+            .collect()
+    };
+    let exported = names(&store);
+    assert_eq!(exported.len(), 2100);
+
+    // The store moves on: five records go, one new comes.
+    for i in 0..5 {
+        store
+            .remove(&address(&format!("PostgresDatabase.r{i:04}")))
+            .expect("remove");
+    }
+    store.put(&record("extra")).expect("put");
+    let before = (names(&store), store.meta().expect("meta").serial);
+
+    // Unsigned, its last record malformed: refused, though every record before it is good.
+    let text = String::from_utf8(doc.clone()).expect("utf-8");
+    let body = &text[..text.rfind(",\"mac\":").expect("signed")];
+    let last = body.rfind("\n{").expect("records");
+    let broken = format!(
+        "{}\n{{\"address\":\"PostgresDatabase.zz\"}}\n]}}",
+        &body[..last]
+    );
+    let err = store
+        .import(broken.as_bytes(), true)
+        .expect_err("a malformed record is refused");
+    assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+    assert_eq!(
+        (names(&store), store.meta().expect("meta").serial),
+        before,
+        "nothing written"
+    );
+
+    // The signed document: exactly its records, each written by this writer.
+    store.import(&doc, false).expect("import");
+    assert_eq!(names(&store), exported);
+    assert!(store.meta().expect("meta").serial > before.1);
+    let epoch = store.epoch().expect("epoch");
+    assert!(s.epochs("resources").await.iter().all(|e| *e == epoch));
+}

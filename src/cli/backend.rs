@@ -214,6 +214,7 @@ fn opened<S: StateStore + 'static>(
             | StateError::Unreadable { .. }
             | StateError::Held { .. }
             | StateError::Migrated { .. }
+            | StateError::Interrupted { .. }
             | StateError::Postgres { .. }),
         ) => bail!("{e}"),
         Err(e) => Err(e).with_context(|| format!("cannot open state in {shown}")),

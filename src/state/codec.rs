@@ -206,46 +206,25 @@ impl Codec {
         Ok((lineage, serial))
     }
 
-    /// Each record of a spooled document, one at a time and in its order: its address and
-    /// its bytes as stored, re-encoded through the one write path. Each is decoded first
+    /// Check every record of a spooled document without writing anything: each is decoded
     /// (which proves the same key sealed it and nothing is malformed; the decoded form is
-    /// dropped at once) and kept in the document's sealed form, so importing the same data
-    /// again writes the same bytes. An address seen twice is an error. Callers stage what
-    /// `each` is given and touch the store only once this returns `Ok`.
-    pub(super) fn import_records(
+    /// dropped at once) and an address seen twice is an error. Returns the document's
+    /// addresses. Callers touch the store only once this returned `Ok`, then replay the same
+    /// document with [`import_records`].
+    pub(super) fn verify_records(
         &self,
         doc: &mut Spooled,
-        each: &mut dyn FnMut(String, Vec<u8>) -> Result<(), StateError>,
-    ) -> Result<(), StateError> {
+    ) -> Result<std::collections::BTreeSet<String>, StateError> {
         let mut seen = std::collections::BTreeSet::new();
-        let mut failed = None;
-        let mut found = false;
-        let mut handle = |stored: StoredRecord| -> Result<(), StateError> {
-            let bytes = serde_json::to_vec(&stored).map_err(|e| bad_import(e.to_string()))?;
+        walk_records(doc, &mut |stored| {
             let key = stored.address.to_string();
             drop(self.decode_record(stored)?);
             if !seen.insert(key.clone()) {
                 return Err(bad_import(format!("{key} appears twice")));
             }
-            each(key, bytes)
-        };
-        let mut de = serde_json::Deserializer::from_reader(doc.reader()?);
-        let parsed = de::DeserializeSeed::deserialize(
-            DocSeed {
-                each: &mut handle,
-                failed: &mut failed,
-                found: &mut found,
-            },
-            &mut de,
-        );
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        parsed.map_err(|e| bad_import(format!("resources: {e}")))?;
-        if !found {
-            return Err(bad_import("no `resources` list".to_owned()));
-        }
-        Ok(())
+            Ok(())
+        })?;
+        Ok(seen)
     }
 
     /// The export document as JSON (`state export`); sealed secrets are replaced with
@@ -280,10 +259,10 @@ impl Codec {
     /// Stream the signed document to `out`: each record's stored bytes (its stored form *is*
     /// its exported form, secrets sealed) copied in one at a time, so 10,000 records are never
     /// one document in memory; the MAC covers every byte before `,"mac":`.
-    pub(super) fn write_signed<'a>(
+    pub(super) fn write_signed<B: AsRef<[u8]>>(
         &self,
         meta: &Meta,
-        records: impl IntoIterator<Item = &'a [u8]>,
+        records: impl IntoIterator<Item = Result<B, StateError>>,
         out: &mut dyn Write,
     ) -> Result<(), StateError> {
         let lineage = serde_json::to_string(&meta.lineage).map_err(io::Error::other)?;
@@ -298,7 +277,7 @@ impl Codec {
         )?;
         for (i, r) in records.into_iter().enumerate() {
             w.write_all(if i == 0 { b"\n" } else { b",\n" })?;
-            w.write_all(r)?;
+            w.write_all(r?.as_ref())?;
         }
         w.write_all(b"\n]")?;
         let MacWriter { mut out, mac } = w;
@@ -312,10 +291,10 @@ impl Codec {
 
 /// Stream the export document without secrets (`state export`): each record parsed from its
 /// stored bytes one at a time, its sealed secrets replaced by `(sensitive)`; nothing is
-/// decrypted and the document is never whole in memory.
-pub(super) fn write_plain(
+/// decrypted and the document is never whole in memory. `records` are (stored key, bytes).
+pub(super) fn write_plain<K: AsRef<[u8]>, B: AsRef<[u8]>>(
     meta: &Meta,
-    records: &[Sealed],
+    records: impl IntoIterator<Item = Result<(K, B), StateError>>,
     out: &mut dyn Write,
 ) -> Result<(), StateError> {
     let lineage = serde_json::to_string(&meta.lineage).map_err(io::Error::other)?;
@@ -325,8 +304,9 @@ pub(super) fn write_plain(
         "{{\n  \"version\": {EXPORT_VERSION},\n  \"lineage\": {lineage},\n  \"serial\": {},\n  \"secrets\": \"omitted\",\n  \"resources\": [",
         meta.serial
     )?;
-    for (i, r) in records.iter().enumerate() {
-        let mut stored = parse_stored(r.address.to_string().as_bytes(), r.bytes())?;
+    for (i, r) in records.into_iter().enumerate() {
+        let (key, bytes) = r?;
+        let mut stored = parse_stored(key.as_ref(), bytes.as_ref())?;
         stored.omit_secrets();
         w.write_all(if i == 0 { b"\n" } else { b",\n" })?;
         serde_json::to_writer_pretty(&mut w, &stored).map_err(io::Error::other)?;
@@ -357,6 +337,44 @@ fn bad_import(reason: String) -> StateError {
         key: "import document".to_owned(),
         reason,
     }
+}
+
+/// Each record of a spooled document that [`Codec::verify_records`] accepted, one at a
+/// time and in its order: its address and its bytes as stored, kept in the document's
+/// sealed form (so importing the same data again writes the same bytes).
+pub(super) fn import_records(
+    doc: &mut Spooled,
+    each: &mut dyn FnMut(String, Vec<u8>) -> Result<(), StateError>,
+) -> Result<(), StateError> {
+    walk_records(doc, &mut |stored| {
+        let bytes = serde_json::to_vec(&stored).map_err(|e| bad_import(e.to_string()))?;
+        each(stored.address.to_string(), bytes)
+    })
+}
+
+/// Parse a spooled document's `resources`, handing each record to `each` as it is read.
+fn walk_records(
+    doc: &mut Spooled,
+    each: &mut dyn FnMut(StoredRecord) -> Result<(), StateError>,
+) -> Result<(), StateError> {
+    let (mut failed, mut found) = (None, false);
+    let mut de = serde_json::Deserializer::from_reader(doc.reader()?);
+    let parsed = de::DeserializeSeed::deserialize(
+        DocSeed {
+            each,
+            failed: &mut failed,
+            found: &mut found,
+        },
+        &mut de,
+    );
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    parsed.map_err(|e| bad_import(format!("resources: {e}")))?;
+    if !found {
+        return Err(bad_import("no `resources` list".to_owned()));
+    }
+    Ok(())
 }
 
 /// The import document as serde sees it: a map whose `resources` list is handed to `each`

@@ -152,6 +152,13 @@ pub enum StateError {
          --state {to}"
     )]
     Migrated { store: String, to: String },
+    /// A `state import` stopped (crash, kill, full disk) after writing part of its document.
+    #[error(
+        "the state in {dir} holds part of an import (the document of lineage {doc}) that \
+         stopped before it finished; run the same `tend --state {dir} state import FILE` again \
+         to finish it (records already written are skipped), or import another backup"
+    )]
+    Interrupted { dir: String, doc: String },
     /// `state migrate` only fills an empty store.
     #[error(
         "the state in {store} already holds records or runs; `tend state migrate` only fills an \
@@ -238,7 +245,14 @@ pub trait StateStore: Send + Sync {
     /// The whole state as [`StateStore::export`] without secrets, streamed to `out` record by
     /// record; nothing is decrypted.
     fn export_plain(&self, out: &mut dyn std::io::Write) -> Result<(), StateError> {
-        codec::write_plain(&self.meta()?, &self.list_sealed()?, out)
+        let records = self.list_sealed()?;
+        codec::write_plain(
+            &self.meta()?,
+            records
+                .iter()
+                .map(|r| Ok((r.address.to_string(), r.bytes()))),
+            out,
+        )
     }
     /// The whole state with secrets encrypted, signed: what a backup holds, streamed to `out`
     /// record by record, ending in a MAC under the state key over every byte before it.

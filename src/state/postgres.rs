@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, Config, NoTls};
 
-use super::codec::{Codec, SCHEMA_VERSION, parse_run, parse_stored, seal};
+use super::codec::{self, Codec, SCHEMA_VERSION, parse_run, parse_stored, seal};
 use super::crypto::{KeyLocation, StateKey};
 use super::{
     Dump, Lead as Lead_, Leadership, Meta, Record, Run, Sealed, StateError, StateStore, Status,
@@ -640,10 +640,16 @@ impl Leadership for PgStore {
 }
 
 /// Insert or replace records (address, status, stored bytes) in one statement.
+/// A record as its row is written: address, status, stored bytes.
+type Row = (String, String, Vec<u8>);
+/// `state import` writes its rows in chunks of this many records or bytes.
+const IMPORT_CHUNK_RECORDS: usize = 1024;
+const IMPORT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
 async fn upsert_resources(
     c: &Client,
     s: &str,
-    records: &[(String, String, Vec<u8>)],
+    records: &[Row],
 ) -> Result<u64, tokio_postgres::Error> {
     let addresses: Vec<&str> = records.iter().map(|r| r.0.as_str()).collect();
     let statuses: Vec<&str> = records.iter().map(|r| r.1.as_str()).collect();
@@ -797,7 +803,7 @@ impl StateStore for PgStore {
     fn export_signed(&self, out: &mut dyn std::io::Write) -> Result<(), StateError> {
         let rows = self.rows()?;
         self.codec
-            .write_signed(&self.meta()?, rows.iter().map(Sealed::bytes), out)
+            .write_signed(&self.meta()?, rows.iter().map(|r| Ok(r.bytes())), out)
     }
 
     fn import_from(
@@ -807,38 +813,76 @@ impl StateStore for PgStore {
     ) -> Result<(), StateError> {
         let mut doc = self.codec.spool(input, allow_unsigned)?;
         let (lineage, serial) = self.codec.import_head(&mut doc)?;
-        #[derive(Deserialize)]
-        struct Head {
-            status: Status,
-        }
-        // Every record's stored bytes are staged (nothing decoded is kept), then written in
-        // one fenced transaction: a bad document writes nothing.
-        let mut rows = Vec::new();
-        self.codec.import_records(&mut doc, &mut |address, body| {
-            let head: Head = serde_json::from_slice(&body).map_err(|e| StateError::Corrupt {
-                key: address.clone(),
-                reason: e.to_string(),
-            })?;
-            rows.push((address, head.status.as_str().to_owned(), body));
-            Ok(())
-        })?;
-        drop(doc);
+        // First every record is checked and nothing written: a bad document writes nothing.
+        let keep: Vec<String> = self.codec.verify_records(&mut doc)?.into_iter().collect();
         let serial = i64::try_from(serial).unwrap_or(i64::MAX);
-        self.fenced(move |c, s| async move {
-            let keep: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        // Then the document is read again on a thread of its own and written in chunks, all in
+        // one fenced transaction: memory holds a chunk or two, never the document.
+        // Each message is a chunk and whether it is the last: a reader that stopped without
+        // sending its last one (it panicked) leaves the import rolled back, not half-done.
+        let (tx, mut rx) = mpsc::channel::<Result<(Vec<Row>, bool), StateError>>(2);
+        let reader = std::thread::spawn(move || {
+            #[derive(Deserialize)]
+            struct Head {
+                status: Status,
+            }
+            let mut chunk = Vec::new();
+            let mut bytes = 0;
+            let read = codec::import_records(&mut doc, &mut |address, body| {
+                let head: Head =
+                    serde_json::from_slice(&body).map_err(|e| StateError::Corrupt {
+                        key: address.clone(),
+                        reason: e.to_string(),
+                    })?;
+                bytes += body.len();
+                chunk.push((address, head.status.as_str().to_owned(), body));
+                if chunk.len() >= IMPORT_CHUNK_RECORDS || bytes >= IMPORT_CHUNK_BYTES {
+                    bytes = 0;
+                    tx.blocking_send(Ok((std::mem::take(&mut chunk), false)))
+                        .map_err(|_| std::io::Error::other("the import was abandoned"))?;
+                }
+                Ok(())
+            });
+            let _ = tx.blocking_send(read.map(|()| (chunk, true)));
+        });
+        let shown = self.shown.clone();
+        let written = self.fenced(move |c, s| async move {
             c.execute(
                 &format!("DELETE FROM {s}.resources WHERE NOT (address = ANY($1))"),
                 &[&keep],
             )
             .await?;
-            upsert_resources(&c, &s, &rows).await?;
+            loop {
+                let failed = match rx.recv().await {
+                    Some(Ok((rows, last))) => {
+                        upsert_resources(&c, &s, &rows).await?;
+                        if last {
+                            break;
+                        }
+                        continue;
+                    }
+                    Some(Err(e)) => e,
+                    None => StateError::Postgres {
+                        target: shown,
+                        reason: "the import's reader stopped before the end of the document; \
+                                 nothing was imported"
+                            .to_owned(),
+                    },
+                };
+                // Nothing of this transaction may stay (`fenced` commits an `Ok`).
+                c.batch_execute("ROLLBACK").await?;
+                return Ok(Err(failed));
+            }
             c.execute(
                 &format!("UPDATE {s}.meta SET lineage = $1, serial = greatest(serial, $2) + 1"),
                 &[&lineage, &serial],
             )
             .await
-            .map(drop)
-        })
+            .map(|_| Ok(()))
+        });
+        // The reader ends once its channel is closed, whichever way the writer ended.
+        let _ = reader.join();
+        written?
     }
 
     fn load(&self, dump: &Dump) -> Result<(), StateError> {

@@ -29,8 +29,8 @@ use sled::transaction::{
 };
 
 use super::codec::{
-    Codec, SCHEMA_VERSION, StoredRecord, head_bytes, parse_run, parse_stored, record_head, seal,
-    seal_head,
+    self, Codec, SCHEMA_VERSION, StoredRecord, head_bytes, parse_run, parse_stored, record_head,
+    seal, seal_head,
 };
 use super::crypto::{KeyLocation, StateKey};
 use super::{Dump, Meta, Record, Run, Sealed, StateError, StateStore};
@@ -51,6 +51,27 @@ const META_SERIAL: &[u8] = b"serial";
 const META_HEADS_AT: &[u8] = b"heads_at_serial";
 /// Set by `state migrate` on the store it moved away from: the store is refused from then on.
 const META_MIGRATED: &[u8] = b"migrated_to";
+/// Set while `state import` writes its chunks (to `<lineage> <serial>` of the document) and
+/// cleared by its last transaction: a store that still has it holds part of an import.
+const META_IMPORTING: &[u8] = b"importing";
+/// An import's chunk is written once it holds this many records or bytes.
+const IMPORT_CHUNK_RECORDS: usize = 1024;
+const IMPORT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// One chunk of an import: the records and heads to write (or remove) in one transaction.
+#[derive(Default)]
+struct ImportChunk {
+    records: sled::Batch,
+    heads: sled::Batch,
+    len: usize,
+    bytes: usize,
+}
+
+impl ImportChunk {
+    fn is_full(&self) -> bool {
+        self.len >= IMPORT_CHUNK_RECORDS || self.bytes >= IMPORT_CHUNK_BYTES
+    }
+}
 
 /// The sled-backed state store. Holds sled's exclusive file lock while open.
 pub struct SledStore {
@@ -101,6 +122,16 @@ impl SledStore {
             });
         }
         let store = SledStore::open_to_restore(state_dir)?;
+        if let Some(doc) = store
+            .meta
+            .get(META_IMPORTING)
+            .map_err(|e| sled_error(e, state_dir))?
+        {
+            return Err(StateError::Interrupted {
+                dir: state_dir.display().to_string(),
+                doc: String::from_utf8_lossy(&doc).replacen(' ', " at serial ", 1),
+            });
+        }
         store.check_backup()?;
         Ok(store)
     }
@@ -271,6 +302,19 @@ impl SledStore {
         self.db.flush().map_err(|e| sled_error(e, &self.dir))?;
         group.durable.store(covers, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Write one chunk of `state import` (see [`StateStore::import_from`]) and the importing
+    /// mark, in one transaction.
+    fn write_import_chunk(&self, chunk: ImportChunk, mark: &str) -> Result<(), StateError> {
+        (&self.resources, &self.heads, &self.meta)
+            .transaction(|(res, heads, meta)| {
+                res.apply_batch(&chunk.records)?;
+                heads.apply_batch(&chunk.heads)?;
+                meta.insert(META_IMPORTING, mark.as_bytes())?;
+                Ok(())
+            })
+            .map_err(|e| self.tx_error(e))
     }
 
     fn tx_error(&self, e: TransactionError<StateError>) -> StateError {
@@ -456,43 +500,59 @@ impl StateStore for SledStore {
     ) -> Result<(), StateError> {
         let mut doc = self.codec.spool(input, allow_unsigned)?;
         let (lineage, doc_serial) = self.codec.import_head(&mut doc)?;
-        // Staged in a batch, one record at a time, and applied in one transaction only once
-        // every record decoded: a bad document writes nothing. An unchanged record is not
-        // staged at all: re-importing the same data leaves the store as it was (sled appends
-        // every write to its log), and the batch holds only what changes.
-        let (mut batch, mut head_batch) = (sled::Batch::default(), sled::Batch::default());
-        let mut new = std::collections::BTreeSet::new();
-        self.codec.import_records(&mut doc, &mut |k, v| {
+        // First every record is checked and nothing written: a bad document writes nothing.
+        let keep = self.codec.verify_records(&mut doc)?;
+        // Then the same document is written in chunks, each one transaction with its heads,
+        // so memory stays flat however long the document is. Each chunk also sets the
+        // importing mark, which only the last transaction (new serial, lineage) clears: a
+        // crash in between leaves it, and `open` refuses the store until the import is run
+        // again (it converges, see `Interrupted`). An unchanged record is not written at
+        // all: re-importing the same data leaves the store as it was (sled appends every
+        // write to its log).
+        let mark = format!("{lineage} {doc_serial}");
+        let mut chunk = ImportChunk::default();
+        codec::import_records(&mut doc, &mut |k, v| {
             let same = self
                 .resources
                 .get(k.as_bytes())
                 .map_err(|e| sled_error(e, &self.dir))?
                 .is_some_and(|old| old.as_ref() == v.as_slice());
             if !same {
-                head_batch.insert(k.as_bytes(), head_bytes(k.as_bytes(), &v)?);
-                batch.insert(k.as_bytes(), v);
+                chunk
+                    .heads
+                    .insert(k.as_bytes(), head_bytes(k.as_bytes(), &v)?);
+                chunk.bytes += v.len();
+                chunk.records.insert(k.as_bytes(), v);
+                chunk.len += 1;
+                if chunk.is_full() {
+                    self.write_import_chunk(std::mem::take(&mut chunk), &mark)?;
+                }
             }
-            new.insert(k);
             Ok(())
         })?;
         drop(doc);
         for item in self.resources.iter().keys() {
             let k = item.map_err(|e| sled_error(e, &self.dir))?;
-            if !new.contains(String::from_utf8_lossy(&k).as_ref()) {
-                head_batch.remove(k.clone());
-                batch.remove(k);
+            if !keep.contains(String::from_utf8_lossy(&k).as_ref()) {
+                chunk.heads.remove(k.clone());
+                chunk.records.remove(k);
+                chunk.len += 1;
+                if chunk.is_full() {
+                    self.write_import_chunk(std::mem::take(&mut chunk), &mark)?;
+                }
             }
         }
-        drop(new);
-
-        (&self.resources, &self.heads, &self.meta)
-            .transaction(|(res, heads, meta)| {
-                res.apply_batch(&batch)?;
-                heads.apply_batch(&head_batch)?;
+        drop(keep);
+        if chunk.len > 0 {
+            self.write_import_chunk(chunk, &mark)?;
+        }
+        self.meta
+            .transaction(|meta| {
                 let serial = (tx_serial(meta)?.max(doc_serial) + 1).to_string();
                 meta.insert(META_LINEAGE, lineage.as_bytes())?;
                 meta.insert(META_SERIAL, serial.as_bytes())?;
                 meta.insert(META_HEADS_AT, serial.as_bytes())?;
+                meta.remove(META_IMPORTING)?;
                 Ok(())
             })
             .map_err(|e| self.tx_error(e))?;
@@ -508,10 +568,24 @@ impl StateStore for SledStore {
         Ok(())
     }
 
+    /// Streamed from the tree one record at a time, in key order (the address as text), so
+    /// the records are never all in memory, here nor after every apply's backup.
     fn export_signed(&self, out: &mut dyn Write) -> Result<(), StateError> {
-        let records = self.list_sealed()?;
-        self.codec
-            .write_signed(&self.meta()?, records.iter().map(Sealed::bytes), out)
+        let records = self
+            .resources
+            .iter()
+            .values()
+            .map(|v| v.map_err(|e| sled_error(e, &self.dir)));
+        self.codec.write_signed(&self.meta()?, records, out)
+    }
+
+    /// Streamed like [`SledStore::export_signed`].
+    fn export_plain(&self, out: &mut dyn Write) -> Result<(), StateError> {
+        let records = self
+            .resources
+            .iter()
+            .map(|kv| kv.map_err(|e| sled_error(e, &self.dir)));
+        codec::write_plain(&self.meta()?, records, out)
     }
 
     fn load(&self, dump: &Dump) -> Result<(), StateError> {
@@ -1414,6 +1488,70 @@ mod tests {
             // does not grow.
             assert_eq!(bytes(&store), stored);
         }
+    }
+
+    #[test]
+    fn an_import_is_written_in_chunks_and_one_stopped_half_way_is_refused_until_run_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = open(&dir.path().join("source"));
+        let n = IMPORT_CHUNK_RECORDS * 2 + 10;
+        let records: Vec<Record> = (0..n).map(|i| sample(&format!("r{i:05}"))).collect();
+        source.put_all(&records).expect("put_all");
+        let mut doc = Vec::new();
+        source.export_signed(&mut doc).expect("export");
+        let stored = source.list_sealed().expect("list");
+        drop(source);
+
+        // A store under the same key that an import left half-way: one chunk written, then
+        // the process stopped (the last transaction, which clears the mark, never ran).
+        let target = dir.path().join("target");
+        fs::create_dir_all(&target).expect("mkdir");
+        fs::copy(
+            dir.path().join("source").join("tend.key"),
+            target.join("tend.key"),
+        )
+        .expect("key");
+        {
+            let store = open(&target);
+            store.put(&sample("stale")).expect("put");
+            let mut chunk = ImportChunk::default();
+            for r in &stored[..IMPORT_CHUNK_RECORDS] {
+                let k = r.address.to_string();
+                chunk.heads.insert(
+                    k.as_bytes(),
+                    head_bytes(k.as_bytes(), r.bytes()).expect("head"),
+                );
+                chunk.records.insert(k.as_bytes(), r.bytes());
+                chunk.len += 1;
+            }
+            store
+                .write_import_chunk(chunk, "some-lineage 7")
+                .expect("chunk");
+        }
+        let err = SledStore::open(&target).expect_err("a half-imported store is refused");
+        assert!(matches!(err, StateError::Interrupted { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("some-lineage at serial 7") && text.contains("state import"),
+            "{text}"
+        );
+
+        // Running the import again finishes it: every record of the document, none other,
+        // heads beside them, and the store opens again.
+        SledStore::open_to_restore(&target)
+            .expect("import opens it")
+            .import(&doc, false)
+            .expect("import again");
+        let store = open(&target);
+        let bytes = |v: Vec<Sealed>| v.iter().map(|r| r.bytes().to_vec()).collect::<Vec<_>>();
+        assert_eq!(
+            bytes(store.list_sealed().expect("list")),
+            bytes(stored.clone())
+        );
+        let (heads, from_records) = heads_and_records(&store);
+        assert_eq!(heads.len(), n);
+        assert_eq!(heads, from_records);
+        assert_eq!(store.list().expect("decode").len(), n);
     }
 
     #[test]
