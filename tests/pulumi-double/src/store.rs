@@ -102,7 +102,12 @@ fn write(path: &Path, text: &str) -> Res<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| io("creating a directory", e))?;
     }
-    let tmp = path.with_extension("tmp-double");
+    // A name of this process's own, as gocloud's fileblob does (a random temp file, then a
+    // rename): two pulumi processes that both create `.pulumi/meta.yaml` of a new backend
+    // must not rename each other's temp file away.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-double-{}-{n}", std::process::id()));
     std::fs::write(&tmp, text).map_err(|e| io(&format!("writing {}", tmp.display()), e))?;
     std::fs::rename(&tmp, path).map_err(|e| io(&format!("writing {}", path.display()), e))
 }
