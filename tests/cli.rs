@@ -84,6 +84,21 @@ fn each_kind_of_bad_input_is_a_located_error_with_exit_1() {
         }
         assert!(!tend(&w, &["validate"]).all().contains("dop_v1_plaintext"));
     }
+    // A one-letter secret: its line is shown masked from the value on, and the letter is not
+    // replaced everywhere else on the line (which would spell out where the secret occurs).
+    let w = ws();
+    w.write(
+        "short.yaml",
+        "apiVersion: tend/v1\nkind: Credential\nmetadata: {name: other}\nspec: {provider: postgres, data: {host: xx.example, user: admin, password: x}}\n",
+    );
+    let r = tend(&w, &["validate"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("4 | spec: {provider: postgres, data: {host: xx.example, user: admin, password: (sensitive)\n"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

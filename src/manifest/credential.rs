@@ -245,11 +245,13 @@ fn read_source(ctx: &Source<'_>, node: &Node, is_secret: bool) -> Result<Value, 
         .with_help(format!(
             "use `{key}: {{fromEnv: VAR}}` or `{key}: {{fromFile: path}}`"
         ));
-        d.redact = match &node.value {
-            NodeValue::Str(s) => Some(s.clone()),
-            NodeValue::Int(i) => Some(i.to_string()),
-            _ => None,
-        };
+        // Whatever the value is, its line is shown masked from the value on.
+        d.redact = Some(match &node.value {
+            NodeValue::Str(s) => s.clone(),
+            NodeValue::Int(i) => i.to_string(),
+            NodeValue::Float(f) => f.to_string(),
+            _ => String::new(),
+        });
         return Err(Problem::Invalid(Box::new(d)));
     }
     match &node.value {

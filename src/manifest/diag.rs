@@ -29,7 +29,9 @@ pub struct Diagnostic {
     pub help: Option<String>,
     /// The source line the position points into, when known.
     pub line_text: Option<String>,
-    /// Text that must not be shown when the source line is (a plaintext secret).
+    /// A plaintext secret whose value starts at `pos`: the source line is shown masked from
+    /// there to its end, and elsewhere on it wherever the secret's text appears (unless it
+    /// is shorter than [`MIN_REDACT`], when replacing it would point the secret out).
     pub redact: Option<String>,
 }
 
@@ -88,11 +90,31 @@ pub fn attach_source(diags: &mut [Diagnostic], text: &str) {
     for d in diags.iter_mut() {
         if d.line_text.is_none() && d.pos.line > 0 {
             d.line_text = lines.get(d.pos.line as usize - 1).map(|l| match &d.redact {
-                Some(secret) if !secret.is_empty() => l.replace(secret.as_str(), "(sensitive)"),
-                _ => (*l).to_owned(),
+                Some(secret) => redact_line(l, d.pos.col, secret),
+                None => (*l).to_owned(),
             });
         }
     }
+}
+
+/// Secrets shorter than this are masked only where they are written, not wherever their
+/// text appears on the line (a one-letter password would blank out every such letter).
+const MIN_REDACT: usize = 4;
+
+/// `line` with everything from column `col` (1-based, in characters: where the secret's
+/// value starts) replaced by `(sensitive)`, and `secret` masked before it too.
+fn redact_line(line: &str, col: u32, secret: &str) -> String {
+    let at = line
+        .char_indices()
+        .nth(col.saturating_sub(1) as usize)
+        .map_or(line.len(), |(i, _)| i);
+    let head = &line[..at];
+    let head = if secret.chars().count() >= MIN_REDACT {
+        head.replace(secret, "(sensitive)")
+    } else {
+        head.to_owned()
+    };
+    format!("{head}(sensitive)")
 }
 
 /// The closest candidate to `got`, if it is close enough to be a likely typo.
@@ -116,6 +138,22 @@ mod tests {
             Some("database")
         );
         assert_eq!(suggest("zzz", ["server", "database"]), None);
+    }
+
+    #[test]
+    fn a_plaintext_secret_is_masked_from_its_value_on_however_short() {
+        let line = r#"  data: {host: db.example.internal, user: hunter2, password: "x"}"#;
+        let col = line.find("\"x\"").expect("value") as u32 + 1;
+        assert_eq!(
+            redact_line(line, col, "x"),
+            "  data: {host: db.example.internal, user: hunter2, password: (sensitive)"
+        );
+        // A longer secret is also masked where its text appears before the value.
+        let line = "  data: {user: hunter2, password: hunter2}";
+        let col = line.rfind("hunter2").expect("value") as u32 + 1;
+        let shown = redact_line(line, col, "hunter2");
+        assert_eq!(shown, "  data: {user: (sensitive), password: (sensitive)");
+        assert!(!shown.contains("hunter2"));
     }
 
     #[test]
