@@ -591,8 +591,11 @@ async fn converge(
         rec.error_class = Some(e.class);
         rec.failed_inputs = Some(inputs_digest(&desired, &shared.key));
     }
+    // Not waited on to be durable (the run record's flush at the end covers it): a crash
+    // before then leaves the `applying` record written above, with what the provider
+    // journaled, and the next run observes the object and converges it again.
     let saved = rec.clone();
-    blocking(&shared.store, move |s| s.put(&saved))
+    blocking(&shared.store, move |s| s.put_lazy(&saved))
         .await
         .map_err(state_error)?;
     if let Ok(mut r) = shared.records.lock() {

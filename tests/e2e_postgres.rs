@@ -520,6 +520,55 @@ async fn a_failure_blocks_only_its_dependents() {
     assert_eq!(run.exit_code, 1);
 }
 
+/// The last write of an action is not waited on (`StateStore::put_lazy`): a crash before the
+/// next flush leaves the record as the action's first, flushed writes left it, `applying`
+/// with the password the provider journaled before the server saw it. Made by hand after a
+/// real apply, that record converges on the next apply: the database and role are tend's
+/// (not refused as found outside state), the journaled password is kept, nothing is doubled.
+#[tokio::test]
+async fn a_lost_final_write_leaves_an_applying_record_that_the_next_apply_converges() {
+    let w = Workspace::new(env!("CARGO_BIN_EXE_tend"));
+    let prefix = unique("tend_lazy_");
+    let (db, role) = (format!("{prefix}_db"), format!("{prefix}_user"));
+    w.write("server.yaml", &server_yaml());
+    w.write("db.yaml", &database_yaml("a", &db, &role, ""));
+    w.run(&["apply", "--auto-approve"]).ok();
+    let addr: Address = "PostgresDatabase.a".parse().expect("address");
+    {
+        let store = SledStore::open(&w.state).expect("state");
+        let done = store.get(&addr).expect("read").expect("recorded");
+        let mut begun = tend::state::Record::new(addr.clone(), done.created_at);
+        begun.spec = done.spec.clone();
+        begun.connection = done.connection.clone();
+        begun.depends_on = done.depends_on.clone();
+        begun.status = Status::Applying;
+        for k in ["password", "rotation"] {
+            begun.private.insert(k.to_owned(), done.private[k].clone());
+        }
+        store
+            .put(&begun)
+            .expect("the record as the action began it");
+    }
+    let password = password_in_state(&w, "a");
+    let r = w.run(&["apply", "--auto-approve"]).ok();
+    assert!(!r.all().contains("outside"), "{}", r.all());
+    let r = w.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let store = SledStore::open(&w.state).expect("state");
+    let rec = store.get(&addr).expect("read").expect("recorded");
+    assert_eq!(rec.status, Status::Ready);
+    drop(store);
+    assert_eq!(
+        password_in_state(&w, "a"),
+        password,
+        "the journaled password is kept"
+    );
+    pg().connect_as(&role, &password, &db)
+        .await
+        .expect("the journaled password logs in");
+    assert!(exists("role", &role).await && exists("db", &db).await);
+}
+
 #[tokio::test]
 async fn kill_9_during_apply_never_loses_a_password_or_leaves_a_duplicate() {
     use rand::Rng;

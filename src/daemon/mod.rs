@@ -287,7 +287,9 @@ pub async fn run(
 
 /// Hand the heap a finished load, plan or apply freed back to the OS. glibc keeps freed memory
 /// in per-thread arenas (every tokio worker gets one) and returns little of it by itself, so a
-/// daemon's RSS would otherwise stay at the peak of the largest run it ever made.
+/// daemon's RSS would otherwise stay at the peak of the largest run it ever made. The `tend`
+/// binary allocates with jemalloc, which purges freed pages at once (`src/main.rs`), so there
+/// this trims only what glibc still holds; it matters where the library runs on glibc's malloc.
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes no pointers; it only walks glibc's own free lists.

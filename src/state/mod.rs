@@ -205,6 +205,14 @@ pub trait StateStore: Send + Sync {
     fn get(&self, address: &Address) -> Result<Option<Record>, StateError>;
     /// Insert or replace a record, bump the serial, flush.
     fn put(&self, record: &Record) -> Result<(), StateError>;
+    /// [`StateStore::put`] without waiting until the write is durable: the next flushing write
+    /// (any `put`, `put_run`) or the backend's own periodic flush makes it so. Only for a
+    /// write whose loss in a crash the durable record before it already covers: the
+    /// executor's last write of an action, after the `applying` record (with what the provider
+    /// journaled) that makes the next run observe the object and converge it again.
+    fn put_lazy(&self, record: &Record) -> Result<(), StateError> {
+        self.put(record)
+    }
     /// [`StateStore::put`] of many records in one write and one flush (seeding a store:
     /// tests, benches). Atomic where the backend's writes are.
     fn put_all(&self, records: &[Record]) -> Result<(), StateError> {

@@ -321,9 +321,30 @@ impl SledStore {
         tx_error(e, &self.dir)
     }
 
+    /// Write one record and its head (serial bumped) in one transaction, not yet flushed.
+    fn put_record(&self, record: &Record) -> Result<(), StateError> {
+        let key = record.address.to_string();
+        let bytes = self.codec.encode_record(record)?;
+        let head = record_head(record)?;
+        self.transact_resources(|res, heads| {
+            res.insert(key.as_bytes(), bytes.as_slice())?;
+            heads.insert(key.as_bytes(), head.as_slice())?;
+            Ok(true)
+        })
+    }
+
     /// Run `f` on the resources and heads trees and bump the serial in one transaction, then
     /// flush. `f` returns whether it changed anything; the serial is bumped only if it did.
     fn write_resources<F>(&self, f: F) -> Result<(), StateError>
+    where
+        F: Fn(&TransactionalTree, &TransactionalTree) -> Result<bool, UnabortableTransactionError>,
+    {
+        self.transact_resources(f)?;
+        self.flush()
+    }
+
+    /// [`SledStore::write_resources`] without the flush.
+    fn transact_resources<F>(&self, f: F) -> Result<(), StateError>
     where
         F: Fn(&TransactionalTree, &TransactionalTree) -> Result<bool, UnabortableTransactionError>,
     {
@@ -336,8 +357,7 @@ impl SledStore {
                 }
                 Ok(())
             })
-            .map_err(|e| self.tx_error(e))?;
-        self.flush()
+            .map_err(|e| self.tx_error(e))
     }
 
     /// Every stored record, undecrypted, sorted by address.
@@ -373,14 +393,14 @@ impl StateStore for SledStore {
     }
 
     fn put(&self, record: &Record) -> Result<(), StateError> {
-        let key = record.address.to_string();
-        let bytes = self.codec.encode_record(record)?;
-        let head = record_head(record)?;
-        self.write_resources(|res, heads| {
-            res.insert(key.as_bytes(), bytes.as_slice())?;
-            heads.insert(key.as_bytes(), head.as_slice())?;
-            Ok(true)
-        })
+        self.put_record(record)?;
+        self.flush()
+    }
+
+    /// sled flushes on its own every 500 ms (its default `flush_every_ms`), and every later
+    /// flush covers this write too.
+    fn put_lazy(&self, record: &Record) -> Result<(), StateError> {
+        self.put_record(record)
     }
 
     fn put_all(&self, records: &[Record]) -> Result<(), StateError> {
