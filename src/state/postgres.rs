@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, Config, NoTls};
 
-use super::codec::{self, Codec, SCHEMA_VERSION, parse_run, parse_stored, seal};
+use super::codec::{self, Codec, SCHEMA_VERSION, parse_run, parse_stored, seal, seal_head};
 use super::crypto::{KeyLocation, StateKey};
 use super::{
     Dump, Lead as Lead_, Leadership, Meta, Record, Run, Sealed, StateError, StateStore, Status,
@@ -55,6 +55,8 @@ const LAYOUT_VERSION: i32 = 1;
 pub const DEFAULT_SCHEMA: &str = "tend";
 /// How long one statement (or one transaction of them) may take.
 const DEADLINE: Duration = Duration::from_secs(30);
+/// Why a call got no answer at all.
+const STOPPED: &str = "the state connection's worker has stopped";
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The lease of a writer's lock session unless configured: the server ends the session after
@@ -340,6 +342,27 @@ impl PgStore {
         F: FnOnce(Arc<Client>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, StateError>> + Send + 'static,
     {
+        let answer = self.start(f)?;
+        answer.recv().map_err(|_| self.worker_stopped())?
+    }
+
+    fn worker_stopped(&self) -> StateError {
+        StateError::Postgres {
+            target: self.shown.clone(),
+            reason: STOPPED.to_owned(),
+        }
+    }
+
+    /// [`PgStore::call`] without waiting: the answer comes on the returned channel.
+    fn start<T, F, Fut>(
+        &self,
+        f: F,
+    ) -> Result<std_mpsc::Receiver<Result<T, StateError>>, StateError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Client>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StateError>> + Send + 'static,
+    {
         let (tx, rx) = std_mpsc::sync_channel(1);
         let shown = self.shown.clone();
         let job: Job = Box::new(move |conn: Conn| {
@@ -360,12 +383,40 @@ impl PgStore {
                 let _ = tx.send(result);
             })
         });
-        let closed = || StateError::Postgres {
-            target: self.shown.clone(),
-            reason: "the state connection's worker has stopped".to_owned(),
-        };
-        self.jobs.send(Msg::Job(job)).map_err(|_| closed())?;
-        rx.recv().map_err(|_| closed())?
+        self.jobs
+            .send(Msg::Job(job))
+            .map_err(|_| self.worker_stopped())?;
+        Ok(rx)
+    }
+
+    /// Every stored record as (address, body), in address text order, one at a time as the
+    /// rows arrive: the worker streams them (`query_raw`) over a small bounded channel that
+    /// the returned iterator reads on the calling thread, so neither side holds them all.
+    /// A stream cut short (deadline, connection) ends with its error.
+    fn stream_rows(&self) -> Result<RowStream, StateError> {
+        use futures::TryStreamExt;
+        let q = self.sql("SELECT address, body FROM {s}.resources ORDER BY address");
+        let shown = self.shown.clone();
+        let (tx, rx) = mpsc::channel::<(String, Vec<u8>)>(64);
+        let answer = self.start(move |c| async move {
+            let rows = c
+                .query_raw(&q, std::iter::empty::<&str>())
+                .await
+                .map_err(|e| pg_error(&shown, e))?;
+            futures::pin_mut!(rows);
+            while let Some(row) = rows.try_next().await.map_err(|e| pg_error(&shown, e))? {
+                // The reader was dropped (it stopped at an error of its own): stop reading.
+                if tx.send((row.get(0), row.get(1))).await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(RowStream {
+            rows: rx,
+            answer: Some(answer),
+            shown: self.shown.clone(),
+        })
     }
 
     /// A statement with `{s}` replaced by the schema.
@@ -589,18 +640,13 @@ impl PgStore {
         })
     }
 
-    /// Every stored record, undecoded, sorted by address.
+    /// Every stored record, undecoded, sorted by address (each row's body is copied once,
+    /// into its `Sealed`, as it arrives).
     fn rows(&self) -> Result<Vec<Sealed>, StateError> {
-        let q = self.sql("SELECT address, body FROM {s}.resources");
-        let shown = self.shown.clone();
-        let rows: Vec<(String, Vec<u8>)> = self.call(move |c| async move {
-            let rows = c.query(&q, &[]).await.map_err(|e| pg_error(&shown, e))?;
-            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-        })?;
-        let mut out = rows
-            .iter()
-            .map(|(key, body)| seal(key.as_bytes(), body))
-            .collect::<Result<Vec<_>, StateError>>()?;
+        let mut out = self
+            .stream_rows()?
+            .map(|row| row.and_then(|(key, body)| seal(key.as_bytes(), &body)))
+            .collect::<Result<Vec<_>, _>>()?;
         out.sort_by(|a, b| a.address.cmp(&b.address));
         Ok(out)
     }
@@ -640,6 +686,38 @@ impl Leadership for PgStore {
 }
 
 /// Insert or replace records (address, status, stored bytes) in one statement.
+/// [`PgStore::stream_rows`]: the rows as they arrive, then the worker's answer.
+struct RowStream {
+    rows: mpsc::Receiver<(String, Vec<u8>)>,
+    /// Taken once the rows end: an error there is the stream's last item.
+    answer: Option<std_mpsc::Receiver<Result<(), StateError>>>,
+    shown: String,
+}
+
+impl Iterator for RowStream {
+    type Item = Result<(String, Vec<u8>), StateError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // Blocks like `PgStore::call` does (`blocking_recv` would refuse to inside a runtime,
+        // where a test or a caller without `spawn_blocking` may be). Unconstrained: on a
+        // runtime's thread, tokio's task budget would otherwise run out after 128 rows and
+        // wait for that runtime, which this very wait blocks.
+        let next = tokio::task::unconstrained(self.rows.recv());
+        if let Some(row) = futures::executor::block_on(next) {
+            return Some(Ok(row));
+        }
+        let answer = self.answer.take()?;
+        match answer.recv() {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(Err(e)),
+            Err(_) => Some(Err(StateError::Postgres {
+                target: self.shown.clone(),
+                reason: STOPPED.to_owned(),
+            })),
+        }
+    }
+}
+
 /// A record as its row is written: address, status, stored bytes.
 type Row = (String, String, Vec<u8>);
 /// `state import` writes its rows in chunks of this many records or bytes.
@@ -730,10 +808,46 @@ impl StateStore for PgStore {
         self.rows()
     }
 
+    /// Every body is still read (the head lives inside it), but only the head is kept.
+    fn list_heads(&self) -> Result<Vec<Sealed>, StateError> {
+        let mut out = self
+            .stream_rows()?
+            .map(|row| row.and_then(|(key, body)| seal_head(key.as_bytes(), &body)))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| a.address.cmp(&b.address));
+        Ok(out)
+    }
+
     fn unseal(&self, sealed: &Sealed) -> Result<Record, StateError> {
         let key = sealed.address.to_string();
+        if sealed.bytes.is_some() {
+            return self
+                .codec
+                .decode_record(parse_stored(key.as_bytes(), sealed.bytes())?);
+        }
+        // A head: its record read again, and refused if it changed since the head was listed.
+        let changed = || StateError::Corrupt {
+            key: key.clone(),
+            reason: "the record changed while it was being read; run the command again".to_owned(),
+        };
+        let q = self.sql("SELECT body FROM {s}.resources WHERE address = $1");
+        let (k, shown) = (key.clone(), self.shown.clone());
+        let body: Vec<u8> = self
+            .call(move |c| async move {
+                Ok(c.query_opt(&q, &[&k])
+                    .await
+                    .map_err(|e| pg_error(&shown, e))?
+                    .map(|r| r.get(0)))
+            })?
+            .ok_or_else(changed)?;
+        let now = seal_head(key.as_bytes(), &body)?;
+        if (now.status, now.generation, &now.spec_hash)
+            != (sealed.status, sealed.generation, &sealed.spec_hash)
+        {
+            return Err(changed());
+        }
         self.codec
-            .decode_record(parse_stored(key.as_bytes(), sealed.bytes())?)
+            .decode_record(parse_stored(key.as_bytes(), &body)?)
     }
 
     fn put_run(&self, run: &Run) -> Result<(), StateError> {
@@ -800,10 +914,18 @@ impl StateStore for PgStore {
         self.codec.export(&self.meta()?, stored, include_secrets)
     }
 
+    /// Streamed: each row is written as it arrives (see [`PgStore::each_row`]).
     fn export_signed(&self, out: &mut dyn std::io::Write) -> Result<(), StateError> {
-        let rows = self.rows()?;
-        self.codec
-            .write_signed(&self.meta()?, rows.iter().map(|r| Ok(r.bytes())), out)
+        // The meta first: the worker answers one job at a time, and the stream is one.
+        let meta = self.meta()?;
+        let rows = self.stream_rows()?.map(|r| r.map(|(_, body)| body));
+        self.codec.write_signed(&meta, rows, out)
+    }
+
+    /// Streamed like [`PgStore::export_signed`].
+    fn export_plain(&self, out: &mut dyn std::io::Write) -> Result<(), StateError> {
+        let meta = self.meta()?;
+        codec::write_plain(&meta, self.stream_rows()?, out)
     }
 
     fn import_from(
