@@ -720,7 +720,8 @@ impl Iterator for RowStream {
 
 /// A record as its row is written: address, status, stored bytes.
 type Row = (String, String, Vec<u8>);
-/// `state import` writes its rows in chunks of this many records or bytes.
+/// `state import` (and `state migrate` into PostgreSQL) writes its rows in chunks of this
+/// many records (or, for the import, bytes).
 const IMPORT_CHUNK_RECORDS: usize = 1024;
 const IMPORT_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 
@@ -1008,17 +1009,8 @@ impl StateStore for PgStore {
     }
 
     fn load(&self, dump: &Dump) -> Result<(), StateError> {
-        let records = dump
-            .records
-            .iter()
-            .map(|r| {
-                (
-                    r.address.to_string(),
-                    r.status.as_str().to_owned(),
-                    r.bytes().to_vec(),
-                )
-            })
-            .collect::<Vec<_>>();
+        // A clone shares each record's bytes; rows are copied out a chunk at a time below.
+        let records = dump.records.clone();
         let runs = dump
             .runs
             .iter()
@@ -1050,7 +1042,19 @@ impl StateStore for PgStore {
             if !empty {
                 return Ok(Err(StateError::NotEmpty { store: shown }));
             }
-            upsert_resources(&c, &s, &records).await?;
+            for chunk in records.chunks(IMPORT_CHUNK_RECORDS) {
+                let rows: Vec<Row> = chunk
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.address.to_string(),
+                            r.status.as_str().to_owned(),
+                            r.bytes().to_vec(),
+                        )
+                    })
+                    .collect();
+                upsert_resources(&c, &s, &rows).await?;
+            }
             let (ids, bodies): (Vec<String>, Vec<Vec<u8>>) = runs.into_iter().unzip();
             c.execute(
                 &format!(
