@@ -73,6 +73,32 @@ impl Codec {
         })
     }
 
+    /// Decode a record listed by `list_sealed` (its bytes) or `list_heads` (a head alone:
+    /// `read` fetches the record's bytes now, and a record gone or changed since its head
+    /// was listed is refused, so a pass never mixes two versions of a record).
+    pub(super) fn unseal<B: AsRef<[u8]>>(
+        &self,
+        sealed: &Sealed,
+        read: impl FnOnce(&str) -> Result<Option<B>, StateError>,
+    ) -> Result<Record, StateError> {
+        let key = sealed.address.to_string();
+        if let Some(bytes) = &sealed.bytes {
+            return self.decode_record(parse_stored(key.as_bytes(), bytes)?);
+        }
+        let changed = || StateError::Corrupt {
+            key: key.clone(),
+            reason: "the record changed while it was being read; run the command again".to_owned(),
+        };
+        let bytes = read(&key)?.ok_or_else(changed)?;
+        let now = seal_head(key.as_bytes(), bytes.as_ref())?;
+        if (now.status, now.generation, &now.spec_hash)
+            != (sealed.status, sealed.generation, &sealed.spec_hash)
+        {
+            return Err(changed());
+        }
+        self.decode_record(parse_stored(key.as_bytes(), bytes.as_ref())?)
+    }
+
     /// A stored record back in memory, secrets decrypted.
     pub(super) fn decode_record(&self, stored: StoredRecord) -> Result<Record, StateError> {
         let entry = stored.address.to_string();

@@ -252,16 +252,7 @@ pub trait StateStore: Send + Sync {
     fn export(&self, include_secrets: bool) -> Result<serde_json::Value, StateError>;
     /// The whole state as [`StateStore::export`] without secrets, streamed to `out` record by
     /// record; nothing is decrypted.
-    fn export_plain(&self, out: &mut dyn std::io::Write) -> Result<(), StateError> {
-        let records = self.list_sealed()?;
-        codec::write_plain(
-            &self.meta()?,
-            records
-                .iter()
-                .map(|r| Ok((r.address.to_string(), r.bytes()))),
-            out,
-        )
-    }
+    fn export_plain(&self, out: &mut dyn std::io::Write) -> Result<(), StateError>;
     /// The whole state with secrets encrypted, signed: what a backup holds, streamed to `out`
     /// record by record, ending in a MAC under the state key over every byte before it.
     fn export_signed(&self, out: &mut dyn std::io::Write) -> Result<(), StateError>;

@@ -643,12 +643,33 @@ impl PgStore {
     /// Every stored record, undecoded, sorted by address (each row's body is copied once,
     /// into its `Sealed`, as it arrives).
     fn rows(&self) -> Result<Vec<Sealed>, StateError> {
+        self.sealed_rows(seal)
+    }
+
+    /// Every row made into a `Sealed` by `make` (its key and body) as it arrives, sorted by
+    /// address.
+    fn sealed_rows(
+        &self,
+        make: fn(&[u8], &[u8]) -> Result<Sealed, StateError>,
+    ) -> Result<Vec<Sealed>, StateError> {
         let mut out = self
             .stream_rows()?
-            .map(|row| row.and_then(|(key, body)| seal(key.as_bytes(), &body)))
+            .map(|row| row.and_then(|(key, body)| make(key.as_bytes(), &body)))
             .collect::<Result<Vec<_>, _>>()?;
         out.sort_by(|a, b| a.address.cmp(&b.address));
         Ok(out)
+    }
+
+    /// One record's stored bytes, if it is there.
+    fn body(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let q = self.sql("SELECT body FROM {s}.resources WHERE address = $1");
+        let (k, shown) = (key.to_owned(), self.shown.clone());
+        self.call(move |c| async move {
+            Ok(c.query_opt(&q, &[&k])
+                .await
+                .map_err(|e| pg_error(&shown, e))?
+                .map(|r| r.get(0)))
+        })
     }
 }
 
@@ -764,16 +785,9 @@ impl StateStore for PgStore {
     }
 
     fn get(&self, address: &Address) -> Result<Option<Record>, StateError> {
-        let q = self.sql("SELECT body FROM {s}.resources WHERE address = $1");
-        let (key, shown) = (address.to_string(), self.shown.clone());
-        let k = key.clone();
-        let body: Option<Vec<u8>> = self.call(move |c| async move {
-            Ok(c.query_opt(&q, &[&k])
-                .await
-                .map_err(|e| pg_error(&shown, e))?
-                .map(|r| r.get(0)))
-        })?;
-        body.map(|b| self.codec.decode_record(parse_stored(key.as_bytes(), &b)?))
+        let key = address.to_string();
+        self.body(&key)?
+            .map(|b| self.codec.decode_record(parse_stored(key.as_bytes(), &b)?))
             .transpose()
     }
 
@@ -811,44 +825,11 @@ impl StateStore for PgStore {
 
     /// Every body is still read (the head lives inside it), but only the head is kept.
     fn list_heads(&self) -> Result<Vec<Sealed>, StateError> {
-        let mut out = self
-            .stream_rows()?
-            .map(|row| row.and_then(|(key, body)| seal_head(key.as_bytes(), &body)))
-            .collect::<Result<Vec<_>, _>>()?;
-        out.sort_by(|a, b| a.address.cmp(&b.address));
-        Ok(out)
+        self.sealed_rows(seal_head)
     }
 
     fn unseal(&self, sealed: &Sealed) -> Result<Record, StateError> {
-        let key = sealed.address.to_string();
-        if sealed.bytes.is_some() {
-            return self
-                .codec
-                .decode_record(parse_stored(key.as_bytes(), sealed.bytes())?);
-        }
-        // A head: its record read again, and refused if it changed since the head was listed.
-        let changed = || StateError::Corrupt {
-            key: key.clone(),
-            reason: "the record changed while it was being read; run the command again".to_owned(),
-        };
-        let q = self.sql("SELECT body FROM {s}.resources WHERE address = $1");
-        let (k, shown) = (key.clone(), self.shown.clone());
-        let body: Vec<u8> = self
-            .call(move |c| async move {
-                Ok(c.query_opt(&q, &[&k])
-                    .await
-                    .map_err(|e| pg_error(&shown, e))?
-                    .map(|r| r.get(0)))
-            })?
-            .ok_or_else(changed)?;
-        let now = seal_head(key.as_bytes(), &body)?;
-        if (now.status, now.generation, &now.spec_hash)
-            != (sealed.status, sealed.generation, &sealed.spec_hash)
-        {
-            return Err(changed());
-        }
-        self.codec
-            .decode_record(parse_stored(key.as_bytes(), &body)?)
+        self.codec.unseal(sealed, |key| self.body(key))
     }
 
     fn put_run(&self, run: &Run) -> Result<(), StateError> {

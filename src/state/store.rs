@@ -448,29 +448,11 @@ impl StateStore for SledStore {
     }
 
     fn unseal(&self, sealed: &Sealed) -> Result<Record, StateError> {
-        let key = sealed.address.to_string();
-        if sealed.bytes.is_some() {
-            return self
-                .codec
-                .decode_record(parse_stored(key.as_bytes(), sealed.bytes())?);
-        }
-        let changed = || StateError::Corrupt {
-            key: key.clone(),
-            reason: "the record changed while it was being read; run the command again".to_owned(),
-        };
-        let bytes = self
-            .resources
-            .get(key.as_bytes())
-            .map_err(|e| sled_error(e, &self.dir))?
-            .ok_or_else(changed)?;
-        let now = seal_head(key.as_bytes(), &bytes)?;
-        if (now.status, now.generation, &now.spec_hash)
-            != (sealed.status, sealed.generation, &sealed.spec_hash)
-        {
-            return Err(changed());
-        }
-        self.codec
-            .decode_record(parse_stored(key.as_bytes(), &bytes)?)
+        self.codec.unseal(sealed, |key| {
+            self.resources
+                .get(key.as_bytes())
+                .map_err(|e| sled_error(e, &self.dir))
+        })
     }
 
     fn put_run(&self, run: &Run) -> Result<(), StateError> {
@@ -1607,6 +1589,26 @@ mod tests {
             pick(store.list_heads().expect("heads")),
             pick(store.list_sealed().expect("records")),
         )
+    }
+
+    #[test]
+    fn a_head_unseals_its_record_and_refuses_one_changed_or_gone_since_it_was_listed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let (mut a, b) = (sample("a"), sample("b"));
+        store.put_all(&[a.clone(), b.clone()]).expect("put_all");
+        let heads = store.list_heads().expect("heads");
+        assert_eq!(store.unseal(&heads[1]).expect("unchanged"), b);
+        a.generation += 1;
+        store.put(&a).expect("a changes");
+        store.remove(&addr("b")).expect("b goes");
+        for head in &heads {
+            let err = store.unseal(head).expect_err("refused");
+            assert!(
+                err.to_string().contains("changed while it was being read"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
