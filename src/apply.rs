@@ -18,7 +18,9 @@ use crate::graph::Graph;
 use crate::manifest::ManifestSet;
 use crate::plan::{Action, Plan};
 use crate::provider::{self, Desired, ErrorClass, Journal, Provider, ProviderError};
-use crate::state::{Record, ResourceResult, Run, RunOutcome, StateStore, Status, Trigger};
+use crate::state::{
+    Record, ResourceResult, Run, RunOutcome, StateError, StateStore, Status, Trigger,
+};
 use crate::value::Value;
 
 /// Unix milliseconds now.
@@ -72,6 +74,8 @@ impl Outcome {
 struct StoreJournal {
     store: Arc<dyn StateStore>,
     record: Mutex<Record>,
+    /// Something was journaled (and so flushed, with the `applying` mark in the record).
+    saved: std::sync::atomic::AtomicBool,
 }
 
 impl StoreJournal {
@@ -97,7 +101,9 @@ impl Journal for StoreJournal {
         };
         blocking(&self.store, move |s| s.put(&rec))
             .await
-            .map_err(|e| ProviderError::permanent(format!("cannot persist to state: {e}")))
+            .map_err(|e| ProviderError::permanent(format!("cannot persist to state: {e}")))?;
+        self.saved.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -114,6 +120,8 @@ struct Shared<'a> {
     per_system: Mutex<HashMap<String, Arc<Semaphore>>>,
     opts: ApplyOptions,
     key: Vec<u8>,
+    /// Each action's last state write, under way (see the end of [`converge`]).
+    final_writes: Mutex<Vec<(Address, tokio::task::JoinHandle<Result<(), StateError>>)>>,
 }
 
 /// Apply a plan. Returns the run record (already stored).
@@ -174,6 +182,7 @@ pub async fn apply(
         per_system: Mutex::new(HashMap::new()),
         key: store.digest_key().to_vec(),
         opts,
+        final_writes: Mutex::new(Vec::new()),
     };
     let actions: BTreeMap<Address, Action> = plan
         .changes
@@ -252,7 +261,28 @@ pub async fn apply(
             (a, action, outcome, start.elapsed())
         });
     }
-    let results = futures::future::join_all(tasks).await;
+    let mut results = futures::future::join_all(tasks).await;
+    // An action whose last state write failed is reported failed: state does not know what it
+    // did beyond its `applying` record, and the next run converges it from there.
+    let writes = std::mem::take(
+        &mut *shared
+            .final_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    for (a, write) in writes {
+        let failed = match write.await {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("state task failed: {e}"),
+        };
+        if let Some(r) = results.iter_mut().find(|r| r.0 == a) {
+            r.2 = Outcome::Failed(
+                format!("applied, but its state could not be written: {failed}"),
+                ErrorClass::Transient,
+            );
+        }
+    }
 
     let mut run = Run {
         id: format!("{:013}-{:04x}", now_ms(), rand::random::<u16>()),
@@ -535,14 +565,22 @@ async fn converge(
     }
     rec.status = Status::Applying;
     rec.updated_at = now;
-    let marked = rec.clone();
-    blocking(&shared.store, move |s| s.put(&marked))
-        .await
-        .map_err(state_error)?;
+    // Invariant 2: the mark is on disk before the action starts: written and flushed here
+    // unless the
+    // provider's first step is a journal write: the journal holds the marked record, so that
+    // write carries the mark (and nothing was sent anywhere if the provider fails before it).
+    let journals_first = p.journals_before_acting(&desired, recorded.as_ref());
+    if !journals_first {
+        let marked = rec.clone();
+        blocking(&shared.store, move |s| s.put(&marked))
+            .await
+            .map_err(state_error)?;
+    }
 
     let journal = StoreJournal {
         store: Arc::clone(&shared.store),
         record: Mutex::new(rec),
+        saved: std::sync::atomic::AtomicBool::new(false),
     };
     let (key, limit) = a.kind.model().concurrency(&desired.connection);
     let _permit = system_permit(shared, key, limit).await;
@@ -564,6 +602,12 @@ async fn converge(
     };
     let result =
         tokio::time::timeout(desired.timeout, crate::provider::with_output(sink, attempt)).await;
+    debug_assert!(
+        !journals_first
+            || journal.saved.load(std::sync::atomic::Ordering::SeqCst)
+            || matches!(&result, Ok(Err(_)) | Err(_)),
+        "{a}: the provider said it journals before acting, but applied without journaling"
+    );
     let mut rec = journal.snapshot();
     rec.updated_at = now_ms();
     let outcome = match result {
@@ -591,13 +635,17 @@ async fn converge(
         rec.error_class = Some(e.class);
         rec.failed_inputs = Some(inputs_digest(&desired, &shared.key));
     }
-    // Not waited on to be durable (the run record's flush at the end covers it): a crash
-    // before then leaves the `applying` record written above, with what the provider
-    // journaled, and the next run observes the object and converges it again.
+    // Neither waited on to be durable (the run record's flush at the end covers it) nor to be
+    // written: dependents read outputs from memory, and `apply` awaits every such write before
+    // it stores the run. A crash before then leaves the `applying` record written above, with
+    // what the provider journaled, and the next run observes the object and converges it
+    // again.
     let saved = rec.clone();
-    blocking(&shared.store, move |s| s.put_lazy(&saved))
-        .await
-        .map_err(state_error)?;
+    let store = Arc::clone(&shared.store);
+    let write = tokio::task::spawn_blocking(move || store.put_lazy(&saved));
+    if let Ok(mut pending) = shared.final_writes.lock() {
+        pending.push((a.clone(), write));
+    }
     if let Ok(mut r) = shared.records.lock() {
         r.insert(a.clone(), rec);
     }
@@ -710,6 +758,105 @@ mod tests {
             running: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
         })
+    }
+
+    /// Checks, at the moment it would act on the outside system, that its resource is
+    /// recorded `applying`; when it says it journals first, it journals before that look.
+    struct Marks {
+        journals_first: bool,
+        store: std::sync::OnceLock<Arc<dyn StateStore>>,
+        seen: Mutex<Vec<(Status, bool)>>,
+    }
+
+    #[async_trait]
+    impl Provider for Marks {
+        fn name(&self) -> &'static str {
+            "postgres"
+        }
+        fn journals_before_acting(&self, _: &Desired, _: Option<&Record>) -> bool {
+            self.journals_first
+        }
+        async fn observe(
+            &self,
+            _: &Desired,
+            _: Option<&Record>,
+        ) -> Result<Option<Observed>, ProviderError> {
+            Ok(None)
+        }
+        async fn apply(
+            &self,
+            journal: &dyn Journal,
+            d: &Desired,
+            _: Option<&Record>,
+        ) -> Result<Applied, ProviderError> {
+            if self.journals_first {
+                journal
+                    .save_private(BTreeMap::from([("password".into(), Value::Int(1))]))
+                    .await?;
+            }
+            let store = self.store.get().expect("store set before the apply");
+            let rec = store
+                .get(&d.address)
+                .expect("read state")
+                .expect("a record exists before the action");
+            self.seen
+                .lock()
+                .expect("seen")
+                .push((rec.status, rec.private.contains_key("password")));
+            Ok(Applied::default())
+        }
+        async fn destroy(&self, _: &Record) -> Result<(), ProviderError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_applying_mark_is_written_before_the_action_whether_or_not_the_journal_carries_it()
+    {
+        for journals_first in [false, true] {
+            let set = crate::manifest::load_files(
+                Path::new("/m"),
+                vec![(
+                    PathBuf::from("m.yaml"),
+                    Ok(format!("{SERVER}{}", db("a", "o"))),
+                )],
+            )
+            .expect("manifests");
+            let graph = Graph::build(&set).expect("graph");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store: Arc<dyn StateStore> = Arc::new(SledStore::open(dir.path()).expect("store"));
+            let marks = Arc::new(Marks {
+                journals_first,
+                store: std::sync::OnceLock::new(),
+                seen: Mutex::new(Vec::new()),
+            });
+            assert!(marks.store.set(Arc::clone(&store)).is_ok());
+            let providers: Vec<Arc<dyn Provider>> = vec![marks.clone()];
+            let plan = plan(&set, &graph, &store, &providers, &PlanOptions::default())
+                .await
+                .expect("plan");
+            let opts = ApplyOptions {
+                parallelism: 1,
+                trigger: Trigger::Cli,
+                progress: Arc::new(|_| {}),
+                heartbeat: Duration::from_secs(10),
+                revision: None,
+            };
+            let run = apply(&set, &graph, &plan, &store, &providers, opts)
+                .await
+                .expect("apply");
+            assert_eq!(run.exit_code, 0);
+            assert_eq!(
+                *marks.seen.lock().expect("seen"),
+                [(Status::Applying, journals_first)],
+                "journals_first = {journals_first}"
+            );
+            let done = store
+                .get(&"PostgresDatabase.a".parse().expect("address"))
+                .expect("read")
+                .expect("record");
+            assert_eq!(done.status, Status::Ready, "the final write landed");
+        }
     }
 
     #[tokio::test]

@@ -370,6 +370,57 @@ async fn the_password_is_saved_before_the_role_exists_and_a_second_apply_changes
     destroy(&p, &again).await;
 }
 
+/// A first apply creates without reading first; a role and a database that appeared since the
+/// plan (wrong attributes, another owner, PUBLIC access, no password) are met as "already
+/// exists" and converged like any found by a read.
+#[tokio::test]
+async fn a_first_apply_converges_a_role_and_database_made_since_the_plan() {
+    let p = PostgresProvider::default();
+    let t = tenant();
+    let d = desired(&t, connection(None, "prefer"), &[]);
+    let other = unique("other");
+    let admin = superuser().await;
+    for statement in [
+        format!("CREATE ROLE {other}"),
+        format!("CREATE ROLE {} NOLOGIN CREATEDB CONNECTION LIMIT 3", t.owner),
+        format!("CREATE DATABASE {} OWNER {other}", t.database),
+    ] {
+        admin
+            .batch_execute(&statement)
+            .await
+            .expect("make the tenant's objects by hand");
+    }
+
+    let journal = TestJournal::default();
+    let r = apply(&p, &journal, &d, None).await;
+    assert_eq!(journal.saves(), 1, "the new password was journaled");
+    assert!(
+        drift(&p, &d, &r).await.is_empty(),
+        "attributes, owner, PUBLIC access and password converged"
+    );
+    let password = secret(&r.private, "password");
+    let tenant = connect_as(&t.owner, Some(&password), &t.database)
+        .await
+        .expect("the role logs in with the recorded password");
+    let owner: String = tenant
+        .query_one(
+            "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .expect("read the owner")
+        .get(0);
+    assert_eq!(owner, t.owner);
+    drop(tenant);
+
+    destroy(&p, &r).await;
+    superuser()
+        .await
+        .batch_execute(&format!("DROP ROLE {other}"))
+        .await
+        .expect("clean up");
+}
+
 #[tokio::test]
 async fn the_generated_password_and_url_log_in_and_the_owner_can_create_tables() {
     let p = PostgresProvider::default();

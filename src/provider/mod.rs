@@ -89,6 +89,18 @@ pub trait Provider: Send + Sync {
         recorded: Option<&Record>,
     ) -> Result<Applied, ProviderError>;
 
+    /// Whether `apply(desired, recorded)` will call [`Journal::save_private`] before it sends
+    /// anything to the outside system (a provider that generates a secret does). The
+    /// executor then writes the resource's `applying` mark without waiting for it to be
+    /// durable: that first journal write carries the mark to disk with it, one flush instead
+    /// of two, and invariant 2 still holds. A provider that answers `true` and then acts
+    /// first breaks invariant 2; debug builds panic when an apply so marked returns without
+    /// having journaled. Default: `false` (the mark is flushed before `apply` starts).
+    fn journals_before_acting(&self, desired: &Desired, recorded: Option<&Record>) -> bool {
+        let _ = (desired, recorded);
+        false
+    }
+
     /// Remove the object described by `recorded`; `Ok` if it is already gone. Providers decide
     /// from the recorded spec what removal means (e.g. `on_delete: retain` keeps data).
     async fn destroy(&self, recorded: &Record) -> Result<(), ProviderError>;

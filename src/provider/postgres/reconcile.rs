@@ -207,15 +207,26 @@ pub struct Converged {
     pub oid: Option<i64>,
 }
 
+/// Where [`converge`] starts from.
+#[derive(Clone, Copy, Debug)]
+pub struct Start {
+    /// The password was generated for this apply (first create or rotation), so it is set
+    /// without first trying it.
+    pub fresh: bool,
+    /// tend never sent anything of this tenant to the server (no earlier attempt): the role
+    /// and the database are created without being read first. One that exists all the same
+    /// (made since the plan looked) answers "already exists" and is read and converged then.
+    pub first: bool,
+}
+
 /// Converge the tenant: role, membership, database, isolation, password.
 ///
-/// `fresh` says the password was generated for this apply (first create or rotation), so it
-/// is set without first trying it; `made` is its verifier when it was built ahead of need.
+/// `made` is the verifier of `password` when it was built ahead of need.
 ///
-/// Round trips for a tenant that does not exist yet: the role and the database read together
-/// (pipelined), CREATE ROLE, CREATE DATABASE, then the REVOKE and the OID read together. A
-/// database this call created is not read back: its owner and limit are those it was created
-/// with, and the REVOKE is idempotent.
+/// Round trips for a tenant that does not exist yet: CREATE ROLE, CREATE DATABASE, then the
+/// REVOKE and the OID read together (plus, unless [`Start::first`], the role and the database
+/// read together before). A database this call created is not read back: its owner and limit
+/// are those it was created with, and the REVOKE is idempotent.
 pub async fn converge(
     pools: &Pools,
     admin: &Admin,
@@ -223,8 +234,9 @@ pub async fn converge(
     tenant: &Tenant,
     password: &Sensitive,
     made: Option<Sensitive>,
-    fresh: bool,
+    start: Start,
 ) -> Result<Converged, ProviderError> {
+    let Start { fresh, first } = start;
     let role = tenant.owner.as_str();
     let database = tenant.database.as_str();
     let mut made = made;
@@ -232,8 +244,11 @@ pub async fn converge(
     // The verifier the role is known to hold afterwards, when the admin can know it.
     let mut in_place = None;
 
-    let (found_role, found_db) =
-        tokio::try_join!(read_role(admin, role), read_database(admin, database))?;
+    let (found_role, found_db) = if first {
+        (None, None)
+    } else {
+        tokio::try_join!(read_role(admin, role), read_database(admin, database))?
+    };
 
     // 1. The role: create with every attribute and the password, or fix its attributes.
     let mut password_set = false;
