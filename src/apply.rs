@@ -121,8 +121,11 @@ struct Shared<'a> {
     opts: ApplyOptions,
     key: Vec<u8>,
     /// Each action's last state write, under way (see the end of [`converge`]).
-    final_writes: Mutex<Vec<(Address, tokio::task::JoinHandle<Result<(), StateError>>)>>,
+    final_writes: Mutex<Vec<(Address, FinalWrite)>>,
 }
+
+/// An action's last state write, on a blocking thread.
+type FinalWrite = tokio::task::JoinHandle<Result<(), StateError>>;
 
 /// Apply a plan. Returns the run record (already stored).
 pub async fn apply(

@@ -382,7 +382,10 @@ async fn a_first_apply_converges_a_role_and_database_made_since_the_plan() {
     let admin = superuser().await;
     for statement in [
         format!("CREATE ROLE {other}"),
-        format!("CREATE ROLE {} NOLOGIN CREATEDB CONNECTION LIMIT 3", t.owner),
+        format!(
+            "CREATE ROLE {} NOLOGIN CREATEDB CONNECTION LIMIT 3",
+            t.owner
+        ),
         format!("CREATE DATABASE {} OWNER {other}", t.database),
     ] {
         admin
