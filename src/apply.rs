@@ -74,8 +74,8 @@ impl Outcome {
 struct StoreJournal {
     store: Arc<dyn StateStore>,
     record: Mutex<Record>,
-    /// Something was journaled (and so flushed, with the `applying` mark in the record).
-    saved: std::sync::atomic::AtomicBool,
+    /// What this action journaled (the record's private data before it began is not here).
+    saved: Mutex<BTreeMap<String, Value>>,
 }
 
 impl StoreJournal {
@@ -95,17 +95,33 @@ impl Journal for StoreJournal {
                 .record
                 .lock()
                 .map_err(|_| ProviderError::permanent("state journal poisoned"))?;
-            r.private.extend(private);
+            r.private.extend(private.clone());
             r.updated_at = now_ms();
             r.clone()
         };
         blocking(&self.store, move |s| s.put(&rec))
             .await
             .map_err(|e| ProviderError::permanent(format!("cannot persist to state: {e}")))?;
-        self.saved.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.saved
+            .lock()
+            .map_err(|_| ProviderError::permanent("state journal poisoned"))?
+            .extend(private);
         Ok(())
     }
+
+    fn journaled(&self, key: &str) -> Option<Value> {
+        self.saved.lock().ok()?.get(key).cloned()
+    }
 }
+
+/// Actions that may be ready (desired state resolved, `Provider::prepare` journaled, the
+/// `applying` mark durable) beyond those running. Their flushes then overlap the running
+/// actions' work and share group commits, instead of each waiting on the disk between two
+/// actions: measured with `--parallelism 1` on 500 new databases, a PostgreSQL checkpoint's
+/// writeback on the same disk made each flush wait 5–13 ms, which a look-ahead of 1 still
+/// showed and one of 8 hid (`apply_vs_psql`). A crash leaves at most this many more records
+/// `applying` with nothing sent; they are refreshed and converged by the next run.
+const LOOKAHEAD: usize = 8;
 
 /// Output lines of providers kept per run (the newest).
 const OUTPUT_TAIL: usize = 500;
@@ -117,6 +133,8 @@ struct Shared<'a> {
     providers: Vec<Arc<dyn Provider>>,
     records: Mutex<BTreeMap<Address, Record>>,
     global: Semaphore,
+    /// Actions between getting ready and done: the parallelism plus [`LOOKAHEAD`].
+    ahead: Semaphore,
     per_system: Mutex<HashMap<String, Arc<Semaphore>>>,
     opts: ApplyOptions,
     key: Vec<u8>,
@@ -182,6 +200,7 @@ pub async fn apply(
         providers: providers.to_vec(),
         records: Mutex::new(records),
         global: Semaphore::new(opts.parallelism.max(1)),
+        ahead: Semaphore::new(opts.parallelism.max(1) + LOOKAHEAD),
         per_system: Mutex::new(HashMap::new()),
         key: store.digest_key().to_vec(),
         opts,
@@ -391,6 +410,19 @@ async fn run_one(shared: &Shared<'_>, a: &Address, action: Action) -> Outcome {
     let Some(p) = provider::for_kind(&shared.providers, a.kind) else {
         return Outcome::Failed(format!("no provider for {}", a.kind), ErrorClass::Permanent);
     };
+    // A bounded look-ahead: up to LOOKAHEAD more actions than run at once get ready (and
+    // their journal writes durable) while the running ones wait on their systems.
+    let Ok(_ahead) = shared.ahead.acquire().await else {
+        return Outcome::Failed("internal: executor closed".into(), ErrorClass::Transient);
+    };
+    let recorded = shared.records.lock().ok().and_then(|r| r.get(a).cloned());
+    let early = match action {
+        Action::Create | Action::Update | Action::Adopt => {
+            let fresh = matches!(action, Action::Create | Action::Adopt);
+            Some(ready(shared, p.as_ref(), a, recorded.clone(), fresh).await)
+        }
+        _ => None,
+    };
     let Ok(_global) = shared.global.acquire().await else {
         return Outcome::Failed("internal: executor closed".into(), ErrorClass::Transient);
     };
@@ -412,7 +444,6 @@ async fn run_one(shared: &Shared<'_>, a: &Address, action: Action) -> Outcome {
         }
     };
     let work = async {
-        let recorded = shared.records.lock().ok().and_then(|r| r.get(a).cloned());
         match action {
             Action::Delete => {
                 let Some(rec) = recorded else {
@@ -432,12 +463,15 @@ async fn run_one(shared: &Shared<'_>, a: &Address, action: Action) -> Outcome {
                 if let Some(rec) = &recorded {
                     destroy(shared, p.as_ref(), rec).await?;
                 }
-                converge(shared, p.as_ref(), a, None, true).await
+                let ready = ready(shared, p.as_ref(), a, None, true).await?;
+                act(shared, p.as_ref(), a, ready).await
             }
-            _ => {
-                let fresh = matches!(action, Action::Create | Action::Adopt);
-                converge(shared, p.as_ref(), a, recorded, fresh).await
-            }
+            _ => match early {
+                Some(ready) => act(shared, p.as_ref(), a, ready?).await,
+                None => Err(ProviderError::permanent(format!(
+                    "internal: {a} was not made ready"
+                ))),
+            },
         }
     };
     let outcome = tokio::select! {
@@ -518,14 +552,27 @@ fn output_sink(shared: &Shared<'_>, a: &Address) -> crate::provider::OutputSink 
     })
 }
 
-/// Create or update one resource.
-async fn converge(
+/// A create or update made ready, before its turn: desired state resolved, the provider's
+/// [`Provider::prepare`] done and the `applying` mark on disk.
+struct Ready {
+    desired: Arc<Desired>,
+    hash: String,
+    recorded: Option<Record>,
+    journal: StoreJournal,
+    /// `prepare`'s error: the action fails with it, recorded like any failure, without
+    /// calling `apply`.
+    prepared: Result<(), ProviderError>,
+}
+
+/// Get a create or update ready (see [`Ready`]). Local work only: nothing here reaches the
+/// outside system, so it may run while other actions hold the permits.
+async fn ready(
     shared: &Shared<'_>,
     p: &dyn Provider,
     a: &Address,
     recorded: Option<Record>,
     fresh: bool,
-) -> Result<Outcome, ProviderError> {
+) -> Result<Ready, ProviderError> {
     let desired = {
         // Look outputs up one by one: cloning every record for each action made an apply of
         // n resources cost O(n²).
@@ -568,27 +615,50 @@ async fn converge(
     }
     rec.status = Status::Applying;
     rec.updated_at = now;
-    // Invariant 2: the mark is on disk before the action starts: written and flushed here
-    // unless the
-    // provider's first step is a journal write: the journal holds the marked record, so that
-    // write carries the mark (and nothing was sent anywhere if the provider fails before it).
-    let journals_first = p.journals_before_acting(&desired, recorded.as_ref());
-    if !journals_first {
-        let marked = rec.clone();
+    let journal = StoreJournal {
+        store: Arc::clone(&shared.store),
+        record: Mutex::new(rec),
+        saved: Mutex::new(BTreeMap::new()),
+    };
+    // Invariant 2: the mark is on disk before the action starts. The journal holds the marked
+    // record, so a journal write by `prepare` carries it; otherwise it is written and flushed
+    // here (also when `prepare` failed: nothing was sent anywhere, and the failure is
+    // recorded after).
+    let prepared = p.prepare(&journal, &desired, recorded.as_ref()).await;
+    if !matches!(prepared, Ok(true)) {
+        let marked = journal.snapshot();
         blocking(&shared.store, move |s| s.put(&marked))
             .await
             .map_err(state_error)?;
     }
+    Ok(Ready {
+        desired,
+        hash,
+        recorded,
+        journal,
+        prepared: prepared.map(|_| ()),
+    })
+}
 
-    let journal = StoreJournal {
-        store: Arc::clone(&shared.store),
-        record: Mutex::new(rec),
-        saved: std::sync::atomic::AtomicBool::new(false),
-    };
+/// Run a ready create or update under its timeout and record the outcome.
+async fn act(
+    shared: &Shared<'_>,
+    p: &dyn Provider,
+    a: &Address,
+    ready: Ready,
+) -> Result<Outcome, ProviderError> {
+    let Ready {
+        desired,
+        hash,
+        recorded,
+        journal,
+        prepared,
+    } = ready;
     let (key, limit) = a.kind.model().concurrency(&desired.connection);
     let _permit = system_permit(shared, key, limit).await;
     let sink = output_sink(shared, a);
     let attempt = async {
+        prepared?;
         match p.apply(&journal, &desired, recorded.as_ref()).await {
             // Someone else changed the object: observe it again, then retry once from what
             // this attempt persisted (kube's `error_policy`; providers re-read before acting).
@@ -605,12 +675,6 @@ async fn converge(
     };
     let result =
         tokio::time::timeout(desired.timeout, crate::provider::with_output(sink, attempt)).await;
-    debug_assert!(
-        !journals_first
-            || journal.saved.load(std::sync::atomic::Ordering::SeqCst)
-            || matches!(&result, Ok(Err(_)) | Err(_)),
-        "{a}: the provider said it journals before acting, but applied without journaling"
-    );
     let mut rec = journal.snapshot();
     rec.updated_at = now_ms();
     let outcome = match result {
@@ -764,11 +828,32 @@ mod tests {
     }
 
     /// Checks, at the moment it would act on the outside system, that its resource is
-    /// recorded `applying`; when it says it journals first, it journals before that look.
+    /// recorded `applying`; when `prepares`, its `prepare` journals a "password" first. Logs
+    /// when each resource is prepared and when its apply starts and ends.
     struct Marks {
-        journals_first: bool,
+        prepares: bool,
         store: std::sync::OnceLock<Arc<dyn StateStore>>,
-        seen: Mutex<Vec<(Status, bool)>>,
+        seen: Mutex<Vec<(Status, bool, Option<Value>)>>,
+        events: Mutex<Vec<String>>,
+    }
+
+    impl Marks {
+        fn new(prepares: bool, store: &Arc<dyn StateStore>) -> Arc<Marks> {
+            let marks = Marks {
+                prepares,
+                store: std::sync::OnceLock::new(),
+                seen: Mutex::new(Vec::new()),
+                events: Mutex::new(Vec::new()),
+            };
+            assert!(marks.store.set(Arc::clone(store)).is_ok());
+            Arc::new(marks)
+        }
+        fn event(&self, what: &str, d: &Desired) {
+            self.events
+                .lock()
+                .expect("events")
+                .push(format!("{what} {}", d.address.name));
+        }
     }
 
     #[async_trait]
@@ -776,8 +861,19 @@ mod tests {
         fn name(&self) -> &'static str {
             "postgres"
         }
-        fn journals_before_acting(&self, _: &Desired, _: Option<&Record>) -> bool {
-            self.journals_first
+        async fn prepare(
+            &self,
+            journal: &dyn Journal,
+            d: &Desired,
+            _: Option<&Record>,
+        ) -> Result<bool, ProviderError> {
+            if self.prepares {
+                journal
+                    .save_private(BTreeMap::from([("password".into(), Value::Int(1))]))
+                    .await?;
+            }
+            self.event("prepare", d);
+            Ok(self.prepares)
         }
         async fn observe(
             &self,
@@ -792,20 +888,19 @@ mod tests {
             d: &Desired,
             _: Option<&Record>,
         ) -> Result<Applied, ProviderError> {
-            if self.journals_first {
-                journal
-                    .save_private(BTreeMap::from([("password".into(), Value::Int(1))]))
-                    .await?;
-            }
+            self.event("start", d);
             let store = self.store.get().expect("store set before the apply");
             let rec = store
                 .get(&d.address)
                 .expect("read state")
                 .expect("a record exists before the action");
-            self.seen
-                .lock()
-                .expect("seen")
-                .push((rec.status, rec.private.contains_key("password")));
+            self.seen.lock().expect("seen").push((
+                rec.status,
+                rec.private.contains_key("password"),
+                journal.journaled("password"),
+            ));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.event("end", d);
             Ok(Applied::default())
         }
         async fn destroy(&self, _: &Record) -> Result<(), ProviderError> {
@@ -813,46 +908,52 @@ mod tests {
         }
     }
 
+    /// Plans and applies `docs` with `provider(store)` at `parallelism`.
+    async fn run_with<P: Provider + 'static>(
+        docs: &str,
+        parallelism: usize,
+        provider: impl FnOnce(&Arc<dyn StateStore>) -> Arc<P>,
+    ) -> (Run, Arc<P>, Arc<dyn StateStore>, tempfile::TempDir) {
+        let set = crate::manifest::load_files(
+            Path::new("/m"),
+            vec![(PathBuf::from("m.yaml"), Ok(format!("{SERVER}{docs}")))],
+        )
+        .expect("manifests");
+        let graph = Graph::build(&set).expect("graph");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn StateStore> = Arc::new(SledStore::open(dir.path()).expect("store"));
+        let p = provider(&store);
+        let providers: Vec<Arc<dyn Provider>> = vec![p.clone()];
+        let plan = plan(&set, &graph, &store, &providers, &PlanOptions::default())
+            .await
+            .expect("plan");
+        let opts = ApplyOptions {
+            parallelism,
+            trigger: Trigger::Cli,
+            progress: Arc::new(|_| {}),
+            heartbeat: Duration::from_secs(10),
+            revision: None,
+        };
+        let run = apply(&set, &graph, &plan, &store, &providers, opts)
+            .await
+            .expect("apply");
+        (run, p, store, dir)
+    }
+
     #[tokio::test]
-    async fn the_applying_mark_is_written_before_the_action_whether_or_not_the_journal_carries_it()
-    {
-        for journals_first in [false, true] {
-            let set = crate::manifest::load_files(
-                Path::new("/m"),
-                vec![(
-                    PathBuf::from("m.yaml"),
-                    Ok(format!("{SERVER}{}", db("a", "o"))),
-                )],
-            )
-            .expect("manifests");
-            let graph = Graph::build(&set).expect("graph");
-            let dir = tempfile::tempdir().expect("tempdir");
-            let store: Arc<dyn StateStore> = Arc::new(SledStore::open(dir.path()).expect("store"));
-            let marks = Arc::new(Marks {
-                journals_first,
-                store: std::sync::OnceLock::new(),
-                seen: Mutex::new(Vec::new()),
-            });
-            assert!(marks.store.set(Arc::clone(&store)).is_ok());
-            let providers: Vec<Arc<dyn Provider>> = vec![marks.clone()];
-            let plan = plan(&set, &graph, &store, &providers, &PlanOptions::default())
-                .await
-                .expect("plan");
-            let opts = ApplyOptions {
-                parallelism: 1,
-                trigger: Trigger::Cli,
-                progress: Arc::new(|_| {}),
-                heartbeat: Duration::from_secs(10),
-                revision: None,
-            };
-            let run = apply(&set, &graph, &plan, &store, &providers, opts)
-                .await
-                .expect("apply");
+    async fn the_applying_mark_is_written_before_the_action_whether_or_not_prepare_carries_it() {
+        for prepares in [false, true] {
+            let (run, marks, store, _dir) =
+                run_with(&db("a", "o"), 1, |s| Marks::new(prepares, s)).await;
             assert_eq!(run.exit_code, 0);
             assert_eq!(
                 *marks.seen.lock().expect("seen"),
-                [(Status::Applying, journals_first)],
-                "journals_first = {journals_first}"
+                [(
+                    Status::Applying,
+                    prepares,
+                    prepares.then_some(Value::Int(1))
+                )],
+                "prepares = {prepares}"
             );
             let done = store
                 .get(&"PostgresDatabase.a".parse().expect("address"))
@@ -860,6 +961,42 @@ mod tests {
                 .expect("record");
             assert_eq!(done.status, Status::Ready, "the final write landed");
         }
+    }
+
+    #[tokio::test]
+    async fn the_next_action_is_prepared_while_one_runs_and_no_further_ahead() {
+        let docs: String = (0..LOOKAHEAD + 4)
+            .map(|i| db(&format!("r{i}"), &format!("o{i}")))
+            .collect();
+        let (run, marks, _store, _dir) = run_with(&docs, 1, |s| Marks::new(true, s)).await;
+        assert_eq!(run.exit_code, 0);
+        let events = marks.events.lock().expect("events").clone();
+        // Ready but not ended: at most the one running plus LOOKAHEAD more.
+        let mut ahead = 0usize;
+        let mut most = 0usize;
+        let mut overlapped = false;
+        let mut running = false;
+        for e in &events {
+            match e.split_once(' ').map(|(w, _)| w) {
+                Some("prepare") => {
+                    ahead += 1;
+                    overlapped |= running;
+                }
+                Some("start") => running = true,
+                Some("end") => {
+                    ahead -= 1;
+                    running = false;
+                }
+                _ => unreachable!("{e}"),
+            }
+            most = most.max(ahead);
+        }
+        assert!(overlapped, "a prepare ran during an apply: {events:?}");
+        assert_eq!(most, 1 + LOOKAHEAD, "{events:?}");
+        assert_eq!(
+            events.iter().filter(|e| e.starts_with("end")).count(),
+            LOOKAHEAD + 4
+        );
     }
 
     #[tokio::test]

@@ -225,6 +225,15 @@ impl Journal for TestJournal {
         self.saved.lock().expect("lock").push(private);
         Ok(())
     }
+
+    fn journaled(&self, key: &str) -> Option<Value> {
+        self.saved
+            .lock()
+            .expect("lock")
+            .iter()
+            .rev()
+            .find_map(|m| m.get(key).cloned())
+    }
 }
 
 fn secret(map: &BTreeMap<String, Value>, key: &str) -> String {
@@ -368,6 +377,38 @@ async fn the_password_is_saved_before_the_role_exists_and_a_second_apply_changes
     assert!(drift(&p, &d, &again).await.is_empty());
 
     destroy(&p, &again).await;
+}
+
+/// `prepare` journals the new password ahead of the action (before the role exists); the
+/// apply then uses that one and journals nothing more. A resource whose password is recorded
+/// has nothing to prepare.
+#[tokio::test]
+async fn a_prepared_password_is_the_one_the_apply_sets() {
+    let p = PostgresProvider::default();
+    let t = tenant();
+    let d = desired(&t, connection(None, "prefer"), &[]);
+    let journal = TestJournal::watching(&t.owner);
+
+    assert!(p.prepare(&journal, &d, None).await.expect("prepare"));
+    assert_eq!(journal.saves(), 1);
+    assert!(!role_exists(&t.owner).await, "prepare touches no server");
+    let prepared = secret(&journal.saved.lock().expect("lock")[0], "password");
+
+    let r = apply(&p, &journal, &d, None).await;
+    assert_eq!(journal.saves(), 1, "the apply journaled nothing more");
+    assert_eq!(secret(&r.private, "password"), prepared);
+    assert!(
+        connect_as(&t.owner, Some(&prepared), &t.database)
+            .await
+            .is_ok(),
+        "the role logs in with the prepared password"
+    );
+    assert!(drift(&p, &d, &r).await.is_empty());
+    assert!(
+        !p.prepare(&journal, &d, Some(&r)).await.expect("prepare"),
+        "nothing to prepare for a recorded password"
+    );
+    destroy(&p, &r).await;
 }
 
 /// A first apply creates without reading first; a role and a database that appeared since the

@@ -41,6 +41,10 @@ pub trait Journal: Send + Sync {
     /// Persist `private` for the resource being applied (merged over what is recorded), flushed
     /// to disk before this returns.
     async fn save_private(&self, private: BTreeMap<String, Value>) -> Result<(), ProviderError>;
+
+    /// The value saved under `key` by this action so far (by [`Provider::prepare`] or an
+    /// earlier `save_private`), not what the record held before the action began.
+    fn journaled(&self, key: &str) -> Option<Value>;
 }
 
 /// A provider converges the resources of some kinds.
@@ -89,16 +93,21 @@ pub trait Provider: Send + Sync {
         recorded: Option<&Record>,
     ) -> Result<Applied, ProviderError>;
 
-    /// Whether `apply(desired, recorded)` will call [`Journal::save_private`] before it sends
-    /// anything to the outside system (a provider that generates a secret does). The
-    /// executor then writes the resource's `applying` mark without waiting for it to be
-    /// durable: that first journal write carries the mark to disk with it, one flush instead
-    /// of two, and invariant 2 still holds. A provider that answers `true` and then acts
-    /// first breaks invariant 2; debug builds panic when an apply so marked returns without
-    /// having journaled. Default: `false` (the mark is flushed before `apply` starts).
-    fn journals_before_acting(&self, desired: &Desired, recorded: Option<&Record>) -> bool {
-        let _ = (desired, recorded);
-        false
+    /// Persist through `journal` what `apply(desired, recorded)` will need before it reaches
+    /// the outside system: a newly generated secret (invariant 1). Local work only: it must
+    /// not touch the outside system. The executor calls it ahead of the action's turn (while
+    /// earlier actions still run), so the journal's flush overlaps their work; `apply` finds
+    /// what was saved through [`Journal::journaled`]. Returns whether it journaled: that
+    /// flushed write carries the resource's `applying` mark, which the executor then does
+    /// not write again (one flush per action instead of two). Default: nothing to prepare.
+    async fn prepare(
+        &self,
+        journal: &dyn Journal,
+        desired: &Desired,
+        recorded: Option<&Record>,
+    ) -> Result<bool, ProviderError> {
+        let _ = (journal, desired, recorded);
+        Ok(false)
     }
 
     /// Remove the object described by `recorded`; `Ok` if it is already gone. Providers decide

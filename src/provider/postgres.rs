@@ -64,6 +64,9 @@ const URL_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 pub struct PostgresProvider {
     pools: conn::Pools,
     spares: Spares,
+    /// Verifiers of the passwords [`Provider::prepare`] journaled, by address, until the
+    /// apply takes them (in memory only; an apply that finds none derives one).
+    prepared: Mutex<HashMap<String, (Sensitive, Sensitive)>>,
 }
 
 #[async_trait]
@@ -164,7 +167,9 @@ impl Provider for PostgresProvider {
         // An adoption expects them to exist, so it reads first.
         let first = !desired.adopt
             && recorded.is_none_or(|r| r.generation == 0 && recorded_password(r).is_none());
-        let (password, made) = self.password(journal, &tenant, recorded).await?;
+        let (password, made) = self
+            .password(journal, &desired.address.to_string(), &tenant, recorded)
+            .await?;
         let fresh = made.is_some();
 
         let admin = self.pools.admin(&server).await?;
@@ -202,9 +207,23 @@ impl Provider for PostgresProvider {
         })
     }
 
-    /// A new password (first create, rotation) is journaled before the server sees anything.
-    fn journals_before_acting(&self, desired: &Desired, recorded: Option<&Record>) -> bool {
-        Tenant::from_value(&desired.spec).is_ok_and(|t| kept_password(&t, recorded).is_none())
+    /// A new password (first create, rotation) is made and journaled ahead of the action.
+    async fn prepare(
+        &self,
+        journal: &dyn Journal,
+        desired: &Desired,
+        recorded: Option<&Record>,
+    ) -> Result<bool, ProviderError> {
+        let tenant = Tenant::from_value(&desired.spec)?;
+        if kept_password(&tenant, recorded).is_some() {
+            return Ok(false);
+        }
+        let made = self.new_password(journal, &tenant).await?;
+        self.prepared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(desired.address.to_string(), made);
+        Ok(true)
     }
 
     fn begin_refresh(&self) {
@@ -254,18 +273,50 @@ impl Provider for PostgresProvider {
 }
 
 impl PostgresProvider {
-    /// The tenant's password: the recorded one while the rotation number is unchanged, else a
-    /// new one, saved through the journal before this returns (so before any server sees it).
-    /// A new one comes with its verifier (`Some`), made ahead by [`Spares`].
+    /// The tenant's password: the recorded one while the rotation number is unchanged, else the
+    /// one [`Provider::prepare`] journaled for this action, else a new one, saved through the
+    /// journal before this returns (so before any server sees it). A new one comes with its
+    /// verifier (`Some`), made ahead by [`Spares`].
     async fn password(
         &self,
         journal: &dyn Journal,
+        address: &str,
         tenant: &Tenant,
         recorded: Option<&Record>,
     ) -> Result<(Sensitive, Option<Sensitive>), ProviderError> {
         if let Some(password) = kept_password(tenant, recorded) {
             return Ok((password, None));
         }
+        // Made and journaled by `prepare` for this action.
+        let prepared = self
+            .prepared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(address);
+        if let (Some(password), Some(Value::Int(rotation))) = (
+            journal
+                .journaled(PRIVATE_PASSWORD)
+                .as_ref()
+                .and_then(secret_of),
+            journal.journaled(PRIVATE_ROTATION),
+        ) && rotation == tenant.rotation
+        {
+            let verifier = match prepared {
+                Some((p, v)) if p.expose() == password.expose() => v,
+                _ => reconcile::new_verifier(&password),
+            };
+            return Ok((password, Some(verifier)));
+        }
+        let (password, verifier) = self.new_password(journal, tenant).await?;
+        Ok((password, Some(verifier)))
+    }
+
+    /// A new password and its verifier, journaled (flushed) before anything else sees it.
+    async fn new_password(
+        &self,
+        journal: &dyn Journal,
+        tenant: &Tenant,
+    ) -> Result<(Sensitive, Sensitive), ProviderError> {
         let (password, verifier) = self.spares.take(tenant.password_length)?;
         journal
             .save_private(BTreeMap::from([
@@ -274,7 +325,7 @@ impl PostgresProvider {
             ]))
             .await?;
         tracing::debug!(role = %tenant.owner, rotation = tenant.rotation, "generated and saved a new password");
-        Ok((password, Some(verifier)))
+        Ok((password, verifier))
     }
 }
 
@@ -373,7 +424,11 @@ fn kept_password(tenant: &Tenant, recorded: Option<&Record>) -> Option<Sensitive
 }
 
 fn recorded_password(record: &Record) -> Option<Sensitive> {
-    match record.private.get(PRIVATE_PASSWORD)? {
+    secret_of(record.private.get(PRIVATE_PASSWORD)?)
+}
+
+fn secret_of(value: &Value) -> Option<Sensitive> {
+    match value {
         Value::Secret(s) => Some(s.clone()),
         Value::Str(s) => Some(Sensitive::new(s.clone())),
         _ => None,
