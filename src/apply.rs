@@ -138,7 +138,7 @@ struct Shared<'a> {
     per_system: Mutex<HashMap<String, Arc<Semaphore>>>,
     opts: ApplyOptions,
     key: Vec<u8>,
-    /// Each action's last state write, under way (see the end of [`converge`]).
+    /// Each action's last state write, under way (see the end of [`act`]).
     final_writes: Mutex<Vec<(Address, FinalWrite)>>,
 }
 
