@@ -118,7 +118,7 @@ impl Journal for StoreJournal {
 /// `applying` mark durable) beyond those running. Their flushes then overlap the running
 /// actions' work and share group commits, instead of each waiting on the disk between two
 /// actions: measured with `--parallelism 1` on 500 new databases, a PostgreSQL checkpoint's
-/// writeback on the same disk made each flush wait 5–13 ms, which a look-ahead of 1 still
+/// writeback on the same disk made each flush wait 5–14 ms, which a look-ahead of 1 still
 /// showed and one of 8 hid (`apply_vs_psql`). A crash leaves at most this many more records
 /// `applying` with nothing sent; they are refreshed and converged by the next run.
 const LOOKAHEAD: usize = 8;
@@ -406,6 +406,15 @@ pub fn progress_step(line: &str) -> Option<(&str, Step)> {
     Some((address, step))
 }
 
+/// What an action does when its turn comes, with what it took before: the record, or (a
+/// create, update or adoption) the action made ready ahead of its turn. A replace gets ready
+/// only after its destroy.
+enum Turn {
+    Delete(Option<Record>),
+    Replace(Option<Record>),
+    Converge(Box<Result<Ready, ProviderError>>),
+}
+
 async fn run_one(shared: &Shared<'_>, a: &Address, action: Action) -> Outcome {
     let Some(p) = provider::for_kind(&shared.providers, a.kind) else {
         return Outcome::Failed(format!("no provider for {}", a.kind), ErrorClass::Permanent);
@@ -416,12 +425,15 @@ async fn run_one(shared: &Shared<'_>, a: &Address, action: Action) -> Outcome {
         return Outcome::Failed("internal: executor closed".into(), ErrorClass::Transient);
     };
     let recorded = shared.records.lock().ok().and_then(|r| r.get(a).cloned());
-    let early = match action {
-        Action::Create | Action::Update | Action::Adopt => {
+    let turn = match action {
+        Action::Delete => Turn::Delete(recorded),
+        Action::Replace => Turn::Replace(recorded),
+        _ => {
             let fresh = matches!(action, Action::Create | Action::Adopt);
-            Some(ready(shared, p.as_ref(), a, recorded.clone(), fresh).await)
+            Turn::Converge(Box::new(
+                ready(shared, p.as_ref(), a, recorded, fresh).await,
+            ))
         }
-        _ => None,
     };
     let Ok(_global) = shared.global.acquire().await else {
         return Outcome::Failed("internal: executor closed".into(), ErrorClass::Transient);
@@ -444,8 +456,8 @@ async fn run_one(shared: &Shared<'_>, a: &Address, action: Action) -> Outcome {
         }
     };
     let work = async {
-        match action {
-            Action::Delete => {
+        match turn {
+            Turn::Delete(recorded) => {
                 let Some(rec) = recorded else {
                     return Ok(Outcome::Unchanged);
                 };
@@ -459,19 +471,14 @@ async fn run_one(shared: &Shared<'_>, a: &Address, action: Action) -> Outcome {
                 }
                 Ok(Outcome::Applied)
             }
-            Action::Replace => {
+            Turn::Replace(recorded) => {
                 if let Some(rec) = &recorded {
                     destroy(shared, p.as_ref(), rec).await?;
                 }
                 let ready = ready(shared, p.as_ref(), a, None, true).await?;
                 act(shared, p.as_ref(), a, ready).await
             }
-            _ => match early {
-                Some(ready) => act(shared, p.as_ref(), a, ready?).await,
-                None => Err(ProviderError::permanent(format!(
-                    "internal: {a} was not made ready"
-                ))),
-            },
+            Turn::Converge(ready) => act(shared, p.as_ref(), a, (*ready)?).await,
         }
     };
     let outcome = tokio::select! {
@@ -791,6 +798,18 @@ mod tests {
         parallelism: usize,
         heartbeat: Duration,
     ) -> (Run, Vec<String>, tempfile::TempDir) {
+        let (run, lines, _store, dir) = run_with(docs, parallelism, heartbeat, |_| provider).await;
+        (run, lines, dir)
+    }
+
+    /// Plans and applies `docs` with `provider(store)`; the run, its progress lines, the
+    /// store (still open) and its directory.
+    async fn run_with(
+        docs: &str,
+        parallelism: usize,
+        heartbeat: Duration,
+        provider: impl FnOnce(&Arc<dyn StateStore>) -> Arc<dyn Provider>,
+    ) -> (Run, Vec<String>, Arc<dyn StateStore>, tempfile::TempDir) {
         let set = crate::manifest::load_files(
             Path::new("/m"),
             vec![(PathBuf::from("m.yaml"), Ok(format!("{SERVER}{docs}")))],
@@ -799,7 +818,7 @@ mod tests {
         let graph = Graph::build(&set).expect("graph");
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn StateStore> = Arc::new(SledStore::open(dir.path()).expect("store"));
-        let providers: Vec<Arc<dyn Provider>> = vec![provider];
+        let providers = vec![provider(&store)];
         let plan = plan(&set, &graph, &store, &providers, &PlanOptions::default())
             .await
             .expect("plan");
@@ -816,7 +835,7 @@ mod tests {
             .await
             .expect("apply");
         let lines = lines.lock().expect("lines").clone();
-        (run, lines, dir)
+        (run, lines, store, dir)
     }
 
     fn slow(delay_ms: u64) -> Arc<Slow> {
@@ -838,15 +857,25 @@ mod tests {
     }
 
     impl Marks {
-        fn new(prepares: bool, store: &Arc<dyn StateStore>) -> Arc<Marks> {
-            let marks = Marks {
+        fn new(prepares: bool) -> Arc<Marks> {
+            Arc::new(Marks {
                 prepares,
                 store: std::sync::OnceLock::new(),
                 seen: Mutex::new(Vec::new()),
                 events: Mutex::new(Vec::new()),
-            };
-            assert!(marks.store.set(Arc::clone(store)).is_ok());
-            Arc::new(marks)
+            })
+        }
+        /// Plans and applies `docs` with this provider, which reads the run's store.
+        async fn run(
+            self: &Arc<Self>,
+            docs: &str,
+        ) -> (Run, Arc<dyn StateStore>, tempfile::TempDir) {
+            let (run, _, store, dir) = run_with(docs, 1, Duration::from_secs(10), |s| {
+                assert!(self.store.set(Arc::clone(s)).is_ok());
+                self.clone()
+            })
+            .await;
+            (run, store, dir)
         }
         fn event(&self, what: &str, d: &Desired) {
             self.events
@@ -908,43 +937,11 @@ mod tests {
         }
     }
 
-    /// Plans and applies `docs` with `provider(store)` at `parallelism`.
-    async fn run_with<P: Provider + 'static>(
-        docs: &str,
-        parallelism: usize,
-        provider: impl FnOnce(&Arc<dyn StateStore>) -> Arc<P>,
-    ) -> (Run, Arc<P>, Arc<dyn StateStore>, tempfile::TempDir) {
-        let set = crate::manifest::load_files(
-            Path::new("/m"),
-            vec![(PathBuf::from("m.yaml"), Ok(format!("{SERVER}{docs}")))],
-        )
-        .expect("manifests");
-        let graph = Graph::build(&set).expect("graph");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn StateStore> = Arc::new(SledStore::open(dir.path()).expect("store"));
-        let p = provider(&store);
-        let providers: Vec<Arc<dyn Provider>> = vec![p.clone()];
-        let plan = plan(&set, &graph, &store, &providers, &PlanOptions::default())
-            .await
-            .expect("plan");
-        let opts = ApplyOptions {
-            parallelism,
-            trigger: Trigger::Cli,
-            progress: Arc::new(|_| {}),
-            heartbeat: Duration::from_secs(10),
-            revision: None,
-        };
-        let run = apply(&set, &graph, &plan, &store, &providers, opts)
-            .await
-            .expect("apply");
-        (run, p, store, dir)
-    }
-
     #[tokio::test]
     async fn the_applying_mark_is_written_before_the_action_whether_or_not_prepare_carries_it() {
         for prepares in [false, true] {
-            let (run, marks, store, _dir) =
-                run_with(&db("a", "o"), 1, |s| Marks::new(prepares, s)).await;
+            let marks = Marks::new(prepares);
+            let (run, store, _dir) = marks.run(&db("a", "o")).await;
             assert_eq!(run.exit_code, 0);
             assert_eq!(
                 *marks.seen.lock().expect("seen"),
@@ -968,7 +965,8 @@ mod tests {
         let docs: String = (0..LOOKAHEAD + 4)
             .map(|i| db(&format!("r{i}"), &format!("o{i}")))
             .collect();
-        let (run, marks, _store, _dir) = run_with(&docs, 1, |s| Marks::new(true, s)).await;
+        let marks = Marks::new(true);
+        let (run, _store, _dir) = marks.run(&docs).await;
         assert_eq!(run.exit_code, 0);
         let events = marks.events.lock().expect("events").clone();
         // Ready but not ended: at most the one running plus LOOKAHEAD more.

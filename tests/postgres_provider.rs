@@ -411,6 +411,44 @@ async fn a_prepared_password_is_the_one_the_apply_sets() {
     destroy(&p, &r).await;
 }
 
+/// A crash after `prepare` (the executor's look-ahead) leaves a generation-0 `applying` record
+/// with a password the server never saw; the next process sets exactly that one.
+#[tokio::test]
+async fn a_password_prepared_before_a_crash_is_the_one_the_next_run_sets() {
+    let t = tenant();
+    let d = desired(&t, connection(None, "prefer"), &[]);
+    let before_crash = TestJournal::default();
+    assert!(
+        PostgresProvider::default()
+            .prepare(&before_crash, &d, None)
+            .await
+            .expect("prepare")
+    );
+    let prepared = before_crash.saved.lock().expect("lock")[0].clone();
+    let mut left = record(
+        &d,
+        &Applied {
+            outputs: BTreeMap::new(),
+            private: prepared.clone(),
+        },
+    );
+    left.status = Status::Applying;
+    assert_eq!(left.generation, 0);
+
+    let journal = TestJournal::default();
+    let r = apply(&PostgresProvider::default(), &journal, &d, Some(&left)).await;
+    assert_eq!(journal.saves(), 0, "the recorded password is kept");
+    let password = secret(&prepared, "password");
+    assert_eq!(secret(&r.private, "password"), password);
+    assert!(
+        connect_as(&t.owner, Some(&password), &t.database)
+            .await
+            .is_ok(),
+        "the role logs in with the password prepared before the crash"
+    );
+    destroy(&PostgresProvider::default(), &r).await;
+}
+
 /// A first apply creates without reading first; a role and a database that appeared since the
 /// plan (wrong attributes, another owner, PUBLIC access, no password) are met as "already
 /// exists" and converged like any found by a read.

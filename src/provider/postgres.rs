@@ -160,11 +160,11 @@ impl Provider for PostgresProvider {
         let server = Server::from_value(&desired.connection)?;
         spec::check_pair(&tenant, &server)?;
 
-        // Nothing of this tenant was ever sent to the server by tend: no earlier attempt left
-        // a password behind. Its role and database are then created without being read first
-        // (one round trip less per new database); one that appeared since the plan is met
-        // as "already exists" and converged like any other.
-        // An adoption expects them to exist, so it reads first.
+        // Nothing of this tenant was ever sent to the server by tend (no earlier attempt left a
+        // password behind) and it is no adoption (which expects them to exist): its role and
+        // database are created without being read first, one round trip less per new
+        // database; one that appeared since the plan is met as "already exists" and converged
+        // like any other.
         let first = !desired.adopt
             && recorded.is_none_or(|r| r.generation == 0 && recorded_password(r).is_none());
         let (password, made) = self
